@@ -1,0 +1,26 @@
+//! All-reduce SGD (synchronous data parallelism, PyTorch DDP's algorithm): every step the
+//! gradients are averaged over all workers before the local optimizer steps, so all workers
+//! keep identical parameters and the run equals single-worker SGD on the union of their
+//! mini-batches.
+//!
+//! Communication: one all-reduce of the gradient (≈2B(N−1)/N bytes each way) every step.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Algorithm, StepContext};
+use crate::transport::ReduceOp;
+use crate::Result;
+
+/// `name = "all-reduce"`; no keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllReduceConfig {}
+
+/// Gradient averaging before every step.
+pub struct AllReduceSgd;
+
+impl Algorithm for AllReduceSgd {
+    fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        ctx.comm.all_reduce(ctx.grad, ReduceOp::Mean)
+    }
+}

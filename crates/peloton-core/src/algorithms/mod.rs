@@ -1,0 +1,179 @@
+//! Distributed algorithms, one file each, built from the blocks in [`leader`].
+//!
+//! An algorithm is a serde config ([`AlgorithmConfig`], selected by `name`) whose
+//! [`AlgorithmConfig::init`] builds one worker's state implementing [`Algorithm`]. The runner
+//! calls its hooks around every local step:
+//!
+//! ```text
+//! loss, grad = learner.loss_and_grad(x)      // mini-batch at the current parameters
+//! algorithm.before_step(ctx)                 // gradient ready: all-reduce SGD averages it here
+//! optimizer.step(x, grad, lr)                // the local optimizer (SGD / momentum / Nesterov)
+//! algorithm.after_step(ctx)                  // parameters updated: pulls, averaging, gossip
+//! ```
+//!
+//! Algorithms talk only through `&mut dyn Communicator`, so one implementation runs on every
+//! transport.
+
+pub mod all_reduce;
+pub mod easgd;
+pub mod independent;
+pub mod leader;
+pub mod local_sgd;
+pub mod lsgd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::OptimizerConfig;
+use crate::transport::Communicator;
+use crate::Result;
+
+pub use all_reduce::AllReduceConfig;
+pub use easgd::EasgdConfig;
+pub use independent::IndependentConfig;
+pub use local_sgd::LocalSgdConfig;
+pub use lsgd::LsgdConfig;
+
+/// What an algorithm sees at one local step.
+pub struct StepContext<'a> {
+    pub comm: &'a mut dyn Communicator,
+    pub params: &'a mut [f32],
+    /// The mini-batch gradient of this step (after `before_step`, what the optimizer used).
+    pub grad: &'a mut [f32],
+    /// Index of this local step, counted from 0.
+    pub step: u64,
+    /// This step's mini-batch loss, at the parameters before the step.
+    pub loss: f64,
+    /// The leader metric: mean of the last K mini-batch losses, this one included.
+    pub metric: f64,
+    /// The learning rate of this step.
+    pub lr: f32,
+}
+
+/// One worker's state of a distributed algorithm. Every hook is collective where the
+/// algorithm communicates: all workers call it at the same step.
+pub trait Algorithm: Send {
+    /// Called once before the first step, after the parameters are initialized (and
+    /// broadcast from worker 0 when the run asks for it).
+    fn setup(&mut self, _comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    /// The gradient is ready; the local optimizer has not stepped yet.
+    fn before_step(&mut self, _ctx: &mut StepContext<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// The local optimizer has stepped.
+    fn after_step(&mut self, _ctx: &mut StepContext<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// The world rank of the current (global) leader, for leader-based algorithms.
+    fn leader(&self) -> Option<usize> {
+        None
+    }
+    /// The center variable, for algorithms that keep one (EASGD).
+    fn center(&self) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// Every algorithm, selected by `name` in a config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum AlgorithmConfig {
+    /// No communication: N independent SGD runs (a baseline).
+    Independent(IndependentConfig),
+    /// Synchronous data-parallel SGD: gradients averaged every step.
+    AllReduce(AllReduceConfig),
+    /// Local SGD (average every `period` steps) and post-local SGD (`warmup_steps`).
+    LocalSgd(LocalSgdConfig),
+    /// Synchronous elastic averaging SGD.
+    Easgd(EasgdConfig),
+    /// Synchronous elastic averaging with Nesterov momentum as the local optimizer.
+    Eamsgd(EasgdConfig),
+    /// Leader SGD, single- and multi-leader.
+    Lsgd(LsgdConfig),
+}
+
+impl Default for AlgorithmConfig {
+    fn default() -> Self {
+        AlgorithmConfig::Lsgd(LsgdConfig::default())
+    }
+}
+
+impl AlgorithmConfig {
+    /// The `name` of this algorithm in config files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AlgorithmConfig::Independent(_) => "independent",
+            AlgorithmConfig::AllReduce(_) => "all-reduce",
+            AlgorithmConfig::LocalSgd(_) => "local-sgd",
+            AlgorithmConfig::Easgd(_) => "easgd",
+            AlgorithmConfig::Eamsgd(_) => "eamsgd",
+            AlgorithmConfig::Lsgd(_) => "lsgd",
+        }
+    }
+
+    /// Every algorithm name with a one-line description and its keys, for `peloton list`.
+    pub fn catalog() -> &'static [(&'static str, &'static str, &'static str)] {
+        &[
+            ("independent", "no communication: N independent SGD runs", "(none)"),
+            ("all-reduce", "gradients averaged over all workers every step", "(none)"),
+            ("local-sgd", "local steps, parameters averaged every `period` steps; post-local SGD with `warmup_steps`", "period, warmup_steps, group_size"),
+            ("easgd", "synchronous elastic averaging toward a replicated center", "tau, alpha | beta"),
+            ("eamsgd", "EASGD with a Nesterov-momentum local optimizer", "tau, alpha | beta"),
+            ("lsgd", "Leader SGD: pull toward the best worker every tau steps; multi-leader with groups", "tau, lambda, prox, group_size, tau_global, lambda_global, prox_global"),
+        ]
+    }
+
+    /// Checks the config against the run shape; every error names the offending key.
+    pub fn validate(&self, workers: usize, optimizer: &OptimizerConfig) -> Result<()> {
+        match self {
+            AlgorithmConfig::Independent(_) | AlgorithmConfig::AllReduce(_) => Ok(()),
+            AlgorithmConfig::LocalSgd(c) => c.validate(workers),
+            AlgorithmConfig::Easgd(c) => c.validate(workers),
+            AlgorithmConfig::Eamsgd(c) => {
+                crate::ensure_config!(
+                    optimizer.momentum > 0.0 && optimizer.nesterov,
+                    "eamsgd needs a Nesterov-momentum local optimizer: set optimizer.momentum > 0 (the paper uses 0.99) and optimizer.nesterov = true"
+                );
+                c.validate(workers)
+            }
+            AlgorithmConfig::Lsgd(c) => c.validate(workers),
+        }
+    }
+
+    /// True when the algorithm keeps a center variable (evaluation model "center").
+    pub fn has_center(&self) -> bool {
+        matches!(self, AlgorithmConfig::Easgd(_) | AlgorithmConfig::Eamsgd(_))
+    }
+
+    /// Builds one worker's algorithm state for a world of `workers` and `len` parameters.
+    pub fn init(&self, workers: usize, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(match self {
+            AlgorithmConfig::Independent(_) => Box::new(independent::Independent),
+            AlgorithmConfig::AllReduce(_) => Box::new(all_reduce::AllReduceSgd),
+            AlgorithmConfig::LocalSgd(c) => Box::new(c.init()),
+            AlgorithmConfig::Easgd(c) | AlgorithmConfig::Eamsgd(c) => Box::new(c.init(workers, len)),
+            AlgorithmConfig::Lsgd(c) => Box::new(c.init(workers, len)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_lists_every_variant() {
+        let names: Vec<&str> = AlgorithmConfig::catalog().iter().map(|c| c.0).collect();
+        for cfg in [
+            AlgorithmConfig::Independent(Default::default()),
+            AlgorithmConfig::AllReduce(Default::default()),
+            AlgorithmConfig::LocalSgd(Default::default()),
+            AlgorithmConfig::Easgd(Default::default()),
+            AlgorithmConfig::Eamsgd(Default::default()),
+            AlgorithmConfig::Lsgd(Default::default()),
+        ] {
+            assert!(names.contains(&cfg.name()), "{} missing from the catalog", cfg.name());
+        }
+    }
+}

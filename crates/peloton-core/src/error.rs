@@ -1,0 +1,40 @@
+//! One error type for the whole core: every bad input and every failure is a value, never a
+//! panic. Messages are single lines that name the offending key, worker or file.
+
+use thiserror::Error;
+
+/// Everything that can go wrong inside peloton-core.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    /// A configuration value is out of range or inconsistent with another one.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A transport operation failed (mismatched sizes, bad rank, ...).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// Another worker aborted the run; `reason` is its error.
+    #[error("worker {worker} stopped the run: {reason}")]
+    Aborted { worker: usize, reason: String },
+    /// A worker's loss became NaN or infinite.
+    #[error("worker {worker} diverged at step {step}: loss is {loss}")]
+    Diverged { worker: usize, step: u64, loss: f64 },
+    /// A learner (model + data) failed.
+    #[error("learner on worker {worker}: {message}")]
+    Learner { worker: usize, message: String },
+    /// A worker thread panicked; this is always a bug in peloton or in a learner.
+    #[error("worker {worker} panicked: {message}")]
+    Panic { worker: usize, message: String },
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Returns `Err(Error::Config)` with the formatted message when `cond` is false.
+#[macro_export]
+macro_rules! ensure_config {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err($crate::Error::Config(format!($($arg)+)));
+        }
+    };
+}

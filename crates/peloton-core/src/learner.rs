@@ -1,0 +1,70 @@
+//! The [`Learner`]: one worker's local training problem (model + data), seen through a flat
+//! parameter buffer. Algorithms never see a model or a dataset, only this trait.
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::ParamLayout;
+use crate::Result;
+
+/// Where a learner sits in the run; passed to the factory that builds each worker's learner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnerContext {
+    /// This worker's rank, `0..workers`.
+    pub rank: usize,
+    pub workers: usize,
+    /// The run seed: the learner derives its shared (dataset) and per-worker (sampling,
+    /// initialization) streams from it with [`crate::seed::derive`].
+    pub seed: u64,
+}
+
+/// The result of evaluating a parameter vector on held-out data (or the exact objective).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Test loss, or the exact objective for analytic problems.
+    pub loss: f64,
+    /// Classification accuracy in [0, 1], when the problem has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accuracy: Option<f64>,
+    /// Norm of the full (training) gradient, when cheap to compute: a stationarity check.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grad_norm: Option<f64>,
+}
+
+/// One worker's local training.
+///
+/// Contract: the learner owns its data stream (seeded from [`LearnerContext`]), so calling
+/// `loss_and_grad` the same number of times with the same parameters gives the same losses on
+/// every run.
+pub trait Learner: Send {
+    /// The segment table of the parameter buffer.
+    fn layout(&self) -> &ParamLayout;
+
+    /// Writes this worker's initial parameters (`params.len() == layout().len()`).
+    fn init_params(&mut self, params: &mut [f32]);
+
+    /// Draws the next mini-batch, writes the gradient of its loss at `params` into `grad`, and
+    /// returns the mini-batch loss (at `params`, before any step).
+    fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64>;
+
+    /// Evaluates `params` on held-out data, or computes the exact objective.
+    fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation>;
+
+    /// Local steps in one pass over this worker's shard, when the data is finite.
+    fn steps_per_epoch(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Builds the learner of each worker. Called once per worker, on that worker's thread.
+pub trait LearnerFactory: Sync {
+    fn build(&self, ctx: LearnerContext) -> Result<Box<dyn Learner>>;
+}
+
+impl<F> LearnerFactory for F
+where
+    F: Fn(LearnerContext) -> Result<Box<dyn Learner>> + Sync,
+{
+    fn build(&self, ctx: LearnerContext) -> Result<Box<dyn Learner>> {
+        self(ctx)
+    }
+}

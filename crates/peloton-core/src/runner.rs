@@ -1,0 +1,483 @@
+//! The runner: builds every worker's learner, algorithm and optimizer, drives the local steps,
+//! evaluates on a schedule, and reports metrics.
+//!
+//! [`run_worker`] is one worker's whole run against any [`Communicator`]; [`run_threads`]
+//! spawns N workers on the threads transport and delivers their events to the caller in a
+//! deterministic order (by step, then evaluations, then worker records by rank), so that the
+//! same config and seed produce the same metrics file, wall-clock fields aside.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::algorithms::leader::{elect, LossWindow};
+use crate::algorithms::{AlgorithmConfig, StepContext};
+use crate::ensure_config;
+use crate::kernels;
+use crate::learner::{Evaluation, LearnerContext, LearnerFactory};
+use crate::optim::OptimizerConfig;
+use crate::transport::{threads, CommStats, Communicator, CommunicatorExt, ReduceOp};
+use crate::{Error, Result};
+
+/// Which parameters an evaluation looks at (ALGORITHMS.md §9.2: make it explicit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalModel {
+    /// The average of all workers' parameters (LSGD's and local SGD's "center").
+    #[default]
+    Average,
+    /// The worker with the best leader metric at evaluation time.
+    Leader,
+    /// The algorithm's center variable (EASGD).
+    Center,
+    /// Every worker's own parameters (decentralized methods).
+    Workers,
+}
+
+impl EvalModel {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EvalModel::Average => "average",
+            EvalModel::Leader => "leader",
+            EvalModel::Center => "center",
+            EvalModel::Workers => "worker",
+        }
+    }
+}
+
+/// Everything the runner needs besides the learners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub workers: usize,
+    pub seed: u64,
+    /// Local steps per worker.
+    pub steps: Option<u64>,
+    /// Passes over each worker's shard (needs a finite dataset).
+    pub epochs: Option<f64>,
+    /// Wall-clock budget in seconds (checked at every log point).
+    pub time_budget: Option<f64>,
+    /// Worker records every this many steps.
+    pub log_every: u64,
+    /// Evaluation every this many steps (0 = only at the end).
+    pub eval_every: u64,
+    pub eval_model: EvalModel,
+    /// K, the number of recent mini-batch losses in the leader metric.
+    pub leader_window: usize,
+    /// Start every worker from worker 0's initial parameters.
+    pub sync_init: bool,
+    /// Compute each worker's distance to the average at log points (one extra all-reduce).
+    pub consensus: bool,
+    pub optimizer: OptimizerConfig,
+    pub algorithm: AlgorithmConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            seed: 0,
+            steps: Some(1000),
+            epochs: None,
+            time_budget: None,
+            log_every: 50,
+            eval_every: 0,
+            eval_model: EvalModel::Average,
+            leader_window: 10,
+            sync_init: true,
+            consensus: true,
+            optimizer: OptimizerConfig::default(),
+            algorithm: AlgorithmConfig::default(),
+        }
+    }
+}
+
+/// The most workers the threads transport accepts (one OS thread each).
+pub const MAX_THREAD_WORKERS: usize = 1024;
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure_config!(self.workers >= 1, "workers must be at least 1");
+        ensure_config!(
+            self.steps.is_some() || self.epochs.is_some() || self.time_budget.is_some(),
+            "give a budget: steps, epochs or time_budget"
+        );
+        if let Some(s) = self.steps {
+            ensure_config!(s > 0, "steps must be at least 1");
+        }
+        if let Some(e) = self.epochs {
+            ensure_config!(e.is_finite() && e > 0.0, "epochs must be positive, got {e}");
+        }
+        if let Some(t) = self.time_budget {
+            ensure_config!(t.is_finite() && t > 0.0, "time_budget must be a positive number of seconds, got {t}");
+        }
+        ensure_config!(self.log_every >= 1, "log_every must be at least 1");
+        ensure_config!(self.leader_window >= 1, "leader_window must be at least 1");
+        ensure_config!(
+            self.eval_model != EvalModel::Center || self.algorithm.has_center(),
+            "eval.model = \"center\" needs an algorithm with a center variable (easgd, eamsgd); {} has none",
+            self.algorithm.name()
+        );
+        self.optimizer.validate()?;
+        self.algorithm.validate(self.workers, &self.optimizer)
+    }
+}
+
+/// One worker's metrics at a log point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub step: u64,
+    pub worker: usize,
+    /// Mean mini-batch loss since the previous record.
+    pub loss: f64,
+    /// The leader metric (mean of the last K losses).
+    pub metric: f64,
+    pub lr: f32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub leader: Option<usize>,
+    /// ‖x_i − x̄‖, distance to the workers' average.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub consensus: Option<f64>,
+    /// Bytes of the algorithm's own traffic so far (diagnostics excluded).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Wall-clock seconds since training started.
+    pub seconds: f64,
+}
+
+/// An evaluation at a log point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub step: u64,
+    /// "average", "leader", "center" or "worker".
+    pub model: String,
+    /// The evaluated worker ("leader" and "worker" models).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub worker: Option<usize>,
+    #[serde(flatten)]
+    pub eval: Evaluation,
+    pub seconds: f64,
+}
+
+/// What the runner reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Sent once, by worker 0, when training starts.
+    Started { workers: usize, params: usize, steps: Option<u64> },
+    Worker(WorkerRecord),
+    Eval(EvalRecord),
+}
+
+/// One worker's results.
+#[derive(Debug, Clone)]
+pub struct WorkerOutcome {
+    pub rank: usize,
+    pub params: Vec<f32>,
+    /// Every step's mini-batch loss.
+    pub losses: Vec<f64>,
+    /// The evaluations this worker made at the last step.
+    pub final_evals: Vec<EvalRecord>,
+    /// The algorithm's traffic (diagnostics excluded).
+    pub stats: CommStats,
+    pub center: Option<Vec<f32>>,
+    pub steps: u64,
+    pub seconds: f64,
+}
+
+/// The results of a whole run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Per worker, in rank order.
+    pub workers: Vec<WorkerOutcome>,
+    /// The evaluations made at the last step, by every worker.
+    pub final_evals: Vec<EvalRecord>,
+    pub steps: u64,
+    pub seconds: f64,
+}
+
+/// Runs one worker to the end of its budget. Every worker of `comm` must call it with the
+/// same config; `emit` receives this worker's events.
+pub fn run_worker(
+    comm: &mut dyn Communicator,
+    factory: &dyn LearnerFactory,
+    config: &RunConfig,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<WorkerOutcome> {
+    let rank = comm.rank();
+    let n = comm.size();
+    let mut learner = factory.build(LearnerContext { rank, workers: n, seed: config.seed })?;
+    let len = learner.layout().len();
+    let mut diag = DiagnosticTraffic::default();
+
+    // Ranks agree on the model before anything else moves.
+    let fingerprint = learner.layout().fingerprint();
+    diag.run(comm, |c| {
+        c.agree("the model size (parameter count)", len as u64)?;
+        c.agree("the model layout (tensor names and shapes)", fingerprint)
+    })?;
+
+    let mut params = vec![0.0f32; len];
+    learner.init_params(&mut params);
+    if config.sync_init {
+        comm.broadcast(&mut params, 0)?;
+    }
+    let mut algorithm = config.algorithm.init(n, len)?;
+    algorithm.setup(comm, &mut params)?;
+
+    let total_steps = match (config.steps, config.epochs) {
+        (steps, None) => steps,
+        (steps, Some(epochs)) => {
+            let per_epoch = learner.steps_per_epoch().ok_or_else(|| {
+                Error::Config("an epochs budget needs a problem with a finite dataset; give steps instead".into())
+            })?;
+            // Shards may differ by a sample: every worker must run the same number of steps.
+            let fewest = diag.run(comm, |c| {
+                Ok(c.gather_scalar(per_epoch as f64)?.into_iter().fold(f64::INFINITY, f64::min))
+            })?;
+            let from_epochs = (epochs * fewest).ceil().max(1.0) as u64;
+            Some(steps.map_or(from_epochs, |s| s.min(from_epochs)))
+        }
+    };
+    if rank == 0 {
+        emit(Event::Started { workers: n, params: len, steps: total_steps });
+    }
+
+    let mut grad = vec![0.0f32; len];
+    let mut scratch = vec![0.0f32; len];
+    let mut optimizer = config.optimizer.init(len);
+    let mut window = LossWindow::new(config.leader_window);
+    let mut losses = Vec::with_capacity(total_steps.unwrap_or(1024).min(1 << 24) as usize);
+    let (mut interval_sum, mut interval_count) = (0.0f64, 0u64);
+    let mut final_evals = Vec::new();
+    let start = Instant::now();
+    let mut step = 0u64;
+    loop {
+        if total_steps.is_some_and(|t| step >= t) {
+            break;
+        }
+        let lr = config.optimizer.lr_at(step, start.elapsed().as_secs_f64());
+        let loss = learner.loss_and_grad(&params, &mut grad)?;
+        if !loss.is_finite() {
+            return Err(Error::Diverged { worker: rank, step, loss });
+        }
+        window.push(loss);
+        losses.push(loss);
+        interval_sum += loss;
+        interval_count += 1;
+        let metric = window.mean();
+        let mut ctx = StepContext { comm: &mut *comm, params: &mut params, grad: &mut grad, step, loss, metric, lr };
+        algorithm.before_step(&mut ctx)?;
+        optimizer.step(ctx.params, ctx.grad, lr);
+        algorithm.after_step(&mut ctx)?;
+        step += 1;
+
+        let last = total_steps == Some(step);
+        let eval_point = config.eval_every > 0 && step % config.eval_every == 0;
+        if !(last || eval_point || step % config.log_every == 0) {
+            continue;
+        }
+        let mut stop = last;
+        if let Some(budget) = config.time_budget {
+            let elapsed = start.elapsed().as_secs_f64();
+            // Any worker out of time stops everyone at the same step.
+            stop |= diag.run(comm, |c| Ok(c.gather_scalar(elapsed)?.iter().any(|&t| t >= budget)))?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let mut averaged = false;
+        let mut consensus = None;
+        if config.consensus && n > 1 {
+            scratch.copy_from_slice(&params);
+            diag.run(comm, |c| c.all_reduce(&mut scratch, ReduceOp::Mean))?;
+            averaged = true;
+            consensus = Some(kernels::dist_sq(&params, &scratch).sqrt());
+        }
+        if eval_point || stop {
+            let mut evals = Vec::new();
+            let record = |eval: Evaluation, worker: Option<usize>| EvalRecord {
+                step,
+                model: config.eval_model.name().to_string(),
+                worker,
+                eval,
+                seconds,
+            };
+            match config.eval_model {
+                EvalModel::Average => {
+                    if !averaged {
+                        scratch.copy_from_slice(&params);
+                        diag.run(comm, |c| c.all_reduce(&mut scratch, ReduceOp::Mean))?;
+                    }
+                    if rank == 0 {
+                        evals.push(record(learner.evaluate(&scratch)?, None));
+                    }
+                }
+                EvalModel::Leader => {
+                    let metrics = diag.run(comm, |c| c.gather_scalar(window.mean()))?;
+                    if elect(&metrics, 0..n) == Some(rank) {
+                        evals.push(record(learner.evaluate(&params)?, Some(rank)));
+                    }
+                }
+                EvalModel::Center => {
+                    if rank == 0 {
+                        let center = algorithm.center().expect("validated: the algorithm has a center");
+                        evals.push(record(learner.evaluate(center)?, None));
+                    }
+                }
+                EvalModel::Workers => evals.push(record(learner.evaluate(&params)?, Some(rank))),
+            }
+            for e in &evals {
+                emit(Event::Eval(e.clone()));
+            }
+            if stop {
+                final_evals = evals;
+            }
+        }
+        let traffic = comm.stats().since(&diag.0);
+        emit(Event::Worker(WorkerRecord {
+            step,
+            worker: rank,
+            loss: interval_sum / interval_count.max(1) as f64,
+            metric,
+            lr,
+            leader: algorithm.leader(),
+            consensus,
+            bytes_sent: traffic.bytes_sent,
+            bytes_received: traffic.bytes_received,
+            seconds,
+        }));
+        interval_sum = 0.0;
+        interval_count = 0;
+        if stop {
+            break;
+        }
+    }
+    Ok(WorkerOutcome {
+        rank,
+        stats: comm.stats().since(&diag.0),
+        center: algorithm.center().map(<[f32]>::to_vec),
+        params,
+        losses,
+        final_evals,
+        steps: step,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Traffic spent on diagnostics (agreement checks, consensus distance, evaluation models,
+/// budget checks), kept out of the algorithm's byte counts.
+#[derive(Default)]
+struct DiagnosticTraffic(CommStats);
+
+impl DiagnosticTraffic {
+    fn run<T>(&mut self, comm: &mut dyn Communicator, f: impl FnOnce(&mut dyn Communicator) -> Result<T>) -> Result<T> {
+        let before = comm.stats();
+        let out = f(comm);
+        let spent = comm.stats().since(&before);
+        self.0.bytes_sent += spent.bytes_sent;
+        self.0.bytes_received += spent.bytes_received;
+        self.0.operations += spent.operations;
+        out
+    }
+}
+
+/// Orders events by step so that a run's event stream does not depend on thread timing.
+struct Reorder {
+    workers: usize,
+    pending: BTreeMap<u64, (Vec<EvalRecord>, Vec<WorkerRecord>)>,
+}
+
+impl Reorder {
+    fn push(&mut self, event: Event, out: &mut dyn FnMut(&Event)) {
+        let step = match &event {
+            Event::Started { .. } => return out(&event),
+            Event::Worker(r) => r.step,
+            Event::Eval(e) => e.step,
+        };
+        let entry = self.pending.entry(step).or_default();
+        match event {
+            Event::Worker(r) => entry.1.push(r),
+            Event::Eval(e) => entry.0.push(e),
+            Event::Started { .. } => unreachable!(),
+        }
+        if entry.1.len() == self.workers {
+            // Every worker logs at the same steps, so all earlier steps are complete too.
+            let ready: Vec<u64> = self.pending.range(..=step).map(|(s, _)| *s).collect();
+            for s in ready {
+                let (evals, records) = self.pending.remove(&s).unwrap_or_default();
+                self.flush(evals, records, out);
+            }
+        }
+    }
+
+    fn flush(&self, mut evals: Vec<EvalRecord>, mut records: Vec<WorkerRecord>, out: &mut dyn FnMut(&Event)) {
+        evals.sort_by_key(|e| e.worker);
+        records.sort_by_key(|r| r.worker);
+        evals.into_iter().for_each(|e| out(&Event::Eval(e)));
+        records.into_iter().for_each(|r| out(&Event::Worker(r)));
+    }
+
+    fn finish(mut self, out: &mut dyn FnMut(&Event)) {
+        for (_, (evals, records)) in std::mem::take(&mut self.pending) {
+            self.flush(evals, records, out);
+        }
+    }
+}
+
+/// The error that explains a failed run: the first worker's own error, not the "aborted"
+/// errors it caused on the others.
+pub fn root_cause(errors: Vec<Error>) -> Error {
+    let is_consequence =
+        |e: &Error| matches!(e, Error::Aborted { .. }) || matches!(e, Error::Transport(m) if m.contains("left the run"));
+    let first = errors.iter().position(|e| !is_consequence(e)).unwrap_or(0);
+    errors.into_iter().nth(first).expect("at least one error")
+}
+
+/// Runs `config` on the threads transport: one thread per worker, events delivered to
+/// `on_event` on the calling thread in a deterministic order.
+pub fn run_threads(
+    config: &RunConfig,
+    factory: &dyn LearnerFactory,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<RunReport> {
+    config.validate()?;
+    ensure_config!(
+        config.workers <= MAX_THREAD_WORKERS,
+        "the threads transport runs at most {MAX_THREAD_WORKERS} workers, got {}",
+        config.workers
+    );
+    let (tx, rx) = mpsc::channel::<Event>();
+    let results = std::thread::scope(|s| {
+        let workers = s.spawn(move || {
+            let emit = move |e: Event| {
+                // The receiver outlives the workers; a send can only fail if it panicked.
+                let _ = tx.send(e);
+            };
+            threads::run_workers(config.workers, |comm| run_worker(comm, factory, config, &emit))
+        });
+        let mut reorder = Reorder { workers: config.workers, pending: BTreeMap::new() };
+        for event in rx {
+            reorder.push(event, on_event);
+        }
+        reorder.finish(on_event);
+        workers.join()
+    });
+    let results = results.map_err(|_| Error::Panic { worker: 0, message: "runner thread died".into() })?;
+    let mut outcomes = Vec::with_capacity(results.len());
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(o) => outcomes.push(o),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(root_cause(errors));
+    }
+    let final_evals = outcomes.iter().flat_map(|o| o.final_evals.clone()).collect();
+    Ok(RunReport {
+        steps: outcomes.iter().map(|o| o.steps).max().unwrap_or(0),
+        seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),
+        final_evals,
+        workers: outcomes,
+    })
+}

@@ -1,0 +1,165 @@
+//! The transport: how workers talk.
+//!
+//! [`Communicator`] is one worker's handle on a group of workers, in the style of an MPI
+//! communicator: collectives (all-reduce, reduce, broadcast, all-gather), point-to-point
+//! send/receive (blocking and non-blocking), sub-groups created collectively, and a barrier.
+//! Algorithms only ever see `&mut dyn Communicator`, so the same algorithm code runs on every
+//! implementation: worker threads in one process ([`threads`]), MPI processes, and the
+//! deterministic simulator.
+//!
+//! ## Rules every implementation follows
+//! * Collectives are called by every member of the group, in the same order, with the same
+//!   lengths; a length mismatch is an [`Error::Transport`] on every member, not a hang.
+//! * Reductions sum in rank order (0, 1, …, p−1), so results are deterministic and
+//!   bit-identical on all members.
+//! * Point-to-point messages between a pair with the same tag arrive in send order. Sends are
+//!   buffered: `send` returns once the data is handed to the transport.
+//! * When any worker calls [`Communicator::abort`], every blocked or later operation of every
+//!   member fails with [`Error::Aborted`] instead of waiting forever.
+//!
+//! ## Byte accounting
+//! [`CommStats`] counts the bytes a bandwidth-optimal implementation moves through this
+//! worker's link, so numbers are comparable across transports (shared memory moves none):
+//! all-reduce (ring) 2(p−1)/p·n each way; broadcast: the root sends n, every other member
+//! receives n; reduce: every non-root sends n, the root receives n; all-gather (ring) (p−1)·k
+//! each way for k contributed bytes; point-to-point: the exact payload.
+
+pub mod threads;
+
+use crate::{Error, Result};
+
+/// Message tag for point-to-point operations.
+pub type Tag = u32;
+
+/// The reduction applied by [`Communicator::all_reduce`] and [`Communicator::reduce`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    /// The sum divided by the group size.
+    Mean,
+    Max,
+    Min,
+}
+
+/// Traffic counters of one worker (all its communicators together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommStats {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Number of communication operations (collectives and messages) this worker took part in.
+    pub operations: u64,
+}
+
+impl CommStats {
+    /// The traffic between two snapshots.
+    pub fn since(&self, earlier: &CommStats) -> CommStats {
+        CommStats {
+            bytes_sent: self.bytes_sent - earlier.bytes_sent,
+            bytes_received: self.bytes_received - earlier.bytes_received,
+            operations: self.operations - earlier.operations,
+        }
+    }
+}
+
+/// A pending non-blocking send. Sends are buffered, so waiting only confirms delivery.
+#[derive(Debug)]
+#[must_use = "a request must be waited on"]
+pub struct SendRequest {
+    /// Transport-specific handle of the pending operation.
+    pub id: u64,
+}
+
+/// A pending non-blocking receive of `len` values from `src` with `tag`.
+#[derive(Debug)]
+#[must_use = "a request must be waited on"]
+pub struct RecvRequest {
+    /// Transport-specific handle of the pending operation.
+    pub id: u64,
+    pub src: usize,
+    pub tag: Tag,
+    pub len: usize,
+}
+
+/// One worker's handle on a group of workers. See the module documentation for the rules.
+pub trait Communicator: Send {
+    /// This worker's rank in the group, `0..size()`.
+    fn rank(&self) -> usize;
+    /// Number of workers in the group.
+    fn size(&self) -> usize;
+
+    /// Combines `buf` element-wise over the group; every member gets the result.
+    fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<()>;
+    /// Combines `buf` over the group into `root`'s `buf`; the others' buffers are unchanged.
+    fn reduce(&mut self, buf: &mut [f32], root: usize, op: ReduceOp) -> Result<()>;
+    /// Copies `root`'s `buf` into every member's `buf`.
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// Concatenates every member's `send` in rank order into `recv` (`size()·send.len()` long).
+    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// The scalar side channel: like [`Communicator::all_gather`] for `f64` values (losses,
+    /// step counts, elapsed times, config fingerprints).
+    fn all_gather_f64(&mut self, send: &[f64], recv: &mut [f64]) -> Result<()>;
+    /// Returns once every member has called it.
+    fn barrier(&mut self) -> Result<()>;
+
+    /// Sends `data` to `dest` (buffered: returns once the transport holds the data).
+    fn send(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<()>;
+    /// Receives exactly `buf.len()` values from `src` with `tag`, blocking until they arrive.
+    fn recv(&mut self, src: usize, tag: Tag, buf: &mut [f32]) -> Result<()>;
+    /// Starts a send; the data is copied, so `data` may be reused at once.
+    fn isend(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<SendRequest>;
+    /// Starts a receive of `len` values from `src` with `tag`.
+    fn irecv(&mut self, src: usize, tag: Tag, len: usize) -> Result<RecvRequest>;
+    /// Completes a send.
+    fn wait_send(&mut self, req: SendRequest) -> Result<()>;
+    /// Completes a receive into `buf` (`buf.len()` must equal the request's `len`).
+    fn wait_recv(&mut self, req: RecvRequest, buf: &mut [f32]) -> Result<()>;
+    /// True when `wait_recv` on this request would not block.
+    fn test_recv(&mut self, req: &RecvRequest) -> Result<bool>;
+
+    /// Splits the group: members passing the same `color` form a new group, ordered by
+    /// `(key, rank)`. Collective: every member calls it, in the same order.
+    fn split(&mut self, color: usize, key: usize) -> Result<Box<dyn Communicator>>;
+
+    /// Stops the whole run (every group of every worker): other workers' pending and future
+    /// operations fail with [`Error::Aborted`] carrying `reason`. `worker` is the world rank
+    /// of the caller, for the message.
+    fn abort(&self, reason: &str);
+
+    /// This worker's traffic so far, over all its communicators.
+    fn stats(&self) -> CommStats;
+}
+
+/// Checks that a rank names a member of a group of `size`.
+pub(crate) fn check_rank(what: &str, rank: usize, size: usize) -> Result<()> {
+    if rank >= size {
+        return Err(Error::Transport(format!("{what} rank {rank} is outside the group of {size} workers")));
+    }
+    Ok(())
+}
+
+/// Collective helpers built on the trait (one implementation for every transport).
+pub trait CommunicatorExt: Communicator {
+    /// Gathers one `f64` from every member.
+    fn gather_scalar(&mut self, value: f64) -> Result<Vec<f64>> {
+        let mut all = vec![0.0; self.size()];
+        self.all_gather_f64(&[value], &mut all)?;
+        Ok(all)
+    }
+
+    /// Fails on every member, with the same message, unless all members pass the same value.
+    /// Used before training to check that ranks agree on model size, layout and config.
+    fn agree(&mut self, what: &str, value: u64) -> Result<()> {
+        // f64 carries 53 bits exactly; fold the value so that the comparison is exact.
+        let folded = ((value >> 32) ^ (value & 0xffff_ffff)) as f64;
+        let all = self.gather_scalar(folded)?;
+        if let Some(other) = all.iter().position(|v| *v != all[0]) {
+            return Err(Error::Transport(format!(
+                "workers disagree on {what}: worker 0 has {}, worker {other} has {}",
+                all[0], all[other]
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<T: Communicator + ?Sized> CommunicatorExt for T {}
