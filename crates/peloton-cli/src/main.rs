@@ -1,1 +1,219 @@
-fn main(){}
+//! `peloton`: distributed training from the command line.
+
+mod config;
+mod run_folder;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use peloton_core::algorithms::AlgorithmConfig;
+use peloton_problems::ProblemConfig;
+
+use config::Override;
+
+/// peloton — distributed training: Leader SGD, elastic averaging, all-reduce, local SGD and
+/// more, on worker threads in one process.
+#[derive(Parser)]
+#[command(name = "peloton", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train: run an experiment (a TOML file, flags, or both) and write a run folder.
+    ///
+    /// Settings are applied in order: the file, then the flags below, then each --set.
+    /// Example: peloton train --algorithm lsgd --workers 8 --set algorithm.group_size=4
+    Train(TrainArgs),
+    /// List the algorithms and problems with their config keys.
+    List,
+    /// Measure the kernels and the threads transport's all-reduce against memcpy.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Experiment file (TOML). Without it, every setting has its default.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Algorithm name (see `peloton list`); switching drops the file's algorithm keys.
+    #[arg(long, value_name = "NAME")]
+    algorithm: Option<String>,
+    /// Problem kind (see `peloton list`); switching drops the file's problem keys.
+    #[arg(long, value_name = "KIND")]
+    problem: Option<String>,
+    /// Number of workers.
+    #[arg(short = 'n', long)]
+    workers: Option<usize>,
+    /// Local steps per worker.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Passes over each worker's shard.
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Wall-clock budget in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    time_budget: Option<f64>,
+    /// Run seed: the same seed and config give the same run, bit for bit.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Base learning rate.
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// Steps between evaluations (0 = only at the end).
+    #[arg(long, value_name = "STEPS")]
+    eval_every: Option<u64>,
+    /// Which parameters to evaluate: average, leader, center or workers.
+    #[arg(long, value_name = "MODEL")]
+    eval_model: Option<String>,
+    /// Any other setting as a dotted key, e.g. --set algorithm.tau=8 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run folder (default: runs/<algorithm>-<problem>-<time>); must not exist or be empty.
+    #[arg(short, long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the resolved experiment as TOML and exit without training.
+    #[arg(long)]
+    print_config: bool,
+    /// No progress bar or summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Buffer size in MiB.
+    #[arg(long, default_value_t = 16)]
+    size_mib: usize,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 15)]
+    repeats: usize,
+    /// Worker counts for the all-reduce measurement.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    workers: Vec<usize>,
+}
+
+fn overrides(args: &TrainArgs) -> Result<Vec<Override>> {
+    let mut out = Vec::new();
+    if let Some(a) = &args.algorithm {
+        out.push(Override::new("algorithm.name", a.as_str()));
+    }
+    if let Some(p) = &args.problem {
+        out.push(Override::new("problem.kind", p.as_str()));
+    }
+    let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    if let Some(w) = args.workers {
+        out.push(Override::new("workers", int(w as u64)));
+    }
+    if let Some(s) = args.steps {
+        out.push(Override::new("steps", int(s)));
+    }
+    if let Some(e) = args.epochs {
+        out.push(Override::new("epochs", e));
+    }
+    if let Some(t) = args.time_budget {
+        out.push(Override::new("time_budget", t));
+    }
+    if let Some(s) = args.seed {
+        out.push(Override::new("seed", int(s)));
+    }
+    if let Some(lr) = args.lr {
+        out.push(Override::new("optimizer.lr", lr));
+    }
+    if let Some(e) = args.eval_every {
+        out.push(Override::new("eval.every", int(e)));
+    }
+    if let Some(m) = &args.eval_model {
+        out.push(Override::new("eval.model", m.as_str()));
+    }
+    for s in &args.set {
+        out.push(Override::parse(s)?);
+    }
+    Ok(out)
+}
+
+fn list() {
+    println!("algorithms ([algorithm] name = ...):");
+    for (name, what, keys) in AlgorithmConfig::catalog() {
+        println!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
+    }
+    println!("\nproblems ([problem] kind = ...):");
+    for (name, what, keys) in ProblemConfig::catalog() {
+        println!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
+    }
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.size_mib >= 1 && args.repeats >= 1,
+        "--size-mib and --repeats must be at least 1"
+    );
+    anyhow::ensure!(
+        args.workers.iter().all(|&w| w >= 1),
+        "--workers must be at least 1"
+    );
+    let bytes = args.size_mib << 20;
+    println!(
+        "kernels on {} MiB buffers (ratio = bandwidth / memcpy bandwidth, same run):",
+        args.size_mib
+    );
+    println!(
+        "{}",
+        peloton_core::bench::format_table(&peloton_core::bench::kernels(bytes, args.repeats))
+    );
+    println!(
+        "all-reduce on the threads transport, {} MiB:",
+        args.size_mib
+    );
+    println!(
+        "{}",
+        peloton_core::bench::format_table(&peloton_core::bench::all_reduce(
+            bytes,
+            &args.workers,
+            args.repeats
+        ))
+    );
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            let config = config::load(args.config.as_deref(), &overrides(&args)?)?;
+            if args.print_config {
+                config.validate()?;
+                print!("{}", config.to_toml()?);
+                return Ok(());
+            }
+            train::train(
+                &config,
+                &train::TrainOptions {
+                    out: args.out,
+                    quiet: args.quiet,
+                },
+            )?;
+            Ok(())
+        }
+        Command::List => {
+            list();
+            Ok(())
+        }
+        Command::Bench(args) => bench(&args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -92,7 +92,10 @@ pub fn average_into(out: &mut [f32], inputs: &[&[f32]]) {
 
 /// `out ← x − y`.
 pub fn sub_into(out: &mut [f32], x: &[f32], y: &[f32]) {
-    assert!(out.len() == x.len() && x.len() == y.len(), "sub_into: length mismatch");
+    assert!(
+        out.len() == x.len() && x.len() == y.len(),
+        "sub_into: length mismatch"
+    );
     for ((o, a), b) in out.iter_mut().zip(x).zip(y) {
         *o = *a - *b;
     }

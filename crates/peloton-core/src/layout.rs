@@ -45,7 +45,11 @@ impl ParamLayout {
 
     /// Appends a tensor after the last one.
     pub fn push(&mut self, name: impl Into<String>, shape: &[usize]) {
-        let seg = Segment { name: name.into(), offset: self.len, shape: shape.to_vec() };
+        let seg = Segment {
+            name: name.into(),
+            offset: self.len,
+            shape: shape.to_vec(),
+        };
         self.len += seg.numel();
         self.segments.push(seg);
     }

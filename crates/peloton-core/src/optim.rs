@@ -54,7 +54,11 @@ impl Default for OptimizerConfig {
 
 impl OptimizerConfig {
     pub fn validate(&self) -> Result<()> {
-        ensure_config!(self.lr.is_finite() && self.lr > 0.0, "optimizer.lr must be positive, got {}", self.lr);
+        ensure_config!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "optimizer.lr must be positive, got {}",
+            self.lr
+        );
         ensure_config!(
             (0.0..1.0).contains(&self.momentum),
             "optimizer.momentum must be in [0, 1), got {}",
@@ -78,7 +82,11 @@ impl OptimizerConfig {
             momentum: self.momentum,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
-            velocity: if self.momentum > 0.0 { vec![0.0; len] } else { Vec::new() },
+            velocity: if self.momentum > 0.0 {
+                vec![0.0; len]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -105,7 +113,11 @@ pub enum LrSchedule {
     /// ×gamma at each milestone step.
     MultiStep { milestones: Vec<u64>, gamma: f32 },
     /// Cosine decay from the base rate to `min_factor`·base over `total_steps`.
-    Cosine { total_steps: u64, #[serde(default)] min_factor: f32 },
+    Cosine {
+        total_steps: u64,
+        #[serde(default)]
+        min_factor: f32,
+    },
     /// ×gamma once the worker has trained for each of `after_seconds` (LSGD's time-budgeted
     /// runs: "×0.1 after 500 s"). Wall-clock on real transports, virtual time in the simulator.
     TimeDrop { after_seconds: Vec<f64>, gamma: f32 },
@@ -118,29 +130,47 @@ impl LrSchedule {
             LrSchedule::Constant => {}
             LrSchedule::Step { every, gamma } => {
                 ensure_config!(*every > 0, "optimizer.schedule.every must be > 0");
-                ensure_config!(gamma_ok(*gamma), "optimizer.schedule.gamma must be positive, got {gamma}");
+                ensure_config!(
+                    gamma_ok(*gamma),
+                    "optimizer.schedule.gamma must be positive, got {gamma}"
+                );
             }
             LrSchedule::MultiStep { milestones, gamma } => {
                 ensure_config!(
                     milestones.windows(2).all(|w| w[0] < w[1]),
                     "optimizer.schedule.milestones must be strictly increasing"
                 );
-                ensure_config!(gamma_ok(*gamma), "optimizer.schedule.gamma must be positive, got {gamma}");
+                ensure_config!(
+                    gamma_ok(*gamma),
+                    "optimizer.schedule.gamma must be positive, got {gamma}"
+                );
             }
-            LrSchedule::Cosine { total_steps, min_factor } => {
-                ensure_config!(*total_steps > 0, "optimizer.schedule.total_steps must be > 0");
+            LrSchedule::Cosine {
+                total_steps,
+                min_factor,
+            } => {
+                ensure_config!(
+                    *total_steps > 0,
+                    "optimizer.schedule.total_steps must be > 0"
+                );
                 ensure_config!(
                     (0.0..=1.0).contains(min_factor),
                     "optimizer.schedule.min_factor must be in [0, 1], got {min_factor}"
                 );
             }
-            LrSchedule::TimeDrop { after_seconds, gamma } => {
+            LrSchedule::TimeDrop {
+                after_seconds,
+                gamma,
+            } => {
                 ensure_config!(
                     after_seconds.iter().all(|s| s.is_finite() && *s >= 0.0)
                         && after_seconds.windows(2).all(|w| w[0] < w[1]),
                     "optimizer.schedule.after_seconds must be non-negative and increasing"
                 );
-                ensure_config!(gamma_ok(*gamma), "optimizer.schedule.gamma must be positive, got {gamma}");
+                ensure_config!(
+                    gamma_ok(*gamma),
+                    "optimizer.schedule.gamma must be positive, got {gamma}"
+                );
             }
         }
         Ok(())
@@ -154,14 +184,18 @@ impl LrSchedule {
             LrSchedule::MultiStep { milestones, gamma } => {
                 gamma.powi(milestones.iter().filter(|&&m| step >= m).count() as i32)
             }
-            LrSchedule::Cosine { total_steps, min_factor } => {
+            LrSchedule::Cosine {
+                total_steps,
+                min_factor,
+            } => {
                 let t = (step.min(*total_steps) as f64) / (*total_steps as f64);
                 let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
                 (*min_factor as f64 + (1.0 - *min_factor as f64) * cos) as f32
             }
-            LrSchedule::TimeDrop { after_seconds, gamma } => {
-                gamma.powi(after_seconds.iter().filter(|&&s| elapsed >= s).count() as i32)
-            }
+            LrSchedule::TimeDrop {
+                after_seconds,
+                gamma,
+            } => gamma.powi(after_seconds.iter().filter(|&&s| elapsed >= s).count() as i32),
         }
     }
 }
@@ -178,23 +212,40 @@ pub struct Sgd {
 impl Sgd {
     /// One step: `params ← params − lr·direction(grad)`. `grad` is used as scratch.
     pub fn step(&mut self, params: &mut [f32], grad: &mut [f32], lr: f32) {
-        assert_eq!(params.len(), grad.len(), "optimizer: gradient length differs from parameters");
+        assert_eq!(
+            params.len(),
+            grad.len(),
+            "optimizer: gradient length differs from parameters"
+        );
         let wd = self.weight_decay;
         if wd != 0.0 {
-            grad.iter_mut().zip(params.iter()).for_each(|(g, x)| *g += wd * *x);
+            grad.iter_mut()
+                .zip(params.iter())
+                .for_each(|(g, x)| *g += wd * *x);
         }
         if self.momentum == 0.0 {
-            params.iter_mut().zip(grad.iter()).for_each(|(x, g)| *x -= lr * *g);
+            params
+                .iter_mut()
+                .zip(grad.iter())
+                .for_each(|(x, g)| *x -= lr * *g);
             return;
         }
         let mu = self.momentum;
         if self.nesterov {
-            for ((x, g), v) in params.iter_mut().zip(grad.iter()).zip(self.velocity.iter_mut()) {
+            for ((x, g), v) in params
+                .iter_mut()
+                .zip(grad.iter())
+                .zip(self.velocity.iter_mut())
+            {
                 *v = mu * *v + *g;
                 *x -= lr * (*g + mu * *v);
             }
         } else {
-            for ((x, g), v) in params.iter_mut().zip(grad.iter()).zip(self.velocity.iter_mut()) {
+            for ((x, g), v) in params
+                .iter_mut()
+                .zip(grad.iter())
+                .zip(self.velocity.iter_mut())
+            {
                 *v = mu * *v + *g;
                 *x -= lr * *v;
             }
@@ -212,7 +263,12 @@ mod tests {
     use super::*;
 
     fn opt(momentum: f32, nesterov: bool, wd: f32) -> OptimizerConfig {
-        OptimizerConfig { momentum, nesterov, weight_decay: wd, ..Default::default() }
+        OptimizerConfig {
+            momentum,
+            nesterov,
+            weight_decay: wd,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -243,19 +299,45 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let c = |schedule| OptimizerConfig { lr: 1.0, schedule, ..Default::default() };
-        let step = c(LrSchedule::Step { every: 10, gamma: 0.5 });
-        assert_eq!((step.lr_at(9, 0.0), step.lr_at(10, 0.0), step.lr_at(25, 0.0)), (1.0, 0.5, 0.25));
-        let ms = c(LrSchedule::MultiStep { milestones: vec![5, 8], gamma: 0.1 });
+        let c = |schedule| OptimizerConfig {
+            lr: 1.0,
+            schedule,
+            ..Default::default()
+        };
+        let step = c(LrSchedule::Step {
+            every: 10,
+            gamma: 0.5,
+        });
+        assert_eq!(
+            (step.lr_at(9, 0.0), step.lr_at(10, 0.0), step.lr_at(25, 0.0)),
+            (1.0, 0.5, 0.25)
+        );
+        let ms = c(LrSchedule::MultiStep {
+            milestones: vec![5, 8],
+            gamma: 0.1,
+        });
         assert_eq!(ms.lr_at(4, 0.0), 1.0);
         assert!((ms.lr_at(8, 0.0) - 0.01).abs() < 1e-7);
-        let cos = c(LrSchedule::Cosine { total_steps: 100, min_factor: 0.0 });
+        let cos = c(LrSchedule::Cosine {
+            total_steps: 100,
+            min_factor: 0.0,
+        });
         assert!((cos.lr_at(50, 0.0) - 0.5).abs() < 1e-6 && cos.lr_at(100, 0.0).abs() < 1e-7);
-        let td = c(LrSchedule::TimeDrop { after_seconds: vec![500.0], gamma: 0.1 });
+        let td = c(LrSchedule::TimeDrop {
+            after_seconds: vec![500.0],
+            gamma: 0.1,
+        });
         assert_eq!(td.lr_at(1000, 499.9), 1.0);
         assert!((td.lr_at(0, 500.0) - 0.1).abs() < 1e-7);
-        let warm = OptimizerConfig { lr: 1.0, warmup_steps: 4, ..Default::default() };
-        assert_eq!((warm.lr_at(0, 0.0), warm.lr_at(3, 0.0), warm.lr_at(4, 0.0)), (0.25, 1.0, 1.0));
+        let warm = OptimizerConfig {
+            lr: 1.0,
+            warmup_steps: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            (warm.lr_at(0, 0.0), warm.lr_at(3, 0.0), warm.lr_at(4, 0.0)),
+            (0.25, 1.0, 1.0)
+        );
     }
 
     #[test]
@@ -263,9 +345,22 @@ mod tests {
         assert!(opt(1.0, false, 0.0).validate().is_err());
         assert!(opt(0.0, true, 0.0).validate().is_err());
         assert!(opt(0.0, false, -1.0).validate().is_err());
-        let bad = OptimizerConfig { lr: -0.1, ..Default::default() };
-        assert!(bad.validate().unwrap_err().to_string().contains("optimizer.lr"));
-        let bad = OptimizerConfig { schedule: LrSchedule::Step { every: 0, gamma: 0.1 }, ..Default::default() };
+        let bad = OptimizerConfig {
+            lr: -0.1,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("optimizer.lr"));
+        let bad = OptimizerConfig {
+            schedule: LrSchedule::Step {
+                every: 0,
+                gamma: 0.1,
+            },
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
     }
 }

@@ -110,7 +110,10 @@ impl RunConfig {
             ensure_config!(e.is_finite() && e > 0.0, "epochs must be positive, got {e}");
         }
         if let Some(t) = self.time_budget {
-            ensure_config!(t.is_finite() && t > 0.0, "time_budget must be a positive number of seconds, got {t}");
+            ensure_config!(
+                t.is_finite() && t > 0.0,
+                "time_budget must be a positive number of seconds, got {t}"
+            );
         }
         ensure_config!(self.log_every >= 1, "log_every must be at least 1");
         ensure_config!(self.leader_window >= 1, "leader_window must be at least 1");
@@ -164,7 +167,11 @@ pub struct EvalRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Sent once, by worker 0, when training starts.
-    Started { workers: usize, params: usize, steps: Option<u64> },
+    Started {
+        workers: usize,
+        params: usize,
+        steps: Option<u64>,
+    },
     Worker(WorkerRecord),
     Eval(EvalRecord),
 }
@@ -206,7 +213,11 @@ pub fn run_worker(
 ) -> Result<WorkerOutcome> {
     let rank = comm.rank();
     let n = comm.size();
-    let mut learner = factory.build(LearnerContext { rank, workers: n, seed: config.seed })?;
+    let mut learner = factory.build(LearnerContext {
+        rank,
+        workers: n,
+        seed: config.seed,
+    })?;
     let len = learner.layout().len();
     let mut diag = DiagnosticTraffic::default();
 
@@ -229,18 +240,27 @@ pub fn run_worker(
         (steps, None) => steps,
         (steps, Some(epochs)) => {
             let per_epoch = learner.steps_per_epoch().ok_or_else(|| {
-                Error::Config("an epochs budget needs a problem with a finite dataset; give steps instead".into())
+                Error::Config(
+                    "an epochs budget needs a problem with a finite dataset; give steps instead"
+                        .into(),
+                )
             })?;
             // Shards may differ by a sample: every worker must run the same number of steps.
             let fewest = diag.run(comm, |c| {
-                Ok(c.gather_scalar(per_epoch as f64)?.into_iter().fold(f64::INFINITY, f64::min))
+                Ok(c.gather_scalar(per_epoch as f64)?
+                    .into_iter()
+                    .fold(f64::INFINITY, f64::min))
             })?;
             let from_epochs = (epochs * fewest).ceil().max(1.0) as u64;
             Some(steps.map_or(from_epochs, |s| s.min(from_epochs)))
         }
     };
     if rank == 0 {
-        emit(Event::Started { workers: n, params: len, steps: total_steps });
+        emit(Event::Started {
+            workers: n,
+            params: len,
+            steps: total_steps,
+        });
     }
 
     let mut grad = vec![0.0f32; len];
@@ -259,14 +279,26 @@ pub fn run_worker(
         let lr = config.optimizer.lr_at(step, start.elapsed().as_secs_f64());
         let loss = learner.loss_and_grad(&params, &mut grad)?;
         if !loss.is_finite() {
-            return Err(Error::Diverged { worker: rank, step, loss });
+            return Err(Error::Diverged {
+                worker: rank,
+                step,
+                loss,
+            });
         }
         window.push(loss);
         losses.push(loss);
         interval_sum += loss;
         interval_count += 1;
         let metric = window.mean();
-        let mut ctx = StepContext { comm: &mut *comm, params: &mut params, grad: &mut grad, step, loss, metric, lr };
+        let mut ctx = StepContext {
+            comm: &mut *comm,
+            params: &mut params,
+            grad: &mut grad,
+            step,
+            loss,
+            metric,
+            lr,
+        };
         algorithm.before_step(&mut ctx)?;
         optimizer.step(ctx.params, ctx.grad, lr);
         algorithm.after_step(&mut ctx)?;
@@ -281,7 +313,9 @@ pub fn run_worker(
         if let Some(budget) = config.time_budget {
             let elapsed = start.elapsed().as_secs_f64();
             // Any worker out of time stops everyone at the same step.
-            stop |= diag.run(comm, |c| Ok(c.gather_scalar(elapsed)?.iter().any(|&t| t >= budget)))?;
+            stop |= diag.run(comm, |c| {
+                Ok(c.gather_scalar(elapsed)?.iter().any(|&t| t >= budget))
+            })?;
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut averaged = false;
@@ -319,7 +353,9 @@ pub fn run_worker(
                 }
                 EvalModel::Center => {
                     if rank == 0 {
-                        let center = algorithm.center().expect("validated: the algorithm has a center");
+                        let center = algorithm
+                            .center()
+                            .expect("validated: the algorithm has a center");
                         evals.push(record(learner.evaluate(center)?, None));
                     }
                 }
@@ -369,7 +405,11 @@ pub fn run_worker(
 struct DiagnosticTraffic(CommStats);
 
 impl DiagnosticTraffic {
-    fn run<T>(&mut self, comm: &mut dyn Communicator, f: impl FnOnce(&mut dyn Communicator) -> Result<T>) -> Result<T> {
+    fn run<T>(
+        &mut self,
+        comm: &mut dyn Communicator,
+        f: impl FnOnce(&mut dyn Communicator) -> Result<T>,
+    ) -> Result<T> {
         let before = comm.stats();
         let out = f(comm);
         let spent = comm.stats().since(&before);
@@ -409,7 +449,12 @@ impl Reorder {
         }
     }
 
-    fn flush(&self, mut evals: Vec<EvalRecord>, mut records: Vec<WorkerRecord>, out: &mut dyn FnMut(&Event)) {
+    fn flush(
+        &self,
+        mut evals: Vec<EvalRecord>,
+        mut records: Vec<WorkerRecord>,
+        out: &mut dyn FnMut(&Event),
+    ) {
         evals.sort_by_key(|e| e.worker);
         records.sort_by_key(|r| r.worker);
         evals.into_iter().for_each(|e| out(&Event::Eval(e)));
@@ -426,8 +471,10 @@ impl Reorder {
 /// The error that explains a failed run: the first worker's own error, not the "aborted"
 /// errors it caused on the others.
 pub fn root_cause(errors: Vec<Error>) -> Error {
-    let is_consequence =
-        |e: &Error| matches!(e, Error::Aborted { .. }) || matches!(e, Error::Transport(m) if m.contains("left the run"));
+    let is_consequence = |e: &Error| {
+        matches!(e, Error::Aborted { .. })
+            || matches!(e, Error::Transport(m) if m.contains("left the run"))
+    };
     let first = errors.iter().position(|e| !is_consequence(e)).unwrap_or(0);
     errors.into_iter().nth(first).expect("at least one error")
 }
@@ -452,16 +499,24 @@ pub fn run_threads(
                 // The receiver outlives the workers; a send can only fail if it panicked.
                 let _ = tx.send(e);
             };
-            threads::run_workers(config.workers, |comm| run_worker(comm, factory, config, &emit))
+            threads::run_workers(config.workers, |comm| {
+                run_worker(comm, factory, config, &emit)
+            })
         });
-        let mut reorder = Reorder { workers: config.workers, pending: BTreeMap::new() };
+        let mut reorder = Reorder {
+            workers: config.workers,
+            pending: BTreeMap::new(),
+        };
         for event in rx {
             reorder.push(event, on_event);
         }
         reorder.finish(on_event);
         workers.join()
     });
-    let results = results.map_err(|_| Error::Panic { worker: 0, message: "runner thread died".into() })?;
+    let results = results.map_err(|_| Error::Panic {
+        worker: 0,
+        message: "runner thread died".into(),
+    })?;
     let mut outcomes = Vec::with_capacity(results.len());
     let mut errors = Vec::new();
     for r in results {
@@ -473,7 +528,10 @@ pub fn run_threads(
     if !errors.is_empty() {
         return Err(root_cause(errors));
     }
-    let final_evals = outcomes.iter().flat_map(|o| o.final_evals.clone()).collect();
+    let final_evals = outcomes
+        .iter()
+        .flat_map(|o| o.final_evals.clone())
+        .collect();
     Ok(RunReport {
         steps: outcomes.iter().map(|o| o.steps).max().unwrap_or(0),
         seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),

@@ -7,7 +7,12 @@ use peloton_core::runner::{run_threads, Event, RunConfig, RunReport};
 use peloton_problems::ProblemConfig;
 
 /// A run config with `workers` workers and `steps` steps, metrics at the end only.
-pub fn config(workers: usize, steps: u64, algorithm: AlgorithmConfig, optimizer: OptimizerConfig) -> RunConfig {
+pub fn config(
+    workers: usize,
+    steps: u64,
+    algorithm: AlgorithmConfig,
+    optimizer: OptimizerConfig,
+) -> RunConfig {
     RunConfig {
         workers,
         seed: 42,
@@ -21,7 +26,10 @@ pub fn config(workers: usize, steps: u64, algorithm: AlgorithmConfig, optimizer:
 }
 
 pub fn sgd(lr: f32) -> OptimizerConfig {
-    OptimizerConfig { lr, ..Default::default() }
+    OptimizerConfig {
+        lr,
+        ..Default::default()
+    }
 }
 
 pub fn run(config: &RunConfig, problem: &ProblemConfig) -> RunReport {
@@ -35,5 +43,8 @@ pub fn run_with_events(config: &RunConfig, problem: &ProblemConfig) -> (RunRepor
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

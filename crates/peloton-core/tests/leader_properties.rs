@@ -8,8 +8,21 @@ use proptest::prelude::*;
 
 /// Runs one LSGD round (τ = τ_G = 1) on `n` workers whose parameters are `start(rank)` and
 /// whose leader metrics are `metrics`; returns every worker's parameters after the round.
-fn one_round(n: usize, group_size: Option<usize>, lambda: f32, lambda_global: Option<f32>, metrics: &[f64]) -> Vec<Vec<f32>> {
-    let config = LsgdConfig { tau: 1, lambda, group_size, tau_global: group_size.filter(|&l| l < n).map(|_| 1), lambda_global, ..Default::default() };
+fn one_round(
+    n: usize,
+    group_size: Option<usize>,
+    lambda: f32,
+    lambda_global: Option<f32>,
+    metrics: &[f64],
+) -> Vec<Vec<f32>> {
+    let config = LsgdConfig {
+        tau: 1,
+        lambda,
+        group_size,
+        tau_global: group_size.filter(|&l| l < n).map(|_| 1),
+        lambda_global,
+        ..Default::default()
+    };
     let algorithm = AlgorithmConfig::Lsgd(config);
     algorithm.validate(n, &Default::default()).unwrap();
     let results = run_workers(n, |comm| {
@@ -18,7 +31,15 @@ fn one_round(n: usize, group_size: Option<usize>, lambda: f32, lambda_global: Op
         let mut alg = algorithm.init(n, params.len())?;
         alg.setup(comm, &mut params)?;
         let mut grad = vec![0.0; params.len()];
-        let mut ctx = StepContext { comm, params: &mut params, grad: &mut grad, step: 0, loss: metrics[rank], metric: metrics[rank], lr: 0.1 };
+        let mut ctx = StepContext {
+            comm,
+            params: &mut params,
+            grad: &mut grad,
+            step: 0,
+            loss: metrics[rank],
+            metric: metrics[rank],
+            lr: 0.1,
+        };
         alg.after_step(&mut ctx)?;
         Ok(params)
     });
@@ -30,11 +51,16 @@ fn start(rank: usize) -> Vec<f32> {
 }
 
 fn argmin(metrics: &[f64], range: std::ops::Range<usize>) -> Option<usize> {
-    range.filter(|&i| metrics[i].is_finite()).min_by(|&a, &b| metrics[a].partial_cmp(&metrics[b]).unwrap().then(a.cmp(&b)))
+    range
+        .filter(|&i| metrics[i].is_finite())
+        .min_by(|&a, &b| metrics[a].partial_cmp(&metrics[b]).unwrap().then(a.cmp(&b)))
 }
 
 fn mix(x: &[f32], y: &[f32], c: f32) -> Vec<f32> {
-    x.iter().zip(y).map(|(a, b)| (1.0 - c) * a + c * b).collect()
+    x.iter()
+        .zip(y)
+        .map(|(a, b)| (1.0 - c) * a + c * b)
+        .collect()
 }
 
 #[test]

@@ -42,15 +42,26 @@ pub struct DoubleWellConfig {
 
 impl Default for DoubleWellConfig {
     fn default() -> Self {
-        Self { dim: 2, noise: 0.0, start: Start::Mirrored, spread: 1.0 }
+        Self {
+            dim: 2,
+            noise: 0.0,
+            start: Start::Mirrored,
+            spread: 1.0,
+        }
     }
 }
 
 impl DoubleWellConfig {
     pub fn validate(&self) -> Result<()> {
         ensure_config!(self.dim >= 1, "problem.dim must be at least 1");
-        ensure_config!(self.noise.is_finite() && self.noise >= 0.0, "problem.noise must be ≥ 0");
-        ensure_config!(self.spread.is_finite() && self.spread > 0.0, "problem.spread must be positive");
+        ensure_config!(
+            self.noise.is_finite() && self.noise >= 0.0,
+            "problem.noise must be ≥ 0"
+        );
+        ensure_config!(
+            self.spread.is_finite() && self.spread > 0.0,
+            "problem.spread must be positive"
+        );
         Ok(())
     }
 
@@ -104,8 +115,14 @@ impl Learner for DoubleWell {
                 }
             }
             Start::Random => {
-                let mut own = seed::rng(self.ctx.seed, "double-well/start-random", self.ctx.rank as u64);
-                params.iter_mut().for_each(|p| *p = spread * (3.0 * own.random::<f32>() - 1.5));
+                let mut own = seed::rng(
+                    self.ctx.seed,
+                    "double-well/start-random",
+                    self.ctx.rank as u64,
+                );
+                params
+                    .iter_mut()
+                    .for_each(|p| *p = spread * (3.0 * own.random::<f32>() - 1.5));
             }
         }
     }
@@ -115,7 +132,8 @@ impl Learner for DoubleWell {
         let mut loss = objective(params);
         if self.config.noise > 0.0 {
             let s = self.config.noise;
-            grad.iter_mut().for_each(|g| *g += s * normal(&mut self.noise));
+            grad.iter_mut()
+                .for_each(|g| *g += s * normal(&mut self.noise));
             loss += (s * normal(&mut self.noise)) as f64;
         }
         Ok(loss)
@@ -125,7 +143,11 @@ impl Learner for DoubleWell {
         let mut g = vec![0.0; params.len()];
         gradient(params, &mut g);
         let grad_norm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-        Ok(Evaluation { loss: objective(params), accuracy: None, grad_norm: Some(grad_norm) })
+        Ok(Evaluation {
+            loss: objective(params),
+            accuracy: None,
+            grad_norm: Some(grad_norm),
+        })
     }
 }
 
@@ -145,16 +167,32 @@ mod tests {
 
     #[test]
     fn mirrored_pairs_are_exact_negatives() {
-        let cfg = DoubleWellConfig { dim: 3, ..Default::default() };
+        let cfg = DoubleWellConfig {
+            dim: 3,
+            ..Default::default()
+        };
         let mut a = vec![0.0; 3];
         let mut b = vec![0.0; 3];
-        cfg.build(LearnerContext { rank: 2, workers: 4, seed: 5 }).init_params(&mut a);
-        cfg.build(LearnerContext { rank: 3, workers: 4, seed: 5 }).init_params(&mut b);
+        cfg.build(LearnerContext {
+            rank: 2,
+            workers: 4,
+            seed: 5,
+        })
+        .init_params(&mut a);
+        cfg.build(LearnerContext {
+            rank: 3,
+            workers: 4,
+            seed: 5,
+        })
+        .init_params(&mut b);
         assert!(a[0] > 0.0);
         assert!(a.iter().zip(&b).all(|(x, y)| *x == -*y));
         let (mut ga, mut gb) = (vec![0.0; 3], vec![0.0; 3]);
         gradient(&a, &mut ga);
         gradient(&b, &mut gb);
-        assert!(ga.iter().zip(&gb).all(|(x, y)| *x == -*y), "the gradient is exactly odd");
+        assert!(
+            ga.iter().zip(&gb).all(|(x, y)| *x == -*y),
+            "the gradient is exactly odd"
+        );
     }
 }

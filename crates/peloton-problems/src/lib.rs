@@ -58,10 +58,26 @@ impl ProblemConfig {
     /// Every problem kind with a one-line description and its keys, for `peloton list`.
     pub fn catalog() -> &'static [(&'static str, &'static str, &'static str)] {
         &[
-            ("quadratic", "noisy quadratic with a known optimum", "dim, condition, noise, batch_size, init_scale"),
-            ("softmax", "softmax regression on a synthetic dataset (sharded, with a test set)", "classes, features, train_samples, test_samples, batch_size, l2, teacher_scale"),
-            ("double-well", "¼(x₀²−1)² + ½Σx_k²: two minima, a saddle between them", "dim, noise, start, spread"),
-            ("matrix-completion", "symmetric low-rank completion ‖P_Ω(XXᵀ−M)‖²", "d, rank, observed, batch_size, init_scale"),
+            (
+                "quadratic",
+                "noisy quadratic with a known optimum",
+                "dim, condition, noise, batch_size, init_scale",
+            ),
+            (
+                "softmax",
+                "softmax regression on a synthetic dataset (sharded, with a test set)",
+                "classes, features, train_samples, test_samples, batch_size, l2, teacher_scale",
+            ),
+            (
+                "double-well",
+                "¼(x₀²−1)² + ½Σx_k²: two minima, a saddle between them",
+                "dim, noise, start, spread",
+            ),
+            (
+                "matrix-completion",
+                "symmetric low-rank completion ‖P_Ω(XXᵀ−M)‖²",
+                "d, rank, observed, batch_size, init_scale",
+            ),
         ]
     }
 

@@ -33,7 +33,13 @@ pub struct MatrixCompletionConfig {
 
 impl Default for MatrixCompletionConfig {
     fn default() -> Self {
-        Self { d: 100, rank: 2, observed: 0.3, batch_size: 0, init_scale: 0.5 }
+        Self {
+            d: 100,
+            rank: 2,
+            observed: 0.3,
+            batch_size: 0,
+            init_scale: 0.5,
+        }
     }
 }
 
@@ -49,9 +55,18 @@ struct Entry {
 impl MatrixCompletionConfig {
     pub fn validate(&self) -> Result<()> {
         ensure_config!(self.d >= 1, "problem.d must be at least 1");
-        ensure_config!(self.rank >= 1 && self.rank <= self.d, "problem.rank must be in 1..=d");
-        ensure_config!(self.observed > 0.0 && self.observed <= 1.0, "problem.observed must be in (0, 1]");
-        ensure_config!(self.init_scale.is_finite() && self.init_scale > 0.0, "problem.init_scale must be positive");
+        ensure_config!(
+            self.rank >= 1 && self.rank <= self.d,
+            "problem.rank must be in 1..=d"
+        );
+        ensure_config!(
+            self.observed > 0.0 && self.observed <= 1.0,
+            "problem.observed must be in (0, 1]"
+        );
+        ensure_config!(
+            self.init_scale.is_finite() && self.init_scale > 0.0,
+            "problem.init_scale must be positive"
+        );
         Ok(())
     }
 
@@ -65,14 +80,24 @@ impl MatrixCompletionConfig {
             for j in i..d {
                 if shared.random::<f64>() < self.observed {
                     let m = (0..r).map(|k| truth[i * r + k] * truth[j * r + k]).sum();
-                    entries.push(Entry { i: i as u32, j: j as u32, m, weight: if i == j { 1.0 } else { 2.0 } });
+                    entries.push(Entry {
+                        i: i as u32,
+                        j: j as u32,
+                        m,
+                        weight: if i == j { 1.0 } else { 2.0 },
+                    });
                 }
             }
         }
         if entries.is_empty() {
             // Keep the problem well defined for tiny d: observe the first diagonal entry.
             let m = (0..r).map(|k| truth[k] * truth[k]).sum();
-            entries.push(Entry { i: 0, j: 0, m, weight: 1.0 });
+            entries.push(Entry {
+                i: 0,
+                j: 0,
+                m,
+                weight: 1.0,
+            });
         }
         MatrixCompletion {
             config: self.clone(),
@@ -97,7 +122,12 @@ pub struct MatrixCompletion {
 
 impl MatrixCompletion {
     /// Loss and (optionally) gradient over the given entries.
-    fn pass(&self, x: &[f32], entries: impl Iterator<Item = Entry>, mut grad: Option<&mut [f32]>) -> f64 {
+    fn pass(
+        &self,
+        x: &[f32],
+        entries: impl Iterator<Item = Entry>,
+        mut grad: Option<&mut [f32]>,
+    ) -> f64 {
         let r = self.config.rank;
         if let Some(g) = grad.as_deref_mut() {
             g.fill(0.0);
@@ -150,7 +180,9 @@ impl Learner for MatrixCompletion {
 
     fn init_params(&mut self, params: &mut [f32]) {
         let s = self.config.init_scale;
-        params.iter_mut().for_each(|p| *p = s * normal(&mut self.init));
+        params
+            .iter_mut()
+            .for_each(|p| *p = s * normal(&mut self.init));
     }
 
     fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64> {
@@ -159,17 +191,26 @@ impl Learner for MatrixCompletion {
         }
         self.batch.clear();
         for _ in 0..self.config.batch_size {
-            self.batch.push(self.sampler.random_range(0..self.entries.len() as u32));
+            self.batch
+                .push(self.sampler.random_range(0..self.entries.len() as u32));
         }
         let entries = &self.entries;
-        Ok(self.pass(params, self.batch.iter().map(|&k| entries[k as usize]), Some(grad)))
+        Ok(self.pass(
+            params,
+            self.batch.iter().map(|&k| entries[k as usize]),
+            Some(grad),
+        ))
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
         let mut g = vec![0.0; params.len()];
         let loss = self.pass(params, self.entries.iter().copied(), Some(&mut g));
         let grad_norm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-        Ok(Evaluation { loss, accuracy: None, grad_norm: Some(grad_norm) })
+        Ok(Evaluation {
+            loss,
+            accuracy: None,
+            grad_norm: Some(grad_norm),
+        })
     }
 }
 
@@ -179,8 +220,18 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences_and_truth_is_optimal() {
-        let cfg = MatrixCompletionConfig { d: 6, rank: 2, observed: 0.7, batch_size: 0, init_scale: 0.5 };
-        let mut mc = cfg.build(LearnerContext { rank: 0, workers: 1, seed: 4 });
+        let cfg = MatrixCompletionConfig {
+            d: 6,
+            rank: 2,
+            observed: 0.7,
+            batch_size: 0,
+            init_scale: 0.5,
+        };
+        let mut mc = cfg.build(LearnerContext {
+            rank: 0,
+            workers: 1,
+            seed: 4,
+        });
         let mut x = vec![0.0; 12];
         mc.init_params(&mut x);
         let mut g = vec![0.0; 12];
@@ -191,7 +242,11 @@ mod tests {
             a[j] += h;
             b[j] -= h;
             let fd = (mc.objective(&a) - mc.objective(&b)) / (2.0 * h as f64);
-            assert!((fd - g[j] as f64).abs() < 1e-2 * (1.0 + fd.abs()), "coord {j}: fd {fd} vs {}", g[j]);
+            assert!(
+                (fd - g[j] as f64).abs() < 1e-2 * (1.0 + fd.abs()),
+                "coord {j}: fd {fd} vs {}",
+                g[j]
+            );
         }
         // The objective is symmetric under X → −X and zero gradient at X = 0 (the saddle).
         let neg: Vec<f32> = x.iter().map(|v| -v).collect();

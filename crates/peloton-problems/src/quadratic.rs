@@ -29,17 +29,36 @@ pub struct QuadraticConfig {
 
 impl Default for QuadraticConfig {
     fn default() -> Self {
-        Self { dim: 20, condition: 10.0, noise: 0.5, batch_size: 8, init_scale: 1.0 }
+        Self {
+            dim: 20,
+            condition: 10.0,
+            noise: 0.5,
+            batch_size: 8,
+            init_scale: 1.0,
+        }
     }
 }
 
 impl QuadraticConfig {
     pub fn validate(&self) -> Result<()> {
         ensure_config!(self.dim >= 1, "problem.dim must be at least 1");
-        ensure_config!(self.condition >= 1.0, "problem.condition must be ≥ 1, got {}", self.condition);
-        ensure_config!(self.noise.is_finite() && self.noise >= 0.0, "problem.noise must be ≥ 0");
-        ensure_config!(self.batch_size >= 1, "problem.batch_size must be at least 1");
-        ensure_config!(self.init_scale.is_finite() && self.init_scale >= 0.0, "problem.init_scale must be ≥ 0");
+        ensure_config!(
+            self.condition >= 1.0,
+            "problem.condition must be ≥ 1, got {}",
+            self.condition
+        );
+        ensure_config!(
+            self.noise.is_finite() && self.noise >= 0.0,
+            "problem.noise must be ≥ 0"
+        );
+        ensure_config!(
+            self.batch_size >= 1,
+            "problem.batch_size must be at least 1"
+        );
+        ensure_config!(
+            self.init_scale.is_finite() && self.init_scale >= 0.0,
+            "problem.init_scale must be ≥ 0"
+        );
         Ok(())
     }
 
@@ -47,7 +66,11 @@ impl QuadraticConfig {
         let d = self.dim;
         let curvature = (0..d)
             .map(|k| {
-                let t = if d > 1 { k as f32 / (d - 1) as f32 } else { 0.0 };
+                let t = if d > 1 {
+                    k as f32 / (d - 1) as f32
+                } else {
+                    0.0
+                };
                 self.condition.powf(-t)
             })
             .collect();
@@ -131,7 +154,11 @@ impl Learner for Quadratic {
             .map(|((x, o), a)| ((a * (x - o)) as f64).powi(2))
             .sum::<f64>()
             .sqrt();
-        Ok(Evaluation { loss: self.excess(params), accuracy: None, grad_norm: Some(grad_norm) })
+        Ok(Evaluation {
+            loss: self.excess(params),
+            accuracy: None,
+            grad_norm: Some(grad_norm),
+        })
     }
 }
 
@@ -140,12 +167,22 @@ mod tests {
     use super::*;
 
     fn ctx(rank: usize) -> LearnerContext {
-        LearnerContext { rank, workers: 2, seed: 3 }
+        LearnerContext {
+            rank,
+            workers: 2,
+            seed: 3,
+        }
     }
 
     #[test]
     fn exact_gradient_without_noise() {
-        let cfg = QuadraticConfig { dim: 3, condition: 4.0, noise: 0.0, batch_size: 2, init_scale: 1.0 };
+        let cfg = QuadraticConfig {
+            dim: 3,
+            condition: 4.0,
+            noise: 0.0,
+            batch_size: 2,
+            init_scale: 1.0,
+        };
         let mut q = cfg.build(ctx(0));
         // curvatures: 4^0, 4^-0.5, 4^-1 = 1, 0.5, 0.25
         let x: Vec<f32> = q.optimum().iter().map(|o| o + 2.0).collect();
@@ -166,6 +203,9 @@ mod tests {
         assert_eq!(a.optimum(), b.optimum());
         let x = vec![0.0; cfg.dim];
         let (mut ga, mut gb) = (vec![0.0; cfg.dim], vec![0.0; cfg.dim]);
-        assert_ne!(a.loss_and_grad(&x, &mut ga).unwrap(), b.loss_and_grad(&x, &mut gb).unwrap());
+        assert_ne!(
+            a.loss_and_grad(&x, &mut ga).unwrap(),
+            b.loss_and_grad(&x, &mut gb).unwrap()
+        );
     }
 }

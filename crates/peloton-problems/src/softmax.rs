@@ -61,9 +61,18 @@ impl SoftmaxConfig {
             "problem.train_samples = {} is less than the number of workers ({workers}): some shards would be empty",
             self.train_samples
         );
-        ensure_config!(self.test_samples >= 1, "problem.test_samples must be at least 1");
-        ensure_config!(self.l2.is_finite() && self.l2 >= 0.0, "problem.l2 must be ≥ 0");
-        ensure_config!(self.teacher_scale.is_finite(), "problem.teacher_scale must be finite");
+        ensure_config!(
+            self.test_samples >= 1,
+            "problem.test_samples must be at least 1"
+        );
+        ensure_config!(
+            self.l2.is_finite() && self.l2 >= 0.0,
+            "problem.l2 must be ≥ 0"
+        );
+        ensure_config!(
+            self.teacher_scale.is_finite(),
+            "problem.teacher_scale must be finite"
+        );
         Ok(())
     }
 
@@ -76,7 +85,11 @@ impl SoftmaxConfig {
             let row = &mut x[i * d..(i + 1) * d];
             row.iter_mut().for_each(|v| *v = normal(rng));
             for (k, l) in logits.iter_mut().enumerate() {
-                *l = teacher[k * d..(k + 1) * d].iter().zip(row.iter()).map(|(w, v)| (w * v) as f64).sum();
+                *l = teacher[k * d..(k + 1) * d]
+                    .iter()
+                    .zip(row.iter())
+                    .map(|(w, v)| (w * v) as f64)
+                    .sum();
             }
             let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
@@ -100,10 +113,14 @@ impl SoftmaxConfig {
         let teacher: Vec<f32> = (0..c * d).map(|_| scale * normal(&mut shared)).collect();
         let train = self.generate(&teacher, &mut shared, self.train_samples);
         let test = self.generate(&teacher, &mut shared, self.test_samples);
-        let shard: Vec<usize> = (ctx.rank..self.train_samples).step_by(ctx.workers).collect();
+        let shard: Vec<usize> = (ctx.rank..self.train_samples)
+            .step_by(ctx.workers)
+            .collect();
         SoftmaxRegression {
             config: self.clone(),
-            layout: ParamLayout::new().with("weight", &[c, d]).with("bias", &[c]),
+            layout: ParamLayout::new()
+                .with("weight", &[c, d])
+                .with("bias", &[c]),
             train,
             test,
             order: shard.clone(),
@@ -157,7 +174,14 @@ impl SoftmaxRegression {
 
     /// Mean cross-entropy (plus the L2 term) of `indices` of `data`, with its gradient added to
     /// `grad` when given. Returns (loss, correct predictions).
-    fn pass(&self, data: &Data, indices: &[usize], params: &[f32], mut grad: Option<&mut [f32]>, probs: &mut [f64]) -> (f64, usize) {
+    fn pass(
+        &self,
+        data: &Data,
+        indices: &[usize],
+        params: &[f32],
+        mut grad: Option<&mut [f32]>,
+        probs: &mut [f64],
+    ) -> (f64, usize) {
         let (c, d) = (self.config.classes, self.config.features);
         let (w, b) = params.split_at(c * d);
         if let Some(g) = grad.as_deref_mut() {
@@ -171,7 +195,12 @@ impl SoftmaxRegression {
             let yi = data.y[i] as usize;
             let mut best = 0;
             for k in 0..c {
-                probs[k] = b[k] as f64 + w[k * d..(k + 1) * d].iter().zip(xi).map(|(a, v)| (a * v) as f64).sum::<f64>();
+                probs[k] = b[k] as f64
+                    + w[k * d..(k + 1) * d]
+                        .iter()
+                        .zip(xi)
+                        .map(|(a, v)| (a * v) as f64)
+                        .sum::<f64>();
                 if probs[k] > probs[best] {
                     best = k;
                 }
@@ -186,7 +215,10 @@ impl SoftmaxRegression {
                     let p = (probs[k] - max).exp() / total;
                     let coef = ((p - (k == yi) as u8 as f64) * inv) as f32;
                     gb[k] += coef;
-                    gw[k * d..(k + 1) * d].iter_mut().zip(xi).for_each(|(g, v)| *g += coef * v);
+                    gw[k * d..(k + 1) * d]
+                        .iter_mut()
+                        .zip(xi)
+                        .for_each(|(g, v)| *g += coef * v);
                 }
             }
         }
@@ -201,7 +233,8 @@ impl SoftmaxRegression {
     /// The objective and its gradient on the given training samples (a whole batch at once).
     pub fn loss_and_grad_on(&self, params: &[f32], indices: &[usize], grad: &mut [f32]) -> f64 {
         let mut probs = vec![0.0; self.config.classes];
-        self.pass(&self.train, indices, params, Some(grad), &mut probs).0
+        self.pass(&self.train, indices, params, Some(grad), &mut probs)
+            .0
     }
 }
 
@@ -218,7 +251,9 @@ impl Learner for SoftmaxRegression {
     fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64> {
         self.fill_batch();
         let mut probs = std::mem::take(&mut self.probs);
-        let loss = self.pass(&self.train, &self.batch, params, Some(grad), &mut probs).0;
+        let loss = self
+            .pass(&self.train, &self.batch, params, Some(grad), &mut probs)
+            .0;
         self.probs = probs;
         Ok(loss)
     }
@@ -231,12 +266,20 @@ impl Learner for SoftmaxRegression {
         let mut grad = vec![0.0f32; params.len()];
         self.pass(&self.train, &train, params, Some(&mut grad), &mut probs);
         let grad_norm = grad.iter().map(|g| (g * g) as f64).sum::<f64>().sqrt();
-        Ok(Evaluation { loss, accuracy: Some(correct as f64 / all.len() as f64), grad_norm: Some(grad_norm) })
+        Ok(Evaluation {
+            loss,
+            accuracy: Some(correct as f64 / all.len() as f64),
+            grad_norm: Some(grad_norm),
+        })
     }
 
     fn steps_per_epoch(&self) -> Option<u64> {
         let b = self.config.batch_size;
-        Some(if b == 0 { 1 } else { self.shard.len().div_ceil(b) as u64 })
+        Some(if b == 0 {
+            1
+        } else {
+            self.shard.len().div_ceil(b) as u64
+        })
     }
 }
 
@@ -245,13 +288,24 @@ mod tests {
     use super::*;
 
     fn small() -> SoftmaxConfig {
-        SoftmaxConfig { classes: 3, features: 4, train_samples: 60, test_samples: 30, batch_size: 5, ..Default::default() }
+        SoftmaxConfig {
+            classes: 3,
+            features: 4,
+            train_samples: 60,
+            test_samples: 30,
+            batch_size: 5,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn gradient_matches_finite_differences() {
         let cfg = small();
-        let mut m = cfg.build(LearnerContext { rank: 0, workers: 1, seed: 9 });
+        let mut m = cfg.build(LearnerContext {
+            rank: 0,
+            workers: 1,
+            seed: 9,
+        });
         let n = m.layout().len();
         let params: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.05).collect();
         let idx: Vec<usize> = (0..20).collect();
@@ -263,8 +317,14 @@ mod tests {
             p1[j] += h;
             p2[j] -= h;
             let mut scratch = vec![0.0; n];
-            let fd = (m.loss_and_grad_on(&p1, &idx, &mut scratch) - m.loss_and_grad_on(&p2, &idx, &mut scratch)) / (2.0 * h as f64);
-            assert!((fd - g[j] as f64).abs() < 2e-3, "param {j}: fd {fd} vs grad {}", g[j]);
+            let fd = (m.loss_and_grad_on(&p1, &idx, &mut scratch)
+                - m.loss_and_grad_on(&p2, &idx, &mut scratch))
+                / (2.0 * h as f64);
+            assert!(
+                (fd - g[j] as f64).abs() < 2e-3,
+                "param {j}: fd {fd} vs grad {}",
+                g[j]
+            );
         }
         let _ = m.evaluate(&params).unwrap();
     }
@@ -274,7 +334,11 @@ mod tests {
         let cfg = small();
         let mut seen = vec![0; cfg.train_samples];
         for r in 0..4 {
-            let mut m = cfg.build(LearnerContext { rank: r, workers: 4, seed: 1 });
+            let mut m = cfg.build(LearnerContext {
+                rank: r,
+                workers: 4,
+                seed: 1,
+            });
             assert_eq!(m.steps_per_epoch(), Some(3)); // 15 samples, batches of 5
             for _ in 0..3 {
                 for i in m.sample_batch() {
@@ -283,13 +347,25 @@ mod tests {
                 }
             }
         }
-        assert!(seen.iter().all(|&c| c == 1), "one epoch visits every sample once");
+        assert!(
+            seen.iter().all(|&c| c == 1),
+            "one epoch visits every sample once"
+        );
     }
 
     #[test]
     fn dataset_is_shared_and_learnable() {
-        let cfg = SoftmaxConfig { train_samples: 2000, test_samples: 500, batch_size: 50, ..small() };
-        let mut m = cfg.build(LearnerContext { rank: 0, workers: 1, seed: 2 });
+        let cfg = SoftmaxConfig {
+            train_samples: 2000,
+            test_samples: 500,
+            batch_size: 50,
+            ..small()
+        };
+        let mut m = cfg.build(LearnerContext {
+            rank: 0,
+            workers: 1,
+            seed: 2,
+        });
         let n = m.layout().len();
         let mut x = vec![0.0; n];
         let mut g = vec![0.0; n];

@@ -51,7 +51,8 @@ impl EasgdConfig {
 
     /// α for a world of `workers`.
     pub fn alpha(&self, workers: usize) -> f32 {
-        self.alpha.unwrap_or(self.beta.unwrap_or(DEFAULT_BETA) / workers as f32)
+        self.alpha
+            .unwrap_or(self.beta.unwrap_or(DEFAULT_BETA) / workers as f32)
     }
 
     pub fn validate(&self, workers: usize) -> Result<()> {
@@ -61,7 +62,10 @@ impl EasgdConfig {
             "set either algorithm.alpha or algorithm.beta (β = N·α), not both"
         );
         let alpha = self.alpha(workers);
-        ensure_config!(alpha > 0.0 && alpha <= 1.0, "algorithm.alpha must be in (0, 1], got {alpha}");
+        ensure_config!(
+            alpha > 0.0 && alpha <= 1.0,
+            "algorithm.alpha must be in (0, 1], got {alpha}"
+        );
         let beta = alpha * workers as f32;
         ensure_config!(
             beta <= 1.0,

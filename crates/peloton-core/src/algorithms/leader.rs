@@ -22,7 +22,11 @@ pub struct LossWindow {
 impl LossWindow {
     /// A window of the last `k ≥ 1` losses.
     pub fn new(k: usize) -> Self {
-        Self { values: vec![0.0; k.max(1)], next: 0, filled: 0 }
+        Self {
+            values: vec![0.0; k.max(1)],
+            next: 0,
+            filled: 0,
+        }
     }
 
     pub fn push(&mut self, loss: f64) {

@@ -34,7 +34,11 @@ fn default_period() -> u64 {
 
 impl Default for LocalSgdConfig {
     fn default() -> Self {
-        Self { period: default_period(), warmup_steps: 0, group_size: None }
+        Self {
+            period: default_period(),
+            warmup_steps: 0,
+            group_size: None,
+        }
     }
 }
 
@@ -51,7 +55,10 @@ impl LocalSgdConfig {
     }
 
     pub fn init(&self) -> LocalSgd {
-        LocalSgd { config: self.clone(), group: None }
+        LocalSgd {
+            config: self.clone(),
+            group: None,
+        }
     }
 }
 

@@ -91,15 +91,33 @@ impl LsgdConfig {
     pub fn validate(&self, workers: usize) -> Result<()> {
         ensure_config!(self.tau > 0, "algorithm.tau must be at least 1");
         let fraction = |key: &str, v: f32| -> Result<()> {
-            ensure_config!((0.0..=1.0).contains(&v), "algorithm.{key} must be in [0, 1], got {v}");
+            ensure_config!(
+                (0.0..=1.0).contains(&v),
+                "algorithm.{key} must be in [0, 1], got {v}"
+            );
             Ok(())
         };
         fraction("lambda", self.lambda)?;
-        ensure_config!(self.prox.is_finite() && self.prox >= 0.0, "algorithm.prox must be ≥ 0, got {}", self.prox);
-        ensure_config!(self.prox <= self.tau as f32, "algorithm.prox = {} exceeds tau = {}: the per-step pull prox/tau would exceed 1", self.prox, self.tau);
+        ensure_config!(
+            self.prox.is_finite() && self.prox >= 0.0,
+            "algorithm.prox must be ≥ 0, got {}",
+            self.prox
+        );
+        ensure_config!(
+            self.prox <= self.tau as f32,
+            "algorithm.prox = {} exceeds tau = {}: the per-step pull prox/tau would exceed 1",
+            self.prox,
+            self.tau
+        );
         let l = self.group_size.unwrap_or(workers);
-        ensure_config!(l >= 1 && l <= workers, "algorithm.group_size = {l} must be between 1 and the number of workers ({workers})");
-        ensure_config!(workers % l == 0, "the number of workers ({workers}) is not divisible by algorithm.group_size ({l})");
+        ensure_config!(
+            l >= 1 && l <= workers,
+            "algorithm.group_size = {l} must be between 1 and the number of workers ({workers})"
+        );
+        ensure_config!(
+            workers % l == 0,
+            "the number of workers ({workers}) is not divisible by algorithm.group_size ({l})"
+        );
         if self.groups(workers) == 1 {
             for (key, set) in [
                 ("lambda_global", self.lambda_global.is_some()),
@@ -121,7 +139,10 @@ impl LsgdConfig {
             self.tau
         );
         let pg = self.prox_global.unwrap_or(0.0);
-        ensure_config!(pg.is_finite() && pg >= 0.0 && pg <= tg as f32, "algorithm.prox_global must be in [0, tau_global], got {pg}");
+        ensure_config!(
+            pg.is_finite() && pg >= 0.0 && pg <= tg as f32,
+            "algorithm.prox_global must be in [0, tau_global], got {pg}"
+        );
         Ok(())
     }
 
@@ -136,7 +157,11 @@ impl LsgdConfig {
     pub fn init(&self, workers: usize, len: usize) -> Lsgd {
         let group_size = self.group_size.unwrap_or(workers);
         let multi = self.groups(workers) > 1;
-        let prox_global = if multi { self.prox_global.unwrap_or(0.0) } else { 0.0 };
+        let prox_global = if multi {
+            self.prox_global.unwrap_or(0.0)
+        } else {
+            0.0
+        };
         Lsgd {
             tau: self.tau,
             lambda: self.lambda,
@@ -148,8 +173,16 @@ impl LsgdConfig {
             prox_global,
             group: None,
             staging: vec![0.0; len],
-            anchor: if self.prox > 0.0 { vec![0.0; len] } else { Vec::new() },
-            anchor_global: if prox_global > 0.0 { vec![0.0; len] } else { Vec::new() },
+            anchor: if self.prox > 0.0 {
+                vec![0.0; len]
+            } else {
+                Vec::new()
+            },
+            anchor_global: if prox_global > 0.0 {
+                vec![0.0; len]
+            } else {
+                Vec::new()
+            },
             leader: None,
             local_leader: None,
         }
@@ -206,7 +239,11 @@ impl Algorithm for Lsgd {
             kernels::mix(ctx.params, &self.anchor, self.prox / self.tau as f32);
         }
         if self.prox_global > 0.0 {
-            kernels::mix(ctx.params, &self.anchor_global, self.prox_global / self.tau_global as f32);
+            kernels::mix(
+                ctx.params,
+                &self.anchor_global,
+                self.prox_global / self.tau_global as f32,
+            );
         }
         let done = ctx.step + 1;
         if done % self.tau != 0 {
@@ -221,7 +258,13 @@ impl Algorithm for Lsgd {
             self.local_leader = elect(&metrics, first..first + self.group_size);
             if let Some(local) = self.local_leader {
                 if self.lambda > 0.0 || self.prox > 0.0 {
-                    pull_toward_leader(group.as_mut(), ctx.params, &mut self.staging, local - first, self.lambda)?;
+                    pull_toward_leader(
+                        group.as_mut(),
+                        ctx.params,
+                        &mut self.staging,
+                        local - first,
+                        self.lambda,
+                    )?;
                     if self.prox > 0.0 {
                         self.anchor.copy_from_slice(&self.staging);
                     }
@@ -231,7 +274,13 @@ impl Algorithm for Lsgd {
                 self.leader = elect(&metrics, 0..n);
                 if let Some(global) = self.leader {
                     if self.lambda_global > 0.0 || self.prox_global > 0.0 {
-                        pull_toward_leader(ctx.comm, ctx.params, &mut self.staging, global, self.lambda_global)?;
+                        pull_toward_leader(
+                            ctx.comm,
+                            ctx.params,
+                            &mut self.staging,
+                            global,
+                            self.lambda_global,
+                        )?;
                         if self.prox_global > 0.0 {
                             self.anchor_global.copy_from_slice(&self.staging);
                         }
@@ -243,7 +292,13 @@ impl Algorithm for Lsgd {
             self.local_leader = self.leader;
             if let Some(leader) = self.leader {
                 if self.lambda > 0.0 || self.prox > 0.0 {
-                    pull_toward_leader(ctx.comm, ctx.params, &mut self.staging, leader, self.lambda)?;
+                    pull_toward_leader(
+                        ctx.comm,
+                        ctx.params,
+                        &mut self.staging,
+                        leader,
+                        self.lambda,
+                    )?;
                     if self.prox > 0.0 {
                         self.anchor.copy_from_slice(&self.staging);
                     }
@@ -263,18 +318,52 @@ mod tests {
     use super::*;
 
     fn cfg(group_size: Option<usize>) -> LsgdConfig {
-        LsgdConfig { group_size, ..Default::default() }
+        LsgdConfig {
+            group_size,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn validation_messages_name_the_key() {
         let err = |c: LsgdConfig, n| c.validate(n).unwrap_err().to_string();
-        assert!(err(LsgdConfig { lambda: -0.1, ..cfg(None) }, 4).contains("algorithm.lambda"));
-        assert!(err(LsgdConfig { tau: 0, ..cfg(None) }, 4).contains("algorithm.tau"));
-        assert!(err(LsgdConfig { lambda_global: Some(0.1), ..cfg(None) }, 4).contains("lambda_global needs more than one group"));
+        assert!(err(
+            LsgdConfig {
+                lambda: -0.1,
+                ..cfg(None)
+            },
+            4
+        )
+        .contains("algorithm.lambda"));
+        assert!(err(
+            LsgdConfig {
+                tau: 0,
+                ..cfg(None)
+            },
+            4
+        )
+        .contains("algorithm.tau"));
+        assert!(err(
+            LsgdConfig {
+                lambda_global: Some(0.1),
+                ..cfg(None)
+            },
+            4
+        )
+        .contains("lambda_global needs more than one group"));
         assert!(err(cfg(Some(4)), 6).contains("not divisible by algorithm.group_size"));
-        assert!(err(LsgdConfig { tau_global: Some(6), ..cfg(Some(2)) }, 4).contains("multiple of algorithm.tau"));
+        assert!(err(
+            LsgdConfig {
+                tau_global: Some(6),
+                ..cfg(Some(2))
+            },
+            4
+        )
+        .contains("multiple of algorithm.tau"));
         assert!(cfg(Some(2)).validate(4).is_ok());
-        assert!(cfg(Some(4)).validate(4).is_ok(), "one group of all workers is single-leader LSGD");
+        assert!(
+            cfg(Some(4)).validate(4).is_ok(),
+            "one group of all workers is single-leader LSGD"
+        );
     }
 }

@@ -152,7 +152,9 @@ impl AlgorithmConfig {
             AlgorithmConfig::Independent(_) => Box::new(independent::Independent),
             AlgorithmConfig::AllReduce(_) => Box::new(all_reduce::AllReduceSgd),
             AlgorithmConfig::LocalSgd(c) => Box::new(c.init()),
-            AlgorithmConfig::Easgd(c) | AlgorithmConfig::Eamsgd(c) => Box::new(c.init(workers, len)),
+            AlgorithmConfig::Easgd(c) | AlgorithmConfig::Eamsgd(c) => {
+                Box::new(c.init(workers, len))
+            }
             AlgorithmConfig::Lsgd(c) => Box::new(c.init(workers, len)),
         })
     }
@@ -173,7 +175,11 @@ mod tests {
             AlgorithmConfig::Eamsgd(Default::default()),
             AlgorithmConfig::Lsgd(Default::default()),
         ] {
-            assert!(names.contains(&cfg.name()), "{} missing from the catalog", cfg.name());
+            assert!(
+                names.contains(&cfg.name()),
+                "{} missing from the catalog",
+                cfg.name()
+            );
         }
     }
 }

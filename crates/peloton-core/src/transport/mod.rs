@@ -132,7 +132,9 @@ pub trait Communicator: Send {
 /// Checks that a rank names a member of a group of `size`.
 pub(crate) fn check_rank(what: &str, rank: usize, size: usize) -> Result<()> {
     if rank >= size {
-        return Err(Error::Transport(format!("{what} rank {rank} is outside the group of {size} workers")));
+        return Err(Error::Transport(format!(
+            "{what} rank {rank} is outside the group of {size} workers"
+        )));
     }
     Ok(())
 }

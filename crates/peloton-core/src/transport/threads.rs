@@ -86,7 +86,10 @@ impl World {
 
     fn abort_error(&self) -> Error {
         match &*lock(&self.abort_reason) {
-            Some((worker, reason)) => Error::Aborted { worker: *worker, reason: reason.clone() },
+            Some((worker, reason)) => Error::Aborted {
+                worker: *worker,
+                reason: reason.clone(),
+            },
             None => Error::Transport("run aborted".into()),
         }
     }
@@ -112,9 +115,14 @@ impl World {
         if self.aborted.load(Ordering::SeqCst) {
             return Some(self.abort_error());
         }
-        members.iter().find(|&&w| self.departed[w].load(Ordering::SeqCst)).map(|&w| {
-            Error::Transport(format!("worker {w} left the run while others were waiting for it"))
-        })
+        members
+            .iter()
+            .find(|&&w| self.departed[w].load(Ordering::SeqCst))
+            .map(|&w| {
+                Error::Transport(format!(
+                    "worker {w} left the run while others were waiting for it"
+                ))
+            })
     }
 }
 
@@ -210,7 +218,10 @@ impl ThreadComm {
         let g = &self.group;
         let mut st = lock(&g.sync);
         if st.broken {
-            return Err(self.world.interruption(&g.members).unwrap_or_else(|| self.world.abort_error()));
+            return Err(self
+                .world
+                .interruption(&g.members)
+                .unwrap_or_else(|| self.world.abort_error()));
         }
         let generation = st.generation;
         st.arrived += 1;
@@ -221,7 +232,10 @@ impl ThreadComm {
             return Ok(());
         }
         loop {
-            st = g.cv.wait_timeout(st, POLL).unwrap_or_else(|e| e.into_inner()).0;
+            st =
+                g.cv.wait_timeout(st, POLL)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             if st.generation != generation {
                 return Ok(());
             }
@@ -290,14 +304,24 @@ impl ThreadComm {
             // (chunks of different members are disjoint), every buffer holds `n` elements
             // (checked after the entry barrier), and the owners do not touch their buffers
             // until the exit barrier.
-            let chunk = |j: usize| unsafe { std::slice::from_raw_parts_mut((views[j].recv as *mut f32).add(start), m) };
+            let chunk = |j: usize| unsafe {
+                std::slice::from_raw_parts_mut((views[j].recv as *mut f32).add(start), m)
+            };
             acc.copy_from_slice(chunk(0));
             for j in 1..p {
                 let src = chunk(j);
                 match op {
-                    ReduceOp::Sum | ReduceOp::Mean => acc.iter_mut().zip(src.iter()).for_each(|(a, b)| *a += *b),
-                    ReduceOp::Max => acc.iter_mut().zip(src.iter()).for_each(|(a, b)| *a = a.max(*b)),
-                    ReduceOp::Min => acc.iter_mut().zip(src.iter()).for_each(|(a, b)| *a = a.min(*b)),
+                    ReduceOp::Sum | ReduceOp::Mean => {
+                        acc.iter_mut().zip(src.iter()).for_each(|(a, b)| *a += *b)
+                    }
+                    ReduceOp::Max => acc
+                        .iter_mut()
+                        .zip(src.iter())
+                        .for_each(|(a, b)| *a = a.max(*b)),
+                    ReduceOp::Min => acc
+                        .iter_mut()
+                        .zip(src.iter())
+                        .for_each(|(a, b)| *a = a.min(*b)),
                 }
             }
             if op == ReduceOp::Mean {
@@ -328,7 +352,8 @@ impl ThreadComm {
                 // only read by anyone until the exit barrier; our own recv buffer is written by
                 // this thread alone.
                 let src = unsafe { std::slice::from_raw_parts(v.send as *const T, k) };
-                let dst = unsafe { std::slice::from_raw_parts_mut((recv_ptr as *mut T).add(j * k), k) };
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut((recv_ptr as *mut T).add(j * k), k) };
                 dst.copy_from_slice(src);
             }
         })?;
@@ -342,7 +367,10 @@ impl ThreadComm {
         let src_world = self.group.members[src];
         let mut queue = lock(&mailbox.queue);
         loop {
-            if let Some(i) = queue.iter().position(|m| m.group == self.group.id && m.src == src && m.tag == tag) {
+            if let Some(i) = queue
+                .iter()
+                .position(|m| m.group == self.group.id && m.src == src && m.tag == tag)
+            {
                 let msg = queue.remove(i);
                 if msg.data.len() != buf.len() {
                     return Err(Error::Transport(format!(
@@ -358,7 +386,11 @@ impl ThreadComm {
             if let Some(err) = self.world.interruption(&[src_world]) {
                 return Err(err);
             }
-            queue = mailbox.cv.wait_timeout(queue, POLL).unwrap_or_else(|e| e.into_inner()).0;
+            queue = mailbox
+                .cv
+                .wait_timeout(queue, POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -378,7 +410,9 @@ impl Communicator for ThreadComm {
             return Ok(());
         }
         let ptr = buf.as_mut_ptr() as usize;
-        self.collective(ptr, ptr, buf.len(), "all-reduce", |views| self.reduce_chunk(views, op, None))?;
+        self.collective(ptr, ptr, buf.len(), "all-reduce", |views| {
+            self.reduce_chunk(views, op, None)
+        })?;
         let bytes = (2 * (p - 1) * 4 * buf.len() / p) as u64;
         self.stats.add(bytes, bytes);
         Ok(())
@@ -391,7 +425,9 @@ impl Communicator for ThreadComm {
             return Ok(());
         }
         let ptr = buf.as_mut_ptr() as usize;
-        self.collective(ptr, ptr, buf.len(), "reduce", |views| self.reduce_chunk(views, op, Some(root)))?;
+        self.collective(ptr, ptr, buf.len(), "reduce", |views| {
+            self.reduce_chunk(views, op, Some(root))
+        })?;
         let bytes = 4 * buf.len() as u64;
         if self.rank == root {
             self.stats.add(0, bytes);
@@ -414,7 +450,8 @@ impl Communicator for ThreadComm {
             if me != root {
                 // SAFETY: the root's buffer holds `len` elements and nobody writes it between
                 // the barriers; our own buffer is written by this thread alone.
-                let src = unsafe { std::slice::from_raw_parts(views[root].send as *const f32, len) };
+                let src =
+                    unsafe { std::slice::from_raw_parts(views[root].send as *const f32, len) };
                 let dst = unsafe { std::slice::from_raw_parts_mut(buf_ptr as *mut f32, len) };
                 dst.copy_from_slice(src);
             }
@@ -443,7 +480,12 @@ impl Communicator for ThreadComm {
     fn send(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<()> {
         check_rank("send destination", dest, self.size())?;
         let mailbox = &self.world.mailboxes[self.group.members[dest]];
-        lock(&mailbox.queue).push(Message { group: self.group.id, src: self.rank, tag, data: data.to_vec() });
+        lock(&mailbox.queue).push(Message {
+            group: self.group.id,
+            src: self.rank,
+            tag,
+            data: data.to_vec(),
+        });
         mailbox.cv.notify_all();
         self.stats.add(4 * data.len() as u64, 0);
         Ok(())
@@ -457,13 +499,20 @@ impl Communicator for ThreadComm {
     fn isend(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<SendRequest> {
         self.send(dest, tag, data)?;
         self.next_request += 1;
-        Ok(SendRequest { id: self.next_request })
+        Ok(SendRequest {
+            id: self.next_request,
+        })
     }
 
     fn irecv(&mut self, src: usize, tag: Tag, len: usize) -> Result<RecvRequest> {
         check_rank("receive source", src, self.size())?;
         self.next_request += 1;
-        Ok(RecvRequest { id: self.next_request, src, tag, len })
+        Ok(RecvRequest {
+            id: self.next_request,
+            src,
+            tag,
+            len,
+        })
     }
 
     fn wait_send(&mut self, _req: SendRequest) -> Result<()> {
@@ -484,18 +533,25 @@ impl Communicator for ThreadComm {
 
     fn test_recv(&mut self, req: &RecvRequest) -> Result<bool> {
         let queue = lock(&self.world.mailboxes[self.world_rank].queue);
-        Ok(queue.iter().any(|m| m.group == self.group.id && m.src == req.src && m.tag == req.tag))
+        Ok(queue
+            .iter()
+            .any(|m| m.group == self.group.id && m.src == req.src && m.tag == req.tag))
     }
 
     fn split(&mut self, color: usize, key: usize) -> Result<Box<dyn Communicator>> {
         let p = self.size();
         let mut all = vec![0.0f64; 2 * p];
         self.all_gather_f64(&[color as f64, key as f64], &mut all)?;
-        let mut mine: Vec<(usize, usize)> =
-            (0..p).filter(|&r| all[2 * r] == color as f64).map(|r| (all[2 * r + 1] as usize, r)).collect();
+        let mut mine: Vec<(usize, usize)> = (0..p)
+            .filter(|&r| all[2 * r] == color as f64)
+            .map(|r| (all[2 * r + 1] as usize, r))
+            .collect();
         mine.sort_unstable();
         let members: Vec<usize> = mine.iter().map(|&(_, r)| self.group.members[r]).collect();
-        let new_rank = mine.iter().position(|&(_, r)| r == self.rank).expect("caller is in its own color");
+        let new_rank = mine
+            .iter()
+            .position(|&(_, r)| r == self.rank)
+            .expect("caller is in its own color");
         let seq = self.split_seq;
         self.split_seq += 1;
         let group = {
@@ -553,8 +609,14 @@ where
                 let f = &f;
                 s.spawn(move || {
                     let rank = comm.world_rank;
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut comm)))
-                        .unwrap_or_else(|payload| Err(Error::Panic { worker: rank, message: panic_message(&payload) }));
+                    let out =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut comm)))
+                            .unwrap_or_else(|payload| {
+                                Err(Error::Panic {
+                                    worker: rank,
+                                    message: panic_message(&payload),
+                                })
+                            });
                     if let Err(e) = &out {
                         comm.abort(&e.to_string());
                     }
@@ -566,7 +628,12 @@ where
             .into_iter()
             .enumerate()
             .map(|(rank, h)| {
-                h.join().unwrap_or_else(|_| Err(Error::Panic { worker: rank, message: "worker thread died".into() }))
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Panic {
+                        worker: rank,
+                        message: "worker thread died".into(),
+                    })
+                })
             })
             .collect()
     })
@@ -583,7 +650,14 @@ pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
 
 impl std::fmt::Debug for ThreadComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ThreadComm(rank {} of {}, world rank {} of {})", self.rank, self.size(), self.world_rank, self.world.size)
+        write!(
+            f,
+            "ThreadComm(rank {} of {}, world rank {} of {})",
+            self.rank,
+            self.size(),
+            self.world_rank,
+            self.world.size
+        )
     }
 }
 
@@ -641,7 +715,11 @@ mod tests {
             for (rank, b, red, g, s) in out {
                 assert!(b.iter().all(|&v| v == root as f32));
                 // root: Σ (r + 1) = n(n+1)/2 ; others unchanged
-                let want = if rank == root { (n * (n + 1) / 2) as f32 } else { rank as f32 + 1.0 };
+                let want = if rank == root {
+                    (n * (n + 1) / 2) as f32
+                } else {
+                    rank as f32 + 1.0
+                };
                 assert!(red.iter().all(|&v| v == want));
                 for j in 0..n {
                     assert_eq!((g[2 * j], g[2 * j + 1]), (j as f32, -(j as f32)));
@@ -709,14 +787,24 @@ mod tests {
                 // A second split of the sub-group works too (groups of one).
                 let mut single = sub.split(sub.rank(), 0)?;
                 single.barrier()?;
-                Ok((c.rank(), sub.rank(), sub.size(), v[0], first[0], single.size()))
+                Ok((
+                    c.rank(),
+                    sub.rank(),
+                    sub.size(),
+                    v[0],
+                    first[0],
+                    single.size(),
+                ))
             }));
             for (rank, sub_rank, sub_size, sum, first, single) in out {
                 let same: Vec<usize> = (0..n).filter(|r| r % 2 == rank % 2).collect();
                 assert_eq!(sub_size, same.len());
                 assert_eq!(sum, same.iter().sum::<usize>() as f32);
                 assert_eq!(first, *same.last().unwrap() as f32);
-                assert_eq!(sub_rank, same.iter().rev().position(|&r| r == rank).unwrap());
+                assert_eq!(
+                    sub_rank,
+                    same.iter().rev().position(|&r| r == rank).unwrap()
+                );
                 assert_eq!(single, 1);
             }
         }
@@ -730,7 +818,10 @@ mod tests {
         });
         for r in out {
             let msg = r.unwrap_err().to_string();
-            assert!(msg.contains("passed 10 values but worker 1 passed 11"), "{msg}");
+            assert!(
+                msg.contains("passed 10 values but worker 1 passed 11"),
+                "{msg}"
+            );
         }
     }
 
@@ -749,7 +840,9 @@ mod tests {
         for (r, res) in out.iter().enumerate() {
             if r != 2 {
                 match res {
-                    Err(Error::Aborted { worker: 2, reason }) => assert!(reason.contains("on purpose")),
+                    Err(Error::Aborted { worker: 2, reason }) => {
+                        assert!(reason.contains("on purpose"))
+                    }
                     other => panic!("worker {r}: {other:?}"),
                 }
             }
@@ -780,7 +873,11 @@ mod tests {
         });
         assert!(out[0].is_ok());
         for r in &out[1..] {
-            assert!(r.as_ref().unwrap_err().to_string().contains("worker 0 left the run"));
+            assert!(r
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("worker 0 left the run"));
         }
     }
 
@@ -794,7 +891,10 @@ mod tests {
         }));
         for (rank, s) in out {
             let (sent, recv) = if rank == 0 { (1000, 600) } else { (600, 1000) };
-            assert_eq!((s.bytes_sent, s.bytes_received, s.operations), (sent, recv, 2));
+            assert_eq!(
+                (s.bytes_sent, s.bytes_received, s.operations),
+                (sent, recv, 2)
+            );
         }
     }
 
@@ -805,7 +905,10 @@ mod tests {
             c.agree("model size", size)
         });
         for r in out {
-            assert!(r.unwrap_err().to_string().contains("worker 0 has 10, worker 2 has 11"));
+            assert!(r
+                .unwrap_err()
+                .to_string()
+                .contains("worker 0 has 10, worker 2 has 11"));
         }
     }
 }

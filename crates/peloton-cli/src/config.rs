@@ -1,0 +1,345 @@
+//! The experiment file: one TOML document describing a whole run, validated with clear
+//! one-line errors. Command-line flags and `--set key=value` overrides are applied on top of
+//! the file before it is read, so every setting has exactly one meaning.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use peloton_core::algorithms::AlgorithmConfig;
+use peloton_core::optim::OptimizerConfig;
+use peloton_core::runner::{EvalModel, RunConfig};
+use peloton_problems::ProblemConfig;
+use serde::{Deserialize, Serialize};
+
+/// The budget used when a file and the flags give none.
+pub const DEFAULT_STEPS: u64 = 2000;
+
+/// A whole experiment. Every key is documented in the README's configuration section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
+    /// Seconds of wall-clock training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget: Option<f64>,
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    #[serde(default = "default_leader_window")]
+    pub leader_window: usize,
+    #[serde(default = "yes")]
+    pub sync_init: bool,
+    #[serde(default = "yes")]
+    pub consensus: bool,
+    #[serde(default)]
+    pub eval: EvalSection,
+    #[serde(default)]
+    pub problem: ProblemConfig,
+    #[serde(default)]
+    pub algorithm: AlgorithmConfig,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+}
+
+/// `[eval]`: when and on which parameters to evaluate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Steps between evaluations (0 = only at the end).
+    #[serde(default = "default_eval_every")]
+    pub every: u64,
+    #[serde(default)]
+    pub model: EvalModel,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            every: default_eval_every(),
+            model: EvalModel::default(),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    4
+}
+fn default_log_every() -> u64 {
+    50
+}
+fn default_leader_window() -> usize {
+    10
+}
+fn default_eval_every() -> u64 {
+    200
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty experiment uses every default")
+    }
+}
+
+impl ExperimentConfig {
+    /// The runner's view of this experiment (a step budget is filled in when none is given).
+    pub fn run_config(&self) -> RunConfig {
+        let no_budget = self.steps.is_none() && self.epochs.is_none() && self.time_budget.is_none();
+        RunConfig {
+            workers: self.workers,
+            seed: self.seed,
+            steps: if no_budget {
+                Some(DEFAULT_STEPS)
+            } else {
+                self.steps
+            },
+            epochs: self.epochs,
+            time_budget: self.time_budget,
+            log_every: self.log_every,
+            eval_every: self.eval.every,
+            eval_model: self.eval.model,
+            leader_window: self.leader_window,
+            sync_init: self.sync_init,
+            consensus: self.consensus,
+            optimizer: self.optimizer.clone(),
+            algorithm: self.algorithm.clone(),
+        }
+    }
+
+    /// Checks everything that can be checked before a run starts.
+    pub fn validate(&self) -> Result<()> {
+        self.run_config().validate()?;
+        self.problem.validate(self.workers)?;
+        Ok(())
+    }
+
+    /// The resolved config as TOML (every default written out). Values stored as `f32` are
+    /// written in their shortest form (0.1, not 0.10000000149011612).
+    pub fn to_toml(&self) -> Result<String> {
+        let mut value =
+            toml::Value::try_from(self).context("cannot write the resolved config as TOML")?;
+        shorten_floats(&mut value);
+        toml::to_string(&value).context("cannot write the resolved config as TOML")
+    }
+}
+
+/// Rewrites every float that is exactly an `f32` with the shortest decimal that reads back as
+/// the same `f32`.
+fn shorten_floats(value: &mut toml::Value) {
+    match value {
+        toml::Value::Float(v) if (*v as f32) as f64 == *v => {
+            *v = (*v as f32).to_string().parse().unwrap_or(*v);
+        }
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| shorten_floats(v)),
+        toml::Value::Array(a) => a.iter_mut().for_each(shorten_floats),
+        _ => {}
+    }
+}
+
+/// One change on top of the file: a dotted key and a TOML value.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub key: String,
+    pub value: toml::Value,
+}
+
+impl Override {
+    /// Parses `key.path=value`; the value is read as TOML (`0.1`, `true`, `[1, 2]`,
+    /// `"text"`), and as a plain string when it is not valid TOML (`name=lsgd`).
+    pub fn parse(text: &str) -> Result<Self> {
+        let (key, raw) = text
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--set expects KEY=VALUE, got '{text}'"))?;
+        let key = key.trim();
+        if key.is_empty() || key.split('.').any(str::is_empty) {
+            bail!("--set: '{key}' is not a valid dotted key");
+        }
+        let raw = raw.trim();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        Ok(Self {
+            key: key.to_string(),
+            value,
+        })
+    }
+
+    pub fn new(key: &str, value: impl Into<toml::Value>) -> Self {
+        Self {
+            key: key.to_string(),
+            value: value.into(),
+        }
+    }
+
+    fn apply(&self, table: &mut toml::Table) -> Result<()> {
+        let mut parts: Vec<&str> = self.key.split('.').collect();
+        let last = parts.pop().expect("keys are non-empty");
+        let mut node = table;
+        for part in parts {
+            let entry = node
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            node = entry
+                .as_table_mut()
+                .ok_or_else(|| anyhow!("--set {}: '{part}' is a value, not a table", self.key))?;
+        }
+        // Switching the algorithm or the problem drops the keys that belonged to the old one.
+        if (last == "name" || last == "kind") && node.get(last) != Some(&self.value) {
+            node.clear();
+        }
+        node.insert(last.to_string(), self.value.clone());
+        Ok(())
+    }
+}
+
+/// A TOML error as one line: "FILE line L: message".
+fn one_line(origin: &str, text: &str, err: &toml::de::Error) -> anyhow::Error {
+    let message = err.message().trim().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            anyhow!("{origin} line {line}: {message}")
+        }
+        None => anyhow!("{origin}: {message}"),
+    }
+}
+
+/// Reads the experiment from an optional file plus overrides (applied in order).
+pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<ExperimentConfig> {
+    let (origin, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            (p.display().to_string(), text)
+        }
+        None => ("defaults".to_string(), String::new()),
+    };
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e))?;
+    // Read the file alone first, so that its mistakes are reported with line numbers.
+    toml::from_str::<ExperimentConfig>(&text).map_err(|e| one_line(&origin, &text, &e))?;
+    if overrides.is_empty() {
+        return toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e));
+    }
+    // Overrides of a section the file left out refer to the default algorithm or problem.
+    let defaults = ExperimentConfig::default();
+    for (section, tag, default) in [
+        ("algorithm", "name", defaults.algorithm.name()),
+        ("problem", "kind", defaults.problem.name()),
+    ] {
+        if let Some(t) = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+        {
+            t.entry(tag).or_insert_with(|| default.into());
+        }
+    }
+    for o in overrides {
+        o.apply(&mut table)?;
+    }
+    let merged = toml::to_string(&table).context("cannot merge the overrides")?;
+    toml::from_str(&merged).map_err(|e| {
+        let keys: Vec<&str> = overrides.iter().map(|o| o.key.as_str()).collect();
+        anyhow!(
+            "{} (after applying the command-line settings {})",
+            e.message().trim().replace('\n', " "),
+            keys.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ExperimentConfig> {
+        let dir = std::env::temp_dir().join(format!("peloton-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!(
+            "{:x}.toml",
+            text.len() * 7919 + text.bytes().map(|b| b as usize).sum::<usize>()
+        ));
+        std::fs::write(&path, text)?;
+        let out = load(Some(&path), &[]);
+        let _ = std::fs::remove_file(&path);
+        out
+    }
+
+    #[test]
+    fn defaults_are_a_valid_experiment() {
+        let c = ExperimentConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.algorithm.name(), "lsgd");
+        assert_eq!(c.run_config().steps, Some(DEFAULT_STEPS));
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = parse("workers = 6\n[algorithm]\nname = \"lsgd\"\ngroup_size = 3\n[optimizer.schedule]\nkind = \"multi-step\"\nmilestones = [10, 20]\ngamma = 0.1\n").unwrap();
+        let back: ExperimentConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_and_names_are_one_line_errors_with_a_line_number() {
+        for (text, needle) in [
+            (
+                "workers = 4\nwrokers = 5\n",
+                "line 2: unknown field `wrokers`",
+            ),
+            (
+                "[algorithm]\nname = \"lsgd\"\nlamda = 0.1\n",
+                "line 1: unknown field `lamda`, expected one of `tau`",
+            ),
+            ("[algorithm]\nname = \"sgp2\"\n", "unknown variant `sgp2`"),
+            (
+                "[problem]\nkind = \"quadratic\"\nbatch = 3\n",
+                "unknown field `batch`",
+            ),
+            ("[eval]\nmodel = \"best\"\n", "unknown variant `best`"),
+            ("workers = -1\n", "line 1"),
+            ("workers = [\n", "line"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "not one line: {err}");
+        }
+    }
+
+    #[test]
+    fn overrides_apply_in_order_and_switch_algorithms() {
+        let c = load(
+            None,
+            &[
+                Override::parse("algorithm.name=easgd").unwrap(),
+                Override::parse("algorithm.tau=8").unwrap(),
+                Override::parse("optimizer.lr=0.05").unwrap(),
+                Override::parse("workers=2").unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.optimizer.lr, 0.05);
+        match c.algorithm {
+            AlgorithmConfig::Easgd(e) => assert_eq!(e.tau, Some(8)),
+            other => panic!("{other:?}"),
+        }
+        let err = load(None, &[Override::parse("algorithm.lamda=0.1").unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `lamda`") && err.contains("algorithm.lamda"),
+            "{err}"
+        );
+        assert!(Override::parse("novalue").is_err());
+    }
+}

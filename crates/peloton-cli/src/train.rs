@@ -1,0 +1,156 @@
+//! `peloton train`: resolve the experiment, run it on the threads transport with a progress
+//! bar, and write the run folder.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use peloton_core::runner::{run_threads, EvalRecord, Event, RunReport};
+use serde_json::json;
+
+use crate::config::ExperimentConfig;
+use crate::run_folder::{default_path, RunFolder};
+
+/// What `train` prints and writes.
+pub struct TrainOptions {
+    pub out: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+fn describe_eval(e: &EvalRecord) -> String {
+    let mut s = format!("step {:>6}  eval[{}", e.step, e.model);
+    if let Some(w) = e.worker {
+        s += &format!(" {w}");
+    }
+    s += &format!("]  loss {:.5}", e.eval.loss);
+    if let Some(a) = e.eval.accuracy {
+        s += &format!("  accuracy {:.2}%", 100.0 * a);
+    }
+    if let Some(g) = e.eval.grad_norm {
+        s += &format!("  |grad| {g:.2e}");
+    }
+    s
+}
+
+/// Runs the experiment; returns the run folder.
+pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBuf> {
+    config.validate()?;
+    let run = config.run_config();
+    let path = options
+        .out
+        .clone()
+        .unwrap_or_else(|| default_path(config.algorithm.name(), config.problem.name()));
+    let mut folder = RunFolder::create(&path, &config.to_toml()?)?;
+
+    let bar = if options.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(run.steps.unwrap_or(0))
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut leader_counts: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut last_records = BTreeMap::new();
+    let mut write_error = None;
+    let result = run_threads(&run, &config.problem, &mut |event| {
+        if write_error.is_none() {
+            if let Err(e) = folder.record(event) {
+                write_error = Some(e);
+            }
+        }
+        match event {
+            Event::Started {
+                workers,
+                params,
+                steps,
+            } => {
+                if let Some(s) = steps {
+                    bar.set_length(*s);
+                }
+                bar.println(format!(
+                    "{} on {} · {workers} workers (threads) · {params} parameters · run folder {}",
+                    config.algorithm.name(),
+                    config.problem.name(),
+                    path.display()
+                ));
+            }
+            Event::Worker(r) => {
+                bar.set_position(r.step);
+                if r.worker == 0 {
+                    if let Some(l) = r.leader {
+                        *leader_counts.entry(l).or_default() += 1;
+                    }
+                    bar.set_message(format!("loss {:.4}", r.loss));
+                }
+                last_records.insert(r.worker, r.clone());
+            }
+            Event::Eval(e) => bar.println(describe_eval(e)),
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = write_error {
+        return Err(e.context("the run folder could not be written"));
+    }
+    let summary = match &result {
+        Ok(report) => summary_json(config, report, &leader_counts, &last_records),
+        Err(e) => json!({"status": "failed", "error": e.to_string()}),
+    };
+    folder.finish(&summary)?;
+    let report = result?;
+    if !options.quiet {
+        print_summary(&report, &last_records, &path);
+    }
+    Ok(path)
+}
+
+fn summary_json(
+    config: &ExperimentConfig,
+    report: &RunReport,
+    leader_counts: &BTreeMap<usize, u64>,
+    last: &BTreeMap<usize, peloton_core::runner::WorkerRecord>,
+) -> serde_json::Value {
+    json!({
+        "status": "ok",
+        "algorithm": config.algorithm.name(),
+        "problem": config.problem.name(),
+        "workers": config.workers,
+        "steps": report.steps,
+        "seconds": report.seconds,
+        "eval_model": config.eval.model,
+        "final_evals": report.final_evals,
+        "leader_counts": leader_counts,
+        "per_worker": report.workers.iter().map(|w| json!({
+            "worker": w.rank,
+            "final_loss": last.get(&w.rank).map(|r| r.loss),
+            "bytes_sent": w.stats.bytes_sent,
+            "bytes_received": w.stats.bytes_received,
+            "consensus": last.get(&w.rank).and_then(|r| r.consensus),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_summary(
+    report: &RunReport,
+    last: &BTreeMap<usize, peloton_core::runner::WorkerRecord>,
+    path: &std::path::Path,
+) {
+    println!("finished {} steps in {:.2} s", report.steps, report.seconds);
+    for e in &report.final_evals {
+        println!("final {}", describe_eval(e));
+    }
+    let sent: u64 = report.workers.iter().map(|w| w.stats.bytes_sent).sum();
+    let consensus = last
+        .values()
+        .filter_map(|r| r.consensus)
+        .fold(0.0f64, f64::max);
+    println!(
+        "traffic {:.2} MB sent per worker on average · largest distance to the average model {consensus:.3e}",
+        sent as f64 / report.workers.len().max(1) as f64 / 1e6
+    );
+    println!("run folder: {}", path.display());
+}

@@ -1,0 +1,259 @@
+//! End-to-end tests of the `peloton` binary: real runs, and bad inputs that must end with one
+//! clear line on stderr and a non-zero exit, never a panic, never a damaged file.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn peloton(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peloton"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peloton-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Asserts a clean failure and returns the error line.
+fn fails(args: &[&str], needle: &str) -> String {
+    let out = peloton(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} should exit 1; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{args:?}: '{needle}' not in: {stderr}"
+    );
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_inputs_end_with_one_clear_line() {
+    let q = ["train", "-q", "--steps", "20", "--print-config"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        q.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    fails(
+        &with(&["--set", "algorithm.lambda=-0.5"]),
+        "algorithm.lambda must be in [0, 1], got -0.5",
+    );
+    fails(
+        &with(&["--set", "algorithm.tau=0"]),
+        "algorithm.tau must be at least 1",
+    );
+    fails(
+        &with(&["--set", "algorithm.lambda_global=0.1"]),
+        "algorithm.lambda_global needs more than one group",
+    );
+    fails(&with(&["--algorithm", "lsgdd"]), "unknown variant `lsgdd`");
+    fails(
+        &with(&["--set", "algorithm.lamda=0.1"]),
+        "unknown field `lamda`",
+    );
+    fails(&with(&["--set", "wrokers=3"]), "unknown field `wrokers`");
+    fails(
+        &with(&["--workers", "6", "--set", "algorithm.group_size=4"]),
+        "not divisible by algorithm.group_size (4)",
+    );
+    fails(&with(&["--workers", "0"]), "workers must be at least 1");
+    fails(&with(&["--lr", "-1"]), "optimizer.lr must be positive");
+    fails(
+        &with(&["--eval-model", "center"]),
+        "needs an algorithm with a center",
+    );
+    fails(&with(&["--algorithm", "eamsgd"]), "Nesterov");
+    fails(
+        &with(&[
+            "--problem",
+            "softmax",
+            "--workers",
+            "8",
+            "--set",
+            "problem.train_samples=4",
+        ]),
+        "some shards would be empty",
+    );
+    fails(
+        &["train", "-c", "/nonexistent/peloton.toml"],
+        "cannot read config file /nonexistent/peloton.toml",
+    );
+}
+
+#[test]
+fn a_bad_config_file_names_the_line() {
+    let dir = scratch("badfile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("exp.toml");
+    std::fs::write(
+        &file,
+        "workers = 4\n\n[optimizer]\nlr = 0.1\nmomentun = 0.9\n",
+    )
+    .unwrap();
+    let line = fails(
+        &["train", "-c", file.to_str().unwrap()],
+        "line 5: unknown field `momentun`",
+    );
+    assert!(line.contains("exp.toml"));
+}
+
+#[test]
+fn a_diverging_problem_stops_the_run_with_a_message() {
+    let dir = scratch("diverge");
+    fails(
+        &[
+            "train",
+            "-q",
+            "--problem",
+            "quadratic",
+            "--lr",
+            "50",
+            "--steps",
+            "300",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        "diverged at step",
+    );
+    // The run folder records the failure.
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    assert!(
+        summary.contains("\"status\": \"failed\"") && summary.contains("diverged"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_run_writes_its_folder_and_never_overwrites_one() {
+    let dir = scratch("run");
+    let out = peloton(&[
+        "train",
+        "-q",
+        "--workers",
+        "3",
+        "--steps",
+        "60",
+        "--eval-every",
+        "30",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(
+        config.contains("workers = 3") && config.contains("name = \"lsgd\""),
+        "{config}"
+    );
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    // start + 2 log points (every 50 and the last step, 60; step 30 is an eval point) …
+    let workers = metrics
+        .lines()
+        .filter(|l| l.contains("\"type\":\"worker\""))
+        .count();
+    let evals = metrics
+        .lines()
+        .filter(|l| l.contains("\"type\":\"eval\""))
+        .count();
+    assert_eq!((workers, evals), (3 * 3, 2), "{metrics}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "ok");
+    assert!(summary["final_evals"][0]["accuracy"].as_f64().unwrap() > 0.2);
+
+    // The same folder again is refused, and the first run's files are untouched.
+    fails(
+        &[
+            "train",
+            "-q",
+            "--steps",
+            "10",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        "already exists and is not empty",
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+        config
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_metrics_file() {
+    let strip = |text: String| -> Vec<String> {
+        // Wall-clock fields aside.
+        text.lines()
+            .map(|l| l.split(",\"seconds\"").next().unwrap().to_string())
+            .collect()
+    };
+    let mut files = Vec::new();
+    for k in 0..2 {
+        let dir = scratch(&format!("seed{k}"));
+        let out = peloton(&[
+            "train",
+            "-q",
+            "--workers",
+            "4",
+            "--steps",
+            "80",
+            "--set",
+            "algorithm.group_size=2",
+            "--seed",
+            "7",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        files.push(strip(
+            std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(),
+        ));
+    }
+    assert_eq!(files[0], files[1]);
+}
+
+#[test]
+fn help_and_list_describe_everything() {
+    let help = String::from_utf8(peloton(&["train", "--help"]).stdout).unwrap();
+    for flag in [
+        "--config",
+        "--algorithm",
+        "--workers",
+        "--set",
+        "--out",
+        "--seed",
+        "--eval-model",
+    ] {
+        assert!(help.contains(flag), "train --help lacks {flag}");
+    }
+    let list = String::from_utf8(peloton(&["list"]).stdout).unwrap();
+    for name in [
+        "lsgd",
+        "easgd",
+        "eamsgd",
+        "all-reduce",
+        "local-sgd",
+        "independent",
+        "quadratic",
+        "softmax",
+        "double-well",
+        "matrix-completion",
+    ] {
+        assert!(list.contains(name), "list lacks {name}");
+    }
+}
