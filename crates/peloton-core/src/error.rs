@@ -33,7 +33,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[macro_export]
 macro_rules! ensure_config {
     ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
+        let holds: bool = $cond;
+        if !holds {
             return Err($crate::Error::Config(format!($($arg)+)));
         }
     };

@@ -305,8 +305,8 @@ pub fn run_worker(
         step += 1;
 
         let last = total_steps == Some(step);
-        let eval_point = config.eval_every > 0 && step % config.eval_every == 0;
-        if !(last || eval_point || step % config.log_every == 0) {
+        let eval_point = config.eval_every > 0 && step.is_multiple_of(config.eval_every);
+        if !(last || eval_point || step.is_multiple_of(config.log_every)) {
             continue;
         }
         let mut stop = last;

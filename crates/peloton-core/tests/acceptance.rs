@@ -232,7 +232,7 @@ fn algorithms_for(n: usize) -> Vec<(AlgorithmConfig, OptimizerConfig)> {
             cosine(0.5),
         ),
     ];
-    if n % 2 == 0 && n > 2 {
+    if n.is_multiple_of(2) && n > 2 {
         algos.push((
             AlgorithmConfig::Lsgd(LsgdConfig {
                 group_size: Some(2),

@@ -132,16 +132,26 @@ impl Learner for Quadratic {
         self.mean_sample.fill(0.0);
         let mut loss = 0.0f64;
         for _ in 0..b {
-            for k in 0..params.len() {
-                let z = self.optimum[k] + sigma * normal(&mut self.samples);
-                let diff = (params[k] - z) as f64;
-                loss += 0.5 * self.curvature[k] as f64 * diff * diff;
-                self.mean_sample[k] += z;
+            let coords = params
+                .iter()
+                .zip(&self.optimum)
+                .zip(&self.curvature)
+                .zip(self.mean_sample.iter_mut());
+            for (((x, opt), a), mean) in coords {
+                let z = opt + sigma * normal(&mut self.samples);
+                let diff = (x - z) as f64;
+                loss += 0.5 * *a as f64 * diff * diff;
+                *mean += z;
             }
         }
         let inv_b = 1.0 / b as f32;
-        for k in 0..params.len() {
-            grad[k] = self.curvature[k] * (params[k] - self.mean_sample[k] * inv_b);
+        for (((g, x), a), mean) in grad
+            .iter_mut()
+            .zip(params)
+            .zip(&self.curvature)
+            .zip(&self.mean_sample)
+        {
+            *g = a * (x - mean * inv_b);
         }
         Ok(loss / b as f64)
     }

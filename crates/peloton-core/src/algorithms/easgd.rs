@@ -107,7 +107,7 @@ impl Algorithm for Easgd {
     }
 
     fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        if (ctx.step + 1) % self.tau != 0 {
+        if !(ctx.step + 1).is_multiple_of(self.tau) {
             return Ok(());
         }
         // δ_i = α(x_i − x̃) at time t, before the gradient step.

@@ -47,7 +47,7 @@ impl LocalSgdConfig {
         ensure_config!(self.period > 0, "algorithm.period must be at least 1");
         if let Some(l) = self.group_size {
             ensure_config!(
-                l >= 1 && l <= workers && workers % l == 0,
+                l >= 1 && l <= workers && workers.is_multiple_of(l),
                 "algorithm.group_size = {l} must divide the number of workers ({workers})"
             );
         }
@@ -89,7 +89,7 @@ impl Algorithm for LocalSgd {
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         let warmup = self.config.warmup_steps;
         let done = ctx.step + 1;
-        if done > warmup && (done - warmup) % self.config.period == 0 {
+        if done > warmup && (done - warmup).is_multiple_of(self.config.period) {
             ctx.comm.all_reduce(ctx.params, ReduceOp::Mean)?;
         }
         Ok(())

@@ -115,7 +115,7 @@ impl LsgdConfig {
             "algorithm.group_size = {l} must be between 1 and the number of workers ({workers})"
         );
         ensure_config!(
-            workers % l == 0,
+            workers.is_multiple_of(l),
             "the number of workers ({workers}) is not divisible by algorithm.group_size ({l})"
         );
         if self.groups(workers) == 1 {
@@ -134,7 +134,7 @@ impl LsgdConfig {
         fraction("lambda_global", self.lambda_global())?;
         let tg = self.tau_global();
         ensure_config!(
-            tg >= self.tau && tg % self.tau == 0,
+            tg >= self.tau && tg.is_multiple_of(self.tau),
             "algorithm.tau_global = {tg} must be a multiple of algorithm.tau = {}",
             self.tau
         );
@@ -246,7 +246,7 @@ impl Algorithm for Lsgd {
             );
         }
         let done = ctx.step + 1;
-        if done % self.tau != 0 {
+        if !done.is_multiple_of(self.tau) {
             return Ok(());
         }
         let metrics = ctx.comm.gather_scalar(ctx.metric)?;
@@ -270,7 +270,7 @@ impl Algorithm for Lsgd {
                     }
                 }
             }
-            if done % self.tau_global == 0 {
+            if done.is_multiple_of(self.tau_global) {
                 self.leader = elect(&metrics, 0..n);
                 if let Some(global) = self.leader {
                     if self.lambda_global > 0.0 || self.prox_global > 0.0 {

@@ -58,6 +58,9 @@ pub fn world(n: usize) -> Vec<ThreadComm> {
         .collect()
 }
 
+/// (parent group id, split sequence number in the parent, color).
+type SplitKey = (u64, u64, usize);
+
 struct World {
     size: usize,
     aborted: AtomicBool,
@@ -65,8 +68,8 @@ struct World {
     /// Set when a worker's world communicator is dropped (the worker finished or died).
     departed: Vec<AtomicBool>,
     mailboxes: Vec<Mailbox>,
-    /// Groups being created by `split`: (parent id, split sequence, color) → (group, taken).
-    registry: Mutex<HashMap<(u64, u64, usize), (Arc<Group>, usize)>>,
+    /// Groups being created by `split`, until every member has taken its handle.
+    registry: Mutex<HashMap<SplitKey, (Arc<Group>, usize)>>,
     all_groups: Mutex<Vec<Weak<Group>>>,
     next_group_id: AtomicU64,
 }
