@@ -211,6 +211,34 @@ pub struct Lsgd {
     local_leader: Option<usize>,
 }
 
+/// One pull round toward `leader` (a rank of the communicator it runs on). `anchor` is the
+/// proximal anchor of this level: empty when the proximal variant is off, otherwise refreshed
+/// with the received leader vector.
+struct Pull<'a> {
+    leader: usize,
+    strength: f32,
+    anchor: &'a mut Vec<f32>,
+}
+
+impl Pull<'_> {
+    fn run(
+        self,
+        comm: &mut dyn Communicator,
+        params: &mut [f32],
+        staging: &mut [f32],
+    ) -> Result<()> {
+        let proximal = !self.anchor.is_empty();
+        if self.strength == 0.0 && !proximal {
+            return Ok(()); // nothing would change: skip the broadcast
+        }
+        pull_toward_leader(comm, params, staging, self.leader, self.strength)?;
+        if proximal {
+            self.anchor.copy_from_slice(staging);
+        }
+        Ok(())
+    }
+}
+
 impl Lsgd {
     /// The world rank of this worker's local leader after the latest round (multi-leader).
     pub fn local_leader(&self) -> Option<usize> {
@@ -257,52 +285,34 @@ impl Algorithm for Lsgd {
             let group = self.group.as_mut().expect("setup creates the group");
             self.local_leader = elect(&metrics, first..first + self.group_size);
             if let Some(local) = self.local_leader {
-                if self.lambda > 0.0 || self.prox > 0.0 {
-                    pull_toward_leader(
-                        group.as_mut(),
-                        ctx.params,
-                        &mut self.staging,
-                        local - first,
-                        self.lambda,
-                    )?;
-                    if self.prox > 0.0 {
-                        self.anchor.copy_from_slice(&self.staging);
-                    }
-                }
+                let pull = Pull {
+                    leader: local - first,
+                    strength: self.lambda,
+                    anchor: &mut self.anchor,
+                };
+                pull.run(group.as_mut(), ctx.params, &mut self.staging)?;
             }
             if done.is_multiple_of(self.tau_global) {
                 self.leader = elect(&metrics, 0..n);
                 if let Some(global) = self.leader {
-                    if self.lambda_global > 0.0 || self.prox_global > 0.0 {
-                        pull_toward_leader(
-                            ctx.comm,
-                            ctx.params,
-                            &mut self.staging,
-                            global,
-                            self.lambda_global,
-                        )?;
-                        if self.prox_global > 0.0 {
-                            self.anchor_global.copy_from_slice(&self.staging);
-                        }
-                    }
+                    let pull = Pull {
+                        leader: global,
+                        strength: self.lambda_global,
+                        anchor: &mut self.anchor_global,
+                    };
+                    pull.run(ctx.comm, ctx.params, &mut self.staging)?;
                 }
             }
         } else {
             self.leader = elect(&metrics, 0..n);
             self.local_leader = self.leader;
             if let Some(leader) = self.leader {
-                if self.lambda > 0.0 || self.prox > 0.0 {
-                    pull_toward_leader(
-                        ctx.comm,
-                        ctx.params,
-                        &mut self.staging,
-                        leader,
-                        self.lambda,
-                    )?;
-                    if self.prox > 0.0 {
-                        self.anchor.copy_from_slice(&self.staging);
-                    }
-                }
+                let pull = Pull {
+                    leader,
+                    strength: self.lambda,
+                    anchor: &mut self.anchor,
+                };
+                pull.run(ctx.comm, ctx.params, &mut self.staging)?;
             }
         }
         Ok(())
