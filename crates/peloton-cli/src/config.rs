@@ -225,9 +225,10 @@ pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<ExperimentCon
     };
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e))?;
     // Read the file alone first, so that its mistakes are reported with line numbers.
-    toml::from_str::<ExperimentConfig>(&text).map_err(|e| one_line(&origin, &text, &e))?;
+    let from_file: ExperimentConfig =
+        toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e))?;
     if overrides.is_empty() {
-        return toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e));
+        return Ok(from_file);
     }
     // Overrides of a section the file left out refer to the default algorithm or problem.
     let defaults = ExperimentConfig::default();

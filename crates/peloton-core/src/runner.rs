@@ -353,9 +353,12 @@ pub fn run_worker(
                 }
                 EvalModel::Center => {
                     if rank == 0 {
-                        let center = algorithm
-                            .center()
-                            .expect("validated: the algorithm has a center");
+                        let center = algorithm.center().ok_or_else(|| {
+                            Error::Config(format!(
+                                "eval.model = \"center\" needs an algorithm with a center variable; {} has none",
+                                config.algorithm.name()
+                            ))
+                        })?;
                         evals.push(record(learner.evaluate(center)?, None));
                     }
                 }
