@@ -18,6 +18,10 @@ pub enum Error {
     /// A worker's loss became NaN or infinite.
     #[error("worker {worker} diverged at step {step}: loss is {loss}")]
     Diverged { worker: usize, step: u64, loss: f64 },
+    /// A dataset file is missing, truncated or corrupted (the message names the file and,
+    /// where it applies, the byte offset).
+    #[error("data: {0}")]
+    Data(String),
     /// A learner (model + data) failed.
     #[error("learner on worker {worker}: {message}")]
     Learner { worker: usize, message: String },

@@ -53,6 +53,19 @@ pub trait Learner: Send {
     fn steps_per_epoch(&self) -> Option<u64> {
         None
     }
+
+    /// Length of the model's non-trainable state that the runner averages over all workers
+    /// before every evaluation — BatchNorm running statistics under the "average" policy.
+    /// 0 (the default) when there is none, or when it stays local to each worker.
+    fn shared_state_len(&self) -> usize {
+        0
+    }
+
+    /// Copies that state into `out` (`shared_state_len()` values).
+    fn read_shared_state(&mut self, _out: &mut [f32]) {}
+
+    /// Replaces that state by `state`.
+    fn write_shared_state(&mut self, _state: &[f32]) {}
 }
 
 /// Builds the learner of each worker. Called once per worker, on that worker's thread.

@@ -228,6 +228,15 @@ pub fn run_worker(
         c.agree("the model layout (tensor names and shapes)", fingerprint)
     })?;
 
+    let state_len = learner.shared_state_len();
+    diag.run(comm, |c| {
+        c.agree(
+            "the size of the averaged model state (BatchNorm statistics)",
+            state_len as u64,
+        )
+    })?;
+    let mut shared_state = vec![0.0f32; state_len];
+
     let mut params = vec![0.0f32; len];
     learner.init_params(&mut params);
     if config.sync_init {
@@ -265,7 +274,7 @@ pub fn run_worker(
 
     let mut grad = vec![0.0f32; len];
     let mut scratch = vec![0.0f32; len];
-    let mut optimizer = config.optimizer.init(len);
+    let mut optimizer = config.optimizer.init(learner.layout());
     let mut window = LossWindow::new(config.leader_window);
     let mut losses = Vec::with_capacity(total_steps.unwrap_or(1024).min(1 << 24) as usize);
     let (mut interval_sum, mut interval_count) = (0.0f64, 0u64);
@@ -327,6 +336,12 @@ pub fn run_worker(
             consensus = Some(kernels::dist_sq(&params, &scratch).sqrt());
         }
         if eval_point || stop {
+            if state_len > 0 {
+                // Every evaluated model sees statistics gathered over the whole cluster's data.
+                learner.read_shared_state(&mut shared_state);
+                diag.run(comm, |c| c.all_reduce(&mut shared_state, ReduceOp::Mean))?;
+                learner.write_shared_state(&shared_state);
+            }
             let mut evals = Vec::new();
             let record = |eval: Evaluation, worker: Option<usize>| EvalRecord {
                 step,

@@ -3,13 +3,19 @@
 //! The update follows PyTorch's `torch.optim.SGD` exactly, because the reference experiments
 //! use it: with weight decay `wd`, momentum `μ`, learning rate `η`,
 //! `g ← g + wd·x;  v ← μ·v + g;  d ← g + μ·v (Nesterov) or v;  x ← x − η·d`.
+//! With `[optimizer.laplacian]` the gradient is first replaced by its Laplacian-smoothed
+//! version ([`laplacian`]), before weight decay and momentum, as the LS-SGD reference does.
 //! Momentum buffers stay local: no algorithm communicates, resets or rescales them (the policy
 //! of every reference code, ALGORITHMS.md §9.2).
+
+pub mod laplacian;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ensure_config;
+use crate::layout::ParamLayout;
 use crate::Result;
+pub use laplacian::{LaplacianConfig, LaplacianSmoother};
 
 /// The local optimizer: SGD with optional momentum, Nesterov momentum and weight decay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +39,9 @@ pub struct OptimizerConfig {
     /// The learning-rate schedule after warm-up.
     #[serde(default)]
     pub schedule: LrSchedule,
+    /// Laplacian smoothing of each tensor's gradient (LS-SGD); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub laplacian: Option<LaplacianConfig>,
 }
 
 fn default_lr() -> f32 {
@@ -48,6 +57,7 @@ impl Default for OptimizerConfig {
             weight_decay: 0.0,
             warmup_steps: 0,
             schedule: LrSchedule::Constant,
+            laplacian: None,
         }
     }
 }
@@ -73,12 +83,17 @@ impl OptimizerConfig {
             "optimizer.weight_decay must be ≥ 0, got {}",
             self.weight_decay
         );
+        if let Some(l) = &self.laplacian {
+            l.validate()?;
+        }
         self.schedule.validate()
     }
 
-    /// Builds the optimizer state for a buffer of `len` parameters.
-    pub fn init(&self, len: usize) -> Sgd {
+    /// Builds the optimizer state for a parameter buffer laid out as `layout`.
+    pub fn init(&self, layout: &ParamLayout) -> Sgd {
+        let len = layout.len();
         Sgd {
+            smoother: self.laplacian.as_ref().map(|l| l.init(layout)),
             momentum: self.momentum,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
@@ -203,6 +218,7 @@ impl LrSchedule {
 /// SGD state of one worker. Built by [`OptimizerConfig::init`].
 #[derive(Debug, Clone)]
 pub struct Sgd {
+    smoother: Option<LaplacianSmoother>,
     momentum: f32,
     nesterov: bool,
     weight_decay: f32,
@@ -217,6 +233,9 @@ impl Sgd {
             grad.len(),
             "optimizer: gradient length differs from parameters"
         );
+        if let Some(smoother) = &mut self.smoother {
+            smoother.smooth(grad);
+        }
         let wd = self.weight_decay;
         if wd != 0.0 {
             grad.iter_mut()
@@ -274,7 +293,7 @@ mod tests {
     #[test]
     fn plain_sgd_with_weight_decay() {
         // g = 1 + 0.5·2 = 2 ; x = 2 − 0.1·2 = 1.8
-        let mut s = opt(0.0, false, 0.5).init(1);
+        let mut s = opt(0.0, false, 0.5).init(&ParamLayout::new().with("x", &[1]));
         let mut x = [2.0f32];
         s.step(&mut x, &mut [1.0], 0.1);
         assert!((x[0] - 1.8).abs() < 1e-6);
@@ -284,17 +303,47 @@ mod tests {
     fn momentum_and_nesterov_match_pytorch() {
         // Constant gradient 1, μ = 0.9, η = 1.
         // Heavy ball: v1 = 1, x1 = −1 ; v2 = 1.9, x2 = −2.9.
-        let mut s = opt(0.9, false, 0.0).init(1);
+        let mut s = opt(0.9, false, 0.0).init(&ParamLayout::new().with("x", &[1]));
         let mut x = [0.0f32];
         s.step(&mut x, &mut [1.0], 1.0);
         s.step(&mut x, &mut [1.0], 1.0);
         assert!((x[0] + 2.9).abs() < 1e-6);
         // Nesterov: v1 = 1, d1 = 1 + 0.9 = 1.9, x1 = −1.9 ; v2 = 1.9, d2 = 1 + 1.71 = 2.71, x2 = −4.61.
-        let mut s = opt(0.9, true, 0.0).init(1);
+        let mut s = opt(0.9, true, 0.0).init(&ParamLayout::new().with("x", &[1]));
         let mut x = [0.0f32];
         s.step(&mut x, &mut [1.0], 1.0);
         s.step(&mut x, &mut [1.0], 1.0);
         assert!((x[0] + 4.61).abs() < 1e-5);
+    }
+
+    #[test]
+    fn laplacian_smoothing_comes_before_weight_decay() {
+        // Reference order (ALGORITHMS.md §7.2): smooth the raw gradient, then add the
+        // unsmoothed weight decay. g = (1, −1) is pure Nyquist: smoothed by 1/(1 + 4σ) = 0.2
+        // at σ = 1 → (0.2, −0.2); + 0.5·x = (0.7, 0.3); x = (1, 1) − 1·(0.7, 0.3) = (0.3, 0.7).
+        let config = OptimizerConfig {
+            weight_decay: 0.5,
+            laplacian: Some(LaplacianConfig {
+                sigma: 1.0,
+                order: 1,
+            }),
+            ..Default::default()
+        };
+        let mut s = config.init(&ParamLayout::new().with("w", &[2]));
+        let mut x = [1.0f32, 1.0];
+        s.step(&mut x, &mut [1.0, -1.0], 1.0);
+        assert!(
+            (x[0] - 0.3).abs() < 1e-6 && (x[1] - 0.7).abs() < 1e-6,
+            "{x:?}"
+        );
+        let bad = OptimizerConfig {
+            laplacian: Some(LaplacianConfig {
+                sigma: -1.0,
+                order: 1,
+            }),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("sigma"));
     }
 
     #[test]

@@ -1,0 +1,132 @@
+//! `[model]`: which network, on which device, with which BatchNorm policy.
+
+use burn::prelude::Device;
+use peloton_core::{ensure_config, Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::models::ModelName;
+
+/// Where the tensors live. `flex` (pure Rust, burn's CPU backend) needs nothing installed;
+/// `tch` and `tch-cuda` use LibTorch (PyTorch's kernels) and need the `tch` cargo feature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    #[default]
+    Flex,
+    Tch,
+    TchCuda,
+}
+
+impl DeviceKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeviceKind::Flex => "flex",
+            DeviceKind::Tch => "tch",
+            DeviceKind::TchCuda => "tch-cuda",
+        }
+    }
+
+    /// The burn device (without autodiff).
+    pub fn device(&self, cuda_index: usize) -> Result<Device> {
+        match self {
+            DeviceKind::Flex => Ok(Device::flex()),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            DeviceKind::Tch => Ok(Device::libtorch()),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            DeviceKind::TchCuda => Ok(Device::libtorch_cuda(cuda_index)),
+            #[cfg(not(feature = "tch"))]
+            DeviceKind::Tch | DeviceKind::TchCuda => {
+                let _ = cuda_index;
+                Err(Error::Config(format!(
+                    "model.device = \"{}\" needs peloton built with the `tch` feature (LibTorch); see README \"PyTorch kernels and GPUs\"",
+                    self.as_str()
+                )))
+            }
+        }
+    }
+}
+
+/// What happens to BatchNorm running statistics (ALGORITHMS.md §9.2: make it a switch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchNormPolicy {
+    /// Each worker keeps its own statistics and never communicates them (SGP, AL-DSGD and
+    /// LSGD's current code).
+    #[default]
+    Local,
+    /// Averaged over all workers before every evaluation.
+    Average,
+    /// Recomputed before every evaluation by running the evaluated parameters over the
+    /// evaluating worker's training shard (cumulative average over the batches), as LSGD's
+    /// evaluation of the averaged "center" does.
+    Recompute,
+}
+
+/// The `[model]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: ModelName,
+    /// Hidden layer sizes of the MLP.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<usize>,
+    #[serde(default)]
+    pub device: DeviceKind,
+    /// The CUDA device index for `tch-cuda` (workers share it).
+    #[serde(default)]
+    pub cuda_index: usize,
+    #[serde(default)]
+    pub batch_norm: BatchNormPolicy,
+    /// With `batch_norm = "recompute"`: at most this many training batches (all of the
+    /// shard when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recompute_batches: Option<usize>,
+    /// CPU threads per worker for the tensor kernels; by default the machine's cores split
+    /// evenly over the in-process workers (at least 1), so workers never oversubscribe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+fn default_hidden() -> Vec<usize> {
+    vec![256, 128]
+}
+
+impl ModelConfig {
+    pub fn new(name: ModelName) -> Self {
+        Self {
+            name,
+            hidden: default_hidden(),
+            device: DeviceKind::Flex,
+            cuda_index: 0,
+            batch_norm: BatchNormPolicy::Local,
+            recompute_batches: None,
+            threads: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure_config!(
+            self.hidden.iter().all(|&h| h > 0),
+            "model.hidden sizes must be positive"
+        );
+        if let Some(t) = self.threads {
+            ensure_config!(t >= 1, "model.threads must be at least 1");
+        }
+        if let Some(b) = self.recompute_batches {
+            ensure_config!(b >= 1, "model.recompute_batches must be at least 1");
+        }
+        #[cfg(not(feature = "tch"))]
+        self.device.device(self.cuda_index)?;
+        Ok(())
+    }
+
+    /// Kernel threads for each of `workers` in-process workers.
+    pub fn threads_per_worker(&self, workers: usize) -> usize {
+        self.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            (cores / workers.max(1)).max(1)
+        })
+    }
+}

@@ -1,0 +1,20 @@
+//! # peloton-burn
+//!
+//! Real deep-learning models for peloton, on [burn](https://burn.dev) 0.22: the model zoo
+//! ([`models`]: MLP, LeNet-5, CNN7, ResNet-20/32/56, VGG-16-BN), their standard
+//! initializations ([`init`]), the flat-buffer bridge ([`flat`]), and [`NetworkLearner`],
+//! which puts any of them behind peloton's `Learner` trait so every algorithm trains it
+//! unchanged. burn types stay inside this crate.
+//!
+//! The backend is chosen at run time ([`DeviceKind`]): `flex`, pure Rust, needs nothing
+//! installed; `tch` / `tch-cuda` (cargo feature `tch`) run PyTorch's kernels through LibTorch.
+
+pub mod config;
+pub mod flat;
+pub mod init;
+pub mod learner;
+pub mod models;
+
+pub use config::{BatchNormPolicy, DeviceKind, ModelConfig};
+pub use learner::{NetworkLearner, NetworkTask};
+pub use models::ModelName;

@@ -1,0 +1,210 @@
+//! The model zoo. Every model maps `N×C×H×W` images to `N×classes` logits, and knows how to
+//! initialize its own parameters in the flat buffer (see [`crate::init`]), so initialization
+//! comes from peloton's seeded streams rather than from the backend's global generator.
+
+pub mod cnn7;
+pub mod lenet;
+pub mod mlp;
+pub mod resnet;
+pub mod vgg;
+
+use burn::nn::BatchNorm;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use peloton_core::seed::Rng;
+use peloton_core::{ensure_config, Result};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+pub use cnn7::Cnn7;
+pub use lenet::LeNet;
+pub use mlp::Mlp;
+pub use resnet::ResNet;
+pub use vgg::Vgg;
+
+/// What a forward pass needs besides the input: whether it trains (dropout on), and the
+/// worker's own dropout stream (so that dropout masks are reproducible from the run seed).
+pub struct Pass<'a> {
+    pub train: bool,
+    pub rng: Option<&'a mut Rng>,
+}
+
+impl Pass<'_> {
+    pub fn eval() -> Pass<'static> {
+        Pass {
+            train: false,
+            rng: None,
+        }
+    }
+}
+
+/// Inverted dropout with a mask drawn from the worker's seeded stream.
+pub fn dropout<const D: usize>(x: Tensor<D>, p: f64, pass: &mut Pass<'_>) -> Tensor<D> {
+    let Some(rng) = pass.rng.as_deref_mut() else {
+        return x;
+    };
+    if !pass.train || p <= 0.0 {
+        return x;
+    }
+    let dims = x.dims();
+    let n: usize = dims.iter().product();
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.random_bool(p) { 0.0 } else { keep })
+        .collect();
+    let mask = Tensor::<D>::from_data(TensorData::new(mask, dims), &x.device());
+    x * mask
+}
+
+/// The models, selected by `model.name` in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelName {
+    Mlp,
+    Lenet,
+    Cnn7,
+    Resnet20,
+    Resnet32,
+    Resnet56,
+    Vgg16,
+}
+
+impl ModelName {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModelName::Mlp => "mlp",
+            ModelName::Lenet => "lenet",
+            ModelName::Cnn7 => "cnn7",
+            ModelName::Resnet20 => "resnet20",
+            ModelName::Resnet32 => "resnet32",
+            ModelName::Resnet56 => "resnet56",
+            ModelName::Vgg16 => "vgg16",
+        }
+    }
+
+    pub fn catalog() -> &'static [(&'static str, &'static str)] {
+        &[
+            (
+                "mlp",
+                "fully connected, ReLU; hidden sizes in model.hidden (default 256, 128)",
+            ),
+            (
+                "lenet",
+                "LeNet-5: conv 6 → pool → conv 16 → pool → 120 → 84 → classes",
+            ),
+            (
+                "cnn7",
+                "EASGD/LSGD 7-layer convnet for 28×28 inputs (351,946 parameters on CIFAR-10)",
+            ),
+            (
+                "resnet20",
+                "CIFAR ResNet-20, option-A shortcuts, BatchNorm (269,722 parameters)",
+            ),
+            ("resnet32", "CIFAR ResNet-32, option-A shortcuts, BatchNorm"),
+            ("resnet56", "CIFAR ResNet-56, option-A shortcuts, BatchNorm"),
+            (
+                "vgg16",
+                "VGG-16 with BatchNorm for 32×32 inputs, 512-512-classes classifier, dropout",
+            ),
+        ]
+    }
+
+    /// Checks that the model accepts `[C, H, W]` inputs.
+    pub fn check_input(&self, [c, h, w]: [usize; 3]) -> Result<()> {
+        match self {
+            ModelName::Mlp => {}
+            ModelName::Lenet => {
+                ensure_config!(
+                    h == w && (h == 28 || h == 32),
+                    "lenet takes 28×28 or 32×32 images, got {c}×{h}×{w}"
+                );
+            }
+            ModelName::Cnn7 => {
+                ensure_config!(
+                    h == 28 && w == 28,
+                    "cnn7 takes 28×28 images (use data.augmentation = {{ kind = \"crop-flip\", size = 28 }} on CIFAR-10), got {c}×{h}×{w}"
+                );
+            }
+            ModelName::Resnet20 | ModelName::Resnet32 | ModelName::Resnet56 => {
+                ensure_config!(
+                    h >= 8 && w >= 8,
+                    "{} needs images of at least 8×8, got {c}×{h}×{w}",
+                    self.as_str()
+                );
+            }
+            ModelName::Vgg16 => {
+                ensure_config!(
+                    h == 32 && w == 32,
+                    "vgg16 takes 32×32 images, got {c}×{h}×{w}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One model of the zoo.
+#[derive(Module, Debug)]
+pub enum Net {
+    Mlp(Mlp),
+    LeNet(LeNet),
+    Cnn7(Cnn7),
+    ResNet(ResNet),
+    Vgg(Vgg),
+}
+
+impl Net {
+    /// Builds `name` for `[C, H, W]` inputs and `classes` outputs.
+    pub fn new(
+        name: ModelName,
+        input: [usize; 3],
+        classes: usize,
+        hidden: &[usize],
+        device: &Device,
+    ) -> Result<Self> {
+        name.check_input(input)?;
+        Ok(match name {
+            ModelName::Mlp => Net::Mlp(Mlp::new(input.iter().product(), hidden, classes, device)),
+            ModelName::Lenet => Net::LeNet(LeNet::new(input, classes, device)),
+            ModelName::Cnn7 => Net::Cnn7(Cnn7::new(input[0], classes, device)),
+            ModelName::Resnet20 => Net::ResNet(ResNet::new(3, input[0], classes, device)),
+            ModelName::Resnet32 => Net::ResNet(ResNet::new(5, input[0], classes, device)),
+            ModelName::Resnet56 => Net::ResNet(ResNet::new(9, input[0], classes, device)),
+            ModelName::Vgg16 => Net::Vgg(Vgg::new(input[0], classes, device)),
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, pass: &mut Pass<'_>) -> Tensor<2> {
+        match self {
+            Net::Mlp(m) => m.forward(x),
+            Net::LeNet(m) => m.forward(x),
+            Net::Cnn7(m) => m.forward(x, pass),
+            Net::ResNet(m) => m.forward(x),
+            Net::Vgg(m) => m.forward(x, pass),
+        }
+    }
+
+    /// The initialization scheme of this model's weights.
+    pub fn init_scheme(&self) -> crate::init::Scheme {
+        match self {
+            Net::ResNet(_) => crate::init::Scheme::KaimingNormalFanIn,
+            Net::Vgg(_) => crate::init::Scheme::VggConvFanOut,
+            _ => crate::init::Scheme::PytorchDefault,
+        }
+    }
+
+    /// Every BatchNorm layer, for the statistics-recomputation policy.
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        match self {
+            Net::ResNet(m) => m.batch_norms_mut(),
+            Net::Vgg(m) => m.batch_norms_mut(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `x` flattened to `[N, rest]`.
+pub(crate) fn flatten(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c * h * w])
+}

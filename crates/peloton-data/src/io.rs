@@ -1,0 +1,119 @@
+//! Reading dataset files: raw or gzip (detected by the gzip magic, not by the file name), with
+//! errors that name the file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use peloton_core::{Error, Result};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Reads a whole file, decompressing it when it starts with the gzip magic.
+pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                Error::Data(format!(
+                    "{}: corrupted gzip stream after {} decompressed bytes: {e}",
+                    path.display(),
+                    out.len()
+                ))
+            })?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// The first of `names` (tried with and without a `.gz` suffix) that exists in `dir`.
+pub fn find_file(dir: &Path, names: &[&str]) -> Result<PathBuf> {
+    for name in names {
+        for candidate in [dir.join(name), dir.join(format!("{name}.gz"))] {
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Error::Data(format!(
+        "{} has no {} (or .gz)",
+        dir.display(),
+        names.join(" / ")
+    )))
+}
+
+/// Writes `bytes` to `path` (gzip-compressed when `gzip`), through a temporary file and a
+/// rename so that a failure never leaves a half-written file.
+pub fn write_file(path: &Path, bytes: &[u8], gzip: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("partial");
+    {
+        let file = std::fs::File::create(&tmp)?;
+        if gzip {
+            let mut enc = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+            enc.write_all(bytes)?;
+            enc.finish()?.sync_all()?;
+        } else {
+            let mut f = file;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+    }
+    std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use flate2::Compression;
+    use std::io::Write;
+
+    #[test]
+    fn reads_raw_and_gzip_alike() {
+        let dir = tempdir("io");
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.join("raw"), &payload).unwrap();
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&payload).unwrap();
+        std::fs::write(dir.join("packed"), gz.finish().unwrap()).unwrap();
+        assert_eq!(read_maybe_gz(&dir.join("raw")).unwrap(), payload);
+        assert_eq!(read_maybe_gz(&dir.join("packed")).unwrap(), payload);
+    }
+
+    #[test]
+    fn truncated_gzip_is_an_error_naming_the_file() {
+        let dir = tempdir("io-trunc");
+        let payload = vec![3u8; 100_000];
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&payload).unwrap();
+        let bytes = gz.finish().unwrap();
+        std::fs::write(dir.join("cut.gz"), &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_maybe_gz(&dir.join("cut.gz")).unwrap_err().to_string();
+        assert!(
+            err.contains("cut.gz") && err.contains("corrupted gzip"),
+            "{err}"
+        );
+        let missing = read_maybe_gz(&dir.join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("nope"), "{missing}");
+    }
+
+    #[test]
+    fn find_file_accepts_a_gz_suffix() {
+        let dir = tempdir("io-find");
+        std::fs::write(dir.join("b.gz"), b"x").unwrap();
+        assert_eq!(find_file(&dir, &["a", "b"]).unwrap(), dir.join("b.gz"));
+        assert!(find_file(&dir, &["c"]).is_err());
+    }
+
+    pub(crate) fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("peloton-data-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
