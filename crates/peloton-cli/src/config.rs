@@ -5,14 +5,20 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use peloton_burn::{ModelConfig, ModelName};
 use peloton_core::algorithms::AlgorithmConfig;
+use peloton_core::learner::LearnerFactory;
 use peloton_core::optim::OptimizerConfig;
 use peloton_core::runner::{EvalModel, RunConfig};
+use peloton_data::DataConfig;
 use peloton_problems::ProblemConfig;
 use serde::{Deserialize, Serialize};
 
-/// The budget used when a file and the flags give none.
+/// The budget used when a file and the flags give none: analytic problems.
 pub const DEFAULT_STEPS: u64 = 2000;
+/// The budget used when a file and the flags give none: networks (≈ 20 s for the default
+/// LeNet on 4 workers and 2 cores).
+pub const DEFAULT_NETWORK_STEPS: u64 = 600;
 
 /// A whole experiment. Every key is documented in the README's configuration section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,8 +45,15 @@ pub struct ExperimentConfig {
     pub consensus: bool,
     #[serde(default)]
     pub eval: EvalSection,
+    /// An analytic problem (quadratic, softmax, ...); exclusive with `[model]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<ProblemConfig>,
+    /// A neural network trained on `[data]` (the default: LeNet-5 on synthetic images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelConfig>,
+    /// The dataset of `[model]`.
     #[serde(default)]
-    pub problem: ProblemConfig,
+    pub data: DataConfig,
     #[serde(default)]
     pub algorithm: AlgorithmConfig,
     #[serde(default)]
@@ -97,7 +110,11 @@ impl ExperimentConfig {
             workers: self.workers,
             seed: self.seed,
             steps: if no_budget {
-                Some(DEFAULT_STEPS)
+                Some(if self.problem.is_some() {
+                    DEFAULT_STEPS
+                } else {
+                    DEFAULT_NETWORK_STEPS
+                })
             } else {
                 self.steps
             },
@@ -114,11 +131,60 @@ impl ExperimentConfig {
         }
     }
 
-    /// Checks everything that can be checked before a run starts.
+    /// The network trained when no `[problem]` is given.
+    pub fn default_model() -> ModelConfig {
+        ModelConfig::new(ModelName::Lenet)
+    }
+
+    /// What is trained: an analytic problem or a network on a dataset.
+    pub fn task(&self) -> Result<Task> {
+        match (&self.problem, &self.model) {
+            (Some(_), Some(_)) => bail!(
+                "give either [problem] (an analytic problem) or [model] (a network on [data]), not both"
+            ),
+            (Some(p), None) => Ok(Task::Problem(p.clone())),
+            (None, m) => Ok(Task::Network(
+                m.clone().unwrap_or_else(Self::default_model),
+                self.data.clone(),
+            )),
+        }
+    }
+
+    /// A short name of the task for run folders and progress lines, e.g. `lenet-synthetic`.
+    pub fn task_name(&self) -> String {
+        match self.task() {
+            Ok(Task::Problem(p)) => p.name().to_string(),
+            Ok(Task::Network(m, d)) => format!("{}-{}", m.name.as_str(), d.dataset.name()),
+            Err(_) => "invalid".into(),
+        }
+    }
+
+    /// Checks everything that can be checked before a run starts (the dataset's files are
+    /// read, and the model fitted to them, when the run starts).
     pub fn validate(&self) -> Result<()> {
         self.run_config().validate()?;
-        self.problem.validate(self.workers)?;
+        match self.task()? {
+            Task::Problem(p) => p.validate(self.workers)?,
+            Task::Network(m, d) => {
+                m.validate()?;
+                d.validate()?;
+            }
+        }
         Ok(())
+    }
+
+    /// Builds the learners' factory: for a network this reads or generates the data and
+    /// shards it, once for all workers.
+    pub fn factory(&self) -> Result<Box<dyn LearnerFactory>> {
+        Ok(match self.task()? {
+            Task::Problem(p) => Box::new(p),
+            Task::Network(m, d) => Box::new(peloton_burn::NetworkTask::load(
+                m,
+                &d,
+                self.workers,
+                self.seed,
+            )?),
+        })
     }
 
     /// The resolved config as TOML (every default written out). Values stored as `f32` are
@@ -129,6 +195,13 @@ impl ExperimentConfig {
         shorten_floats(&mut value);
         toml::to_string(&value).context("cannot write the resolved config as TOML")
     }
+}
+
+/// What an experiment trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    Problem(ProblemConfig),
+    Network(ModelConfig, DataConfig),
 }
 
 /// Rewrites every float that is exactly an `f32` with the shortest decimal that reads back as
@@ -230,12 +303,20 @@ pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<ExperimentCon
     if overrides.is_empty() {
         return Ok(from_file);
     }
-    // Overrides of a section the file left out refer to the default algorithm or problem.
+    // Overrides of a section the file left out refer to that section's default.
     let defaults = ExperimentConfig::default();
+    let default_model = ExperimentConfig::default_model();
     for (section, tag, default) in [
         ("algorithm", "name", defaults.algorithm.name()),
-        ("problem", "kind", defaults.problem.name()),
+        ("problem", "kind", ProblemConfig::default().name()),
+        ("model", "name", default_model.name.as_str()),
     ] {
+        let touched = overrides
+            .iter()
+            .any(|o| o.key.starts_with(&format!("{section}.")));
+        if !touched {
+            continue;
+        }
         if let Some(t) = table
             .entry(section)
             .or_insert_with(|| toml::Value::Table(Default::default()))
@@ -280,7 +361,8 @@ mod tests {
         let c = ExperimentConfig::default();
         c.validate().unwrap();
         assert_eq!(c.algorithm.name(), "lsgd");
-        assert_eq!(c.run_config().steps, Some(DEFAULT_STEPS));
+        assert_eq!(c.run_config().steps, Some(DEFAULT_NETWORK_STEPS));
+        assert!(matches!(c.task().unwrap(), Task::Network(m, _) if m.name == ModelName::Lenet));
     }
 
     #[test]

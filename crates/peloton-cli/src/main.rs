@@ -45,9 +45,24 @@ struct TrainArgs {
     /// Algorithm name (see `peloton list`); switching drops the file's algorithm keys.
     #[arg(long, value_name = "NAME")]
     algorithm: Option<String>,
-    /// Problem kind (see `peloton list`); switching drops the file's problem keys.
+    /// Analytic problem kind instead of a network (see `peloton list`).
     #[arg(long, value_name = "KIND")]
     problem: Option<String>,
+    /// Network to train (see `peloton list`): mlp, lenet, cnn7, resnet20, resnet32, resnet56, vgg16.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// Dataset of the network: synthetic, mnist or cifar10.
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
+    /// Folder of the dataset's files (MNIST IDX or CIFAR-10 binary batches, raw or .gz).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Tensor backend: flex (pure Rust, default), tch or tch-cuda (LibTorch, feature `tch`).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// Samples per worker per step.
+    #[arg(long)]
+    batch_size: Option<u64>,
     /// Number of workers.
     #[arg(short = 'n', long)]
     workers: Option<usize>,
@@ -108,6 +123,21 @@ fn overrides(args: &TrainArgs) -> Result<Vec<Override>> {
         out.push(Override::new("problem.kind", p.as_str()));
     }
     let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    if let Some(m) = &args.model {
+        out.push(Override::new("model.name", m.as_str()));
+    }
+    if let Some(d) = &args.device {
+        out.push(Override::new("model.device", d.as_str()));
+    }
+    if let Some(d) = &args.dataset {
+        out.push(Override::new("data.dataset", d.as_str()));
+    }
+    if let Some(d) = &args.data_dir {
+        out.push(Override::new("data.dir", d.display().to_string()));
+    }
+    if let Some(b) = args.batch_size {
+        out.push(Override::new("data.batch_size", int(b)));
+    }
     if let Some(w) = args.workers {
         out.push(Override::new("workers", int(w as u64)));
     }
@@ -143,7 +173,15 @@ fn list() {
     for (name, what, keys) in AlgorithmConfig::catalog() {
         println!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
     }
-    println!("\nproblems ([problem] kind = ...):");
+    println!("\nmodels ([model] name = ...; keys: hidden, device, batch_norm, recompute_batches, threads):");
+    for (name, what) in peloton_burn::ModelName::catalog() {
+        println!("  {name:<18} {what}");
+    }
+    println!("\ndatasets ([data] dataset = ...; keys: dir, batch_size, partition, augmentation, test_samples, eval_batch_size, synthetic):");
+    for (name, what) in peloton_data::DatasetKind::catalog() {
+        println!("  {name:<18} {what}");
+    }
+    println!("\nanalytic problems, instead of a model ([problem] kind = ...):");
     for (name, what, keys) in ProblemConfig::catalog() {
         println!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
     }

@@ -40,7 +40,8 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
     let path = options
         .out
         .clone()
-        .unwrap_or_else(|| default_path(config.algorithm.name(), config.problem.name()));
+        .unwrap_or_else(|| default_path(config.algorithm.name(), &config.task_name()));
+    let factory = config.factory()?;
     let mut folder = RunFolder::create(&path, &config.to_toml()?)?;
 
     let bar = if options.quiet {
@@ -57,7 +58,7 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
     let mut leader_counts: BTreeMap<usize, u64> = BTreeMap::new();
     let mut last_records = BTreeMap::new();
     let mut write_error = None;
-    let result = run_threads(&run, &config.problem, &mut |event| {
+    let result = run_threads(&run, factory.as_ref(), &mut |event| {
         if write_error.is_none() {
             if let Err(e) = folder.record(event) {
                 write_error = Some(e);
@@ -75,7 +76,7 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
                 bar.println(format!(
                     "{} on {} · {workers} workers (threads) · {params} parameters · run folder {}",
                     config.algorithm.name(),
-                    config.problem.name(),
+                    config.task_name(),
                     path.display()
                 ));
             }
@@ -117,7 +118,7 @@ fn summary_json(
     json!({
         "status": "ok",
         "algorithm": config.algorithm.name(),
-        "problem": config.problem.name(),
+        "task": config.task_name(),
         "workers": config.workers,
         "steps": report.steps,
         "seconds": report.seconds,

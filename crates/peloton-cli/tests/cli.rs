@@ -257,3 +257,76 @@ fn help_and_list_describe_everything() {
         assert!(list.contains(name), "list lacks {name}");
     }
 }
+
+#[test]
+fn broken_dataset_files_are_one_line_errors_and_leave_no_run_folder() {
+    let dir = scratch("mnist-broken");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A truncated images file: the header promises 5 images of 28×28, 100 bytes follow.
+    let mut images = Vec::new();
+    for word in [0x0803u32, 5, 28, 28] {
+        images.extend_from_slice(&word.to_be_bytes());
+    }
+    images.extend_from_slice(&[0u8; 100]);
+    std::fs::write(dir.join("train-images-idx3-ubyte"), &images).unwrap();
+    let mut labels = vec![0, 0, 8, 1, 0, 0, 0, 5];
+    labels.extend_from_slice(&[1, 2, 3, 4, 5]);
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), &labels).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), &images).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), &labels).unwrap();
+    let out = scratch("mnist-broken-run");
+    let d = dir.display().to_string();
+    let o = out.display().to_string();
+    let line = fails(
+        &[
+            "train",
+            "-q",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            &d,
+            "-o",
+            &o,
+        ],
+        "truncated",
+    );
+    assert!(line.contains("train-images-idx3-ubyte"), "{line}");
+    assert!(!out.exists(), "a failed load must not leave a run folder");
+    fails(
+        &["train", "-q", "--dataset", "mnist", "--print-config"],
+        "needs data.dir",
+    );
+    fails(
+        &[
+            "train",
+            "-q",
+            "--model",
+            "vgg16",
+            "--dataset",
+            "synthetic",
+            "-o",
+            &o,
+        ],
+        "vgg16 takes 32×32",
+    );
+    fails(
+        &["train", "-q", "--model", "resnet21", "--print-config"],
+        "unknown variant `resnet21`",
+    );
+    fails(
+        &["train", "-q", "--device", "tch", "--print-config"],
+        "needs peloton built with the `tch` feature",
+    );
+    fails(
+        &[
+            "train",
+            "-q",
+            "--problem",
+            "quadratic",
+            "--model",
+            "mlp",
+            "--print-config",
+        ],
+        "not both",
+    );
+}

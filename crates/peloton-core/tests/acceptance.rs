@@ -122,7 +122,7 @@ fn lsgd_with_zero_lambda_is_independent_sgd() {
     let mut x = vec![0.0f32; w1.layout().len()];
     w0.init_params(&mut x);
     let mut g = vec![0.0f32; x.len()];
-    let mut sgd = opt.init(x.len());
+    let mut sgd = opt.init(w1.layout());
     for step in 0..40 {
         w1.loss_and_grad(&x, &mut g).unwrap();
         sgd.step(&mut x, &mut g, opt.lr_at(step, 0.0));

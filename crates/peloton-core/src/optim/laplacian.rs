@@ -167,7 +167,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Solves (I + σ(−Δ)ⁿ) x = g densely (Gaussian elimination), the reference answer.
+    /// Solves (I + σ(−Δ)ⁿ) x = g densely (Gauss–Jordan elimination), the reference answer.
+    #[allow(clippy::needless_range_loop)] // index notation mirrors the textbook algorithm
     fn dense_solve(g: &[f32], sigma: f64, order: u32) -> Vec<f64> {
         let m = g.len();
         // −Δ as a matrix: 2 on the diagonal, −1 on the periodic off-diagonals (for m = 2 the
