@@ -9,6 +9,7 @@
 //! The backend is chosen at run time ([`DeviceKind`]): `flex`, pure Rust, needs nothing
 //! installed; `tch` / `tch-cuda` (cargo feature `tch`) run PyTorch's kernels through LibTorch.
 
+pub mod bench;
 pub mod config;
 pub mod flat;
 pub mod init;

@@ -112,6 +112,13 @@ struct BenchArgs {
     /// Worker counts for the all-reduce measurement.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
     workers: Vec<usize>,
+    /// Also time a training step of these models through peloton against bare burn
+    /// (comma-separated, e.g. lenet,resnet20).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Batch size of the model measurements.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
 }
 
 fn overrides(args: &TrainArgs) -> Result<Vec<Override>> {
@@ -196,6 +203,25 @@ fn bench(args: &BenchArgs) -> Result<()> {
         args.workers.iter().all(|&w| w >= 1),
         "--workers must be at least 1"
     );
+    if !args.models.is_empty() {
+        anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+        let mut rows = Vec::new();
+        for name in &args.models {
+            let model: peloton_burn::ModelName = toml::Value::String(name.clone())
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("unknown model '{name}' (see `peloton list`)"))?;
+            rows.push(peloton_burn::bench::model_step(
+                model,
+                args.batch,
+                args.repeats,
+            )?);
+        }
+        println!(
+            "training step on flex, all cores (overhead = peloton / bare burn − 1; round = read params + mix + write back):"
+        );
+        println!("{}", peloton_burn::bench::format_table(&rows));
+        return Ok(());
+    }
     let bytes = args.size_mib << 20;
     println!(
         "kernels on {} MiB buffers (ratio = bandwidth / memcpy bandwidth, same run):",
