@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use peloton_core::kernels;
@@ -143,18 +142,13 @@ pub fn model_step(model: ModelName, batch: usize, repeats: usize) -> Result<Mode
     });
     let peer = params.clone();
     let mut out = vec![0.0; params.len()];
-    let mut model_net = Some(map.write(
-        Net::new(model, [channels, size, size], 10, &[256, 128], &device)?,
-        &params,
-        false,
-    ));
+    let mut model_net = Some(net);
     let round_ms = time(repeats, || {
         let net = model_net.take().expect("present");
         map.read(&net, &mut out, false);
         kernels::mix(&mut out, &peer, 0.1);
         model_net = Some(map.write(net, &out, false));
     });
-    let _ = model_net.map(|n| n.valid());
     Ok(ModelBench {
         model,
         params: params.len(),

@@ -46,19 +46,6 @@ impl NetworkTask {
             data: Arc::new(loaded),
         })
     }
-
-    /// The parameter layout of the model (builds one on the CPU).
-    pub fn layout(&self) -> Result<ParamLayout> {
-        let device = burn::prelude::Device::flex().autodiff();
-        let net = Net::new(
-            self.model.name,
-            self.data.input_shape(),
-            self.data.classes(),
-            &self.model.hidden,
-            &device,
-        )?;
-        Ok(FlatMap::discover(&net).params)
-    }
 }
 
 impl LearnerFactory for NetworkTask {
@@ -82,7 +69,8 @@ pub struct NetworkLearner {
     dropout_rng: Rng,
     policy: BatchNormPolicy,
     recompute_batches: Option<usize>,
-    pool: rayon::ThreadPool,
+    /// This worker's kernel threads (shared with `install` calls that borrow `self`).
+    pool: Arc<rayon::ThreadPool>,
 }
 
 impl NetworkLearner {
@@ -114,7 +102,8 @@ impl NetworkLearner {
             .num_threads(task.threads_per_worker)
             .thread_name(move |i| format!("peloton-w{}-k{i}", ctx.rank))
             .build()
-            .map_err(|e| Error::Config(format!("cannot start kernel threads: {e}")))?;
+            .map_err(|e| Error::Config(format!("cannot start kernel threads: {e}")))
+            .map(Arc::new)?;
         Ok(Self {
             rank: ctx.rank,
             seed: ctx.seed,
@@ -153,12 +142,16 @@ impl NetworkLearner {
     /// statistics in the running buffers.
     fn recompute_batch_norm(&mut self) {
         let mut net = self.take_net();
-        let shard: Vec<u32> = self.loader.shard().to_vec();
         let size = self.data.batch_size;
         let limit = self.recompute_batches.unwrap_or(usize::MAX);
-        let tables = self.loader.tables().to_vec();
         let mut batch = Batch::default();
-        for (k, chunk) in shard.chunks_exact(size).take(limit).enumerate() {
+        for (k, chunk) in self
+            .loader
+            .shard()
+            .chunks_exact(size)
+            .take(limit)
+            .enumerate()
+        {
             for bn in net.batch_norms_mut() {
                 bn.momentum = 1.0 / (k as f64 + 1.0);
             }
@@ -166,7 +159,7 @@ impl NetworkLearner {
                 &self.data.train,
                 chunk,
                 &self.data.augmentation,
-                &tables,
+                self.loader.tables(),
                 None,
                 &mut batch,
             );
@@ -218,11 +211,16 @@ impl NetworkLearner {
     }
 
     /// The BatchNorm running statistics (and any other non-trainable buffers) of the model.
-    pub fn buffers(&mut self) -> Vec<f32> {
+    pub fn buffers(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.flat.buffers.len()];
-        let synced = self.net.as_ref().expect("model present").valid();
-        self.flat.read(&synced, &mut out, true);
+        self.read_buffers(&mut out);
         out
+    }
+
+    fn read_buffers(&self, out: &mut [f32]) {
+        // `valid()` folds pending running-statistics updates in before they are read.
+        let synced = self.net.as_ref().expect("model present").valid();
+        self.flat.read(&synced, out, true);
     }
 
     /// The segment tables of the parameters and of the buffers.
@@ -252,21 +250,13 @@ impl Learner for NetworkLearner {
     fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
         self.load(params);
         if self.policy == BatchNormPolicy::Recompute {
-            let pool = std::mem::replace(
-                &mut self.pool,
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .build()
-                    .map_err(|e| Error::Config(e.to_string()))?,
-            );
+            let pool = Arc::clone(&self.pool);
             pool.install(|| self.recompute_batch_norm());
-            self.pool = pool;
         }
         let model = self.net.as_ref().expect("model present").valid();
         let device = self.device.clone().without_autodiff();
         let test = Arc::clone(&self.data.test);
         let indices: Vec<u32> = (0..test.len() as u32).collect();
-        let tables = self.loader.tables().to_vec();
         let mut batch = Batch::default();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for chunk in indices.chunks(self.data.eval_batch_size) {
@@ -274,7 +264,7 @@ impl Learner for NetworkLearner {
                 &test,
                 chunk,
                 &self.data.augmentation,
-                &tables,
+                self.loader.tables(),
                 None,
                 &mut batch,
             );
@@ -333,9 +323,7 @@ impl Learner for NetworkLearner {
     }
 
     fn read_shared_state(&mut self, out: &mut [f32]) {
-        // `valid()` folds pending running-statistics updates in before they are read.
-        let synced = self.net.as_ref().expect("model present").valid();
-        self.flat.read(&synced, out, true);
+        self.read_buffers(out);
     }
 
     fn write_shared_state(&mut self, state: &[f32]) {

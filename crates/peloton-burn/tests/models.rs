@@ -104,11 +104,7 @@ fn the_gradient_of_two_half_batches_averages_to_the_union_batch() {
     let (mut ba, mut bb) = (Batch::default(), Batch::default());
     a.next_batch(&mut ba);
     b.next_batch(&mut bb);
-    let union = Batch {
-        images: [ba.images.clone(), bb.images.clone()].concat(),
-        labels: [ba.labels.clone(), bb.labels.clone()].concat(),
-        shape: ba.shape,
-    };
+    let union = ba.concat(&bb);
     let n = params.len();
     let (mut ga, mut gb, mut gu) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     let la = a.loss_and_grad_on(&params, &ba, &mut ga).unwrap();

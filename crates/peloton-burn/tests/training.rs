@@ -102,11 +102,7 @@ fn all_reduce_on_two_workers_equals_one_worker_on_the_doubled_batch() {
     for _ in 0..steps {
         w0.next_batch(&mut b0);
         w1.next_batch(&mut b1);
-        let union = Batch {
-            images: [b0.images.clone(), b1.images.clone()].concat(),
-            labels: [b0.labels.clone(), b1.labels.clone()].concat(),
-            shape: b0.shape,
-        };
+        let union = b0.concat(&b1);
         w0.loss_and_grad_on(&params, &union, &mut grad).unwrap();
         sgd.step(&mut params, &mut grad, c.optimizer.lr);
     }

@@ -51,6 +51,18 @@ pub struct BenchRow {
 /// Name of the baseline row that starts both tables.
 const BASELINE: &str = "memcpy (copy_from_slice)";
 
+/// The memcpy row both tables start with (ratio 1 by definition).
+fn baseline_row(bytes: usize, seconds: f64, gbps: f64, note: &str) -> BenchRow {
+    BenchRow {
+        name: BASELINE.into(),
+        bytes,
+        seconds,
+        gbps,
+        ratio: 1.0,
+        note: note.into(),
+    }
+}
+
 /// Shortest time a measurement reports, in seconds (keeps bandwidths finite).
 const MIN_SECONDS: f64 = 1e-9;
 
@@ -74,14 +86,12 @@ pub fn kernels(bytes: usize, repeats: usize) -> Vec<BenchRow> {
     let size = 4 * n;
     let base_seconds = time_memcpy(n, repeats);
     let base_gbps = gbps(2 * size, base_seconds);
-    let mut rows = vec![BenchRow {
-        name: BASELINE.into(),
-        bytes: size,
-        seconds: base_seconds,
-        gbps: base_gbps,
-        ratio: 1.0,
-        note: "2 streams: read src, write dst".into(),
-    }];
+    let mut rows = vec![baseline_row(
+        size,
+        base_seconds,
+        base_gbps,
+        "2 streams: read src, write dst",
+    )];
     let mut push = |name: &str, streams: usize, seconds: f64, what: &str| {
         let g = gbps(streams * size, seconds);
         rows.push(BenchRow {
@@ -158,14 +168,12 @@ pub fn all_reduce(bytes: usize, workers: &[usize], repeats: usize) -> Vec<BenchR
     let repeats = repeats.max(1);
     let base_seconds = time_memcpy(n, repeats);
     let base_gbps = gbps(size, base_seconds);
-    let mut rows = vec![BenchRow {
-        name: BASELINE.into(),
-        bytes: size,
-        seconds: base_seconds,
-        gbps: base_gbps,
-        ratio: 1.0,
-        note: "algbw convention: buffer bytes / time (a copy moves 2× that)".into(),
-    }];
+    let mut rows = vec![baseline_row(
+        size,
+        base_seconds,
+        base_gbps,
+        "algbw convention: buffer bytes / time (a copy moves 2× that)",
+    )];
     for &p in workers {
         assert!(p >= 1, "bench: an all-reduce needs at least one worker");
         let seconds = time_all_reduce(p, n, repeats);

@@ -165,19 +165,7 @@ impl DataConfig {
             }
         };
         if let Some(t) = self.test_samples {
-            if t < test.len() {
-                let per = test.image_len();
-                let pixels = (0..t)
-                    .flat_map(|i| test.image(i).to_vec())
-                    .collect::<Vec<_>>();
-                test = ImageDataset::new(
-                    [test.channels, test.height, test.width],
-                    test.classes,
-                    pixels,
-                    test.labels()[..t].to_vec(),
-                )?;
-                debug_assert_eq!(test.image_len(), per);
-            }
+            test = test.head(t);
         }
         let augmentation = self.augmentation();
         augmentation.validate([train.channels, train.height, train.width])?;

@@ -81,6 +81,21 @@ impl ImageDataset {
         &self.labels
     }
 
+    /// Every image's pixels, one after the other (N×C×H×W).
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
+    }
+
+    /// The first `count` samples (all of them when there are fewer).
+    pub fn head(&self, count: usize) -> Self {
+        let count = count.min(self.len());
+        Self {
+            pixels: self.pixels[..count * self.image_len()].to_vec(),
+            labels: self.labels[..count].to_vec(),
+            ..*self
+        }
+    }
+
     /// Samples per class.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.classes];

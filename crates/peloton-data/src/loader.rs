@@ -87,6 +87,16 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// This batch followed by `other` (same image shape): the union batch of two workers.
+    pub fn concat(&self, other: &Batch) -> Batch {
+        debug_assert_eq!(self.shape, other.shape);
+        Batch {
+            images: [self.images.as_slice(), &other.images].concat(),
+            labels: [self.labels.as_slice(), &other.labels].concat(),
+            shape: self.shape,
+        }
+    }
 }
 
 /// Writes image `index` of `data` into `out` (the output shape's worth of floats), cropped at

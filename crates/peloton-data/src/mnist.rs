@@ -143,11 +143,10 @@ pub fn write_dir(dir: &Path, train: &ImageDataset, test: &ImageDataset, gzip: bo
     let io = |e: std::io::Error| Error::Data(format!("cannot write to {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     for (prefix, d) in [("train", train), ("t10k", test)] {
-        let pixels: Vec<u8> = (0..d.len()).flat_map(|i| d.image(i).to_vec()).collect();
         let files = [
             (
                 format!("{prefix}-images-idx3-ubyte"),
-                encode_images(d.height, d.width, &pixels),
+                encode_images(d.height, d.width, d.pixels()),
             ),
             (
                 format!("{prefix}-labels-idx1-ubyte"),

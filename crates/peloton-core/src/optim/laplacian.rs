@@ -86,6 +86,7 @@ impl LaplacianConfig {
     }
 }
 
+#[derive(Clone)]
 struct SegmentPlan {
     range: std::ops::Range<usize>,
     forward: Arc<dyn RealToComplex<f64>>,
@@ -97,6 +98,7 @@ struct SegmentPlan {
 }
 
 /// The planned transforms and buffers; smoothing allocates nothing.
+#[derive(Clone)]
 pub struct LaplacianSmoother {
     segments: Vec<SegmentPlan>,
 }
@@ -106,25 +108,6 @@ impl std::fmt::Debug for LaplacianSmoother {
         f.debug_struct("LaplacianSmoother")
             .field("segments", &self.segments.len())
             .finish()
-    }
-}
-
-impl Clone for LaplacianSmoother {
-    fn clone(&self) -> Self {
-        Self {
-            segments: self
-                .segments
-                .iter()
-                .map(|s| SegmentPlan {
-                    range: s.range.clone(),
-                    forward: Arc::clone(&s.forward),
-                    inverse: Arc::clone(&s.inverse),
-                    divisor: s.divisor.clone(),
-                    signal: s.signal.clone(),
-                    spectrum: s.spectrum.clone(),
-                })
-                .collect(),
-        }
     }
 }
 
