@@ -2,6 +2,7 @@
 
 mod config;
 mod run_folder;
+mod topology;
 mod train;
 
 use std::path::PathBuf;
@@ -35,6 +36,16 @@ enum Command {
     List,
     /// Measure the kernels and the threads transport's all-reduce against memcpy.
     Bench(BenchArgs),
+    /// Inspect communication topologies and gossip schedules.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Print a schedule: graph, matchings, MATCHA's probabilities and α, rounds, spectral gap.
+    /// Example: peloton topology show --graph er --n 8 --seed 0 --budget 0.5
+    Show(topology::ShowArgs),
 }
 
 #[derive(clap::Args)]
@@ -269,6 +280,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench(&args),
+        Command::Topology(TopologyCommand::Show(args)) => topology::show(&args),
     }
 }
 

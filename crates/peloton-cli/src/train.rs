@@ -131,6 +131,7 @@ fn summary_json(
             "bytes_sent": w.stats.bytes_sent,
             "bytes_received": w.stats.bytes_received,
             "consensus": last.get(&w.rank).and_then(|r| r.consensus),
+            "links": w.links,
         })).collect::<Vec<_>>(),
     })
 }

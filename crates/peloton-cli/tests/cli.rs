@@ -330,3 +330,137 @@ fn broken_dataset_files_are_one_line_errors_and_leave_no_run_folder() {
         "not both",
     );
 }
+
+/// The decentralized algorithms run a real network (LeNet-5 on synthetic images) on 8 workers
+/// from a TOML file, each with its own schedule; decentralized metrics reach the run folder.
+#[test]
+fn decentralized_algorithms_train_a_network_from_toml() {
+    let sections = [
+        ("sgp", "name = \"sgp\"\nschedule = { kind = \"exponential\", peers = 1 }"),
+        (
+            "d-psgd",
+            "name = \"d-psgd\"\nschedule = { kind = \"bipartite\" }\nvariant = \"combine-while-computing\"",
+        ),
+        ("matcha", "name = \"matcha\"\nbudget = 0.5\ngraph = { kind = \"erdos-renyi\", p = 0.5 }"),
+        ("al-dsgd", "name = \"al-dsgd\""),
+    ];
+    for (name, algorithm) in sections {
+        let dir = scratch(&format!("decentralized-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("experiment.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "workers = 8\nsteps = 6\nlog_every = 3\n\n[eval]\nmodel = \"workers\"\n\n\
+                 [model]\nname = \"lenet\"\n\n[data]\nbatch_size = 8\ntest_samples = 40\n\n\
+                 [algorithm]\n{algorithm}\n"
+            ),
+        )
+        .unwrap();
+        let run = dir.join("run");
+        let out = peloton(&[
+            "train",
+            "-q",
+            "-c",
+            file.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["status"], "ok", "{name}");
+        assert_eq!(
+            summary["final_evals"].as_array().unwrap().len(),
+            8,
+            "{name}"
+        );
+        let links = summary["per_worker"][0]["links"].as_array().unwrap();
+        assert!(!links.is_empty(), "{name}: worker 0 reports no links");
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        assert!(metrics.contains("\"peers\":"), "{name}: no peer counts");
+        assert!(
+            metrics.contains("\"consensus\":"),
+            "{name}: no consensus distance"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn topology_show_prints_the_matcha_schedule() {
+    let out = peloton(&[
+        "topology", "show", "--graph", "er", "--n", "8", "--seed", "0", "--budget", "0.5",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "matchings (",
+        "p = ",
+        "alpha = ",
+        "spectral gap",
+        "round 0:",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "'{needle}' missing from:\n{stdout}"
+        );
+    }
+    // The probabilities respect the budget: Σp ≤ 0.5·M.
+    let probabilities: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|l| l.split("p = ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(!probabilities.is_empty());
+    let sum: f64 = probabilities.iter().sum();
+    assert!(sum <= 0.5 * probabilities.len() as f64 + 1e-3, "{sum}");
+}
+
+#[test]
+fn bad_topologies_are_one_line_errors() {
+    fails(
+        &["topology", "show", "--graph", "hypercube", "--n", "6"],
+        "power-of-two",
+    );
+    fails(
+        &["topology", "show", "--graph", "er", "--budget", "1.5"],
+        "budget",
+    );
+    fails(
+        &[
+            "train",
+            "-q",
+            "--print-config",
+            "--algorithm",
+            "d-psgd",
+            "--workers",
+            "7",
+            "--set",
+            "algorithm.schedule.kind=bipartite",
+        ],
+        "even",
+    );
+    fails(
+        &[
+            "train",
+            "-q",
+            "--print-config",
+            "--algorithm",
+            "matcha",
+            "--set",
+            "algorithm.graph.kind=moebius",
+        ],
+        "moebius",
+    );
+}

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithms::leader::{elect, LossWindow};
-use crate::algorithms::{AlgorithmConfig, StepContext};
+use crate::algorithms::{AlgorithmConfig, LinkStats, StepContext};
 use crate::ensure_config;
 use crate::kernels;
 use crate::learner::{Evaluation, LearnerContext, LearnerFactory};
@@ -123,7 +123,8 @@ impl RunConfig {
             self.algorithm.name()
         );
         self.optimizer.validate()?;
-        self.algorithm.validate(self.workers, &self.optimizer)
+        self.algorithm
+            .validate(self.workers, self.seed, &self.optimizer)
     }
 }
 
@@ -142,11 +143,23 @@ pub struct WorkerRecord {
     /// ‖x_i − x̄‖, distance to the workers' average.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub consensus: Option<f64>,
+    /// Distinct peers this worker exchanged messages with since the previous record
+    /// (algorithms that talk to individual peers).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub peers: Option<usize>,
     /// Bytes of the algorithm's own traffic so far (diagnostics excluded).
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// Wall-clock seconds since training started.
     pub seconds: f64,
+}
+
+/// Point-to-point traffic between a worker and one peer over the whole run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTraffic {
+    pub peer: usize,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 /// An evaluation at a log point.
@@ -187,6 +200,8 @@ pub struct WorkerOutcome {
     pub final_evals: Vec<EvalRecord>,
     /// The algorithm's traffic (diagnostics excluded).
     pub stats: CommStats,
+    /// Traffic per peer, for algorithms that talk to individual peers (else empty).
+    pub links: Vec<LinkTraffic>,
     pub center: Option<Vec<f32>>,
     pub steps: u64,
     pub seconds: f64,
@@ -242,7 +257,7 @@ pub fn run_worker(
     if config.sync_init {
         comm.broadcast(&mut params, 0)?;
     }
-    let mut algorithm = config.algorithm.init(n, len)?;
+    let mut algorithm = config.algorithm.init(n, len, config.seed)?;
     algorithm.setup(comm, &mut params)?;
 
     let total_steps = match (config.steps, config.epochs) {
@@ -286,6 +301,7 @@ pub fn run_worker(
             break;
         }
         let lr = config.optimizer.lr_at(step, start.elapsed().as_secs_f64());
+        algorithm.before_compute(comm, &mut params, step)?;
         let loss = learner.loss_and_grad(&params, &mut grad)?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
@@ -325,6 +341,10 @@ pub fn run_worker(
             stop |= diag.run(comm, |c| {
                 Ok(c.gather_scalar(elapsed)?.iter().any(|&t| t >= budget))
             })?;
+        }
+        if eval_point || stop {
+            // Evaluated models and the final parameters hold all their mass (overlap SGP).
+            algorithm.drain(comm, &mut params)?;
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut averaged = false;
@@ -395,6 +415,7 @@ pub fn run_worker(
             lr,
             leader: algorithm.leader(),
             consensus,
+            peers: algorithm.links().map(|l| l.take_window()),
             bytes_sent: traffic.bytes_sent,
             bytes_received: traffic.bytes_received,
             seconds,
@@ -408,6 +429,7 @@ pub fn run_worker(
     Ok(WorkerOutcome {
         rank,
         stats: comm.stats().since(&diag.0),
+        links: algorithm.links().map(link_traffic).unwrap_or_default(),
         center: algorithm.center().map(<[f32]>::to_vec),
         params,
         losses,
@@ -415,6 +437,23 @@ pub fn run_worker(
         steps: step,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+fn link_traffic(links: &mut LinkStats) -> Vec<LinkTraffic> {
+    let peers: std::collections::BTreeSet<usize> = links
+        .bytes_sent()
+        .keys()
+        .chain(links.bytes_received().keys())
+        .copied()
+        .collect();
+    peers
+        .into_iter()
+        .map(|peer| LinkTraffic {
+            peer,
+            bytes_sent: links.bytes_sent().get(&peer).copied().unwrap_or(0),
+            bytes_received: links.bytes_received().get(&peer).copied().unwrap_or(0),
+        })
+        .collect()
 }
 
 /// Traffic spent on diagnostics (agreement checks, consensus distance, evaluation models,

@@ -24,11 +24,11 @@ fn one_round(
         ..Default::default()
     };
     let algorithm = AlgorithmConfig::Lsgd(config);
-    algorithm.validate(n, &Default::default()).unwrap();
+    algorithm.validate(n, 0, &Default::default()).unwrap();
     let results = run_workers(n, |comm| {
         let rank = peloton_core::transport::Communicator::rank(comm);
         let mut params = start(rank);
-        let mut alg = algorithm.init(n, params.len())?;
+        let mut alg = algorithm.init(n, params.len(), 0)?;
         alg.setup(comm, &mut params)?;
         let mut grad = vec![0.0; params.len()];
         let mut ctx = StepContext {

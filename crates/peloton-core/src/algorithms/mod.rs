@@ -5,21 +5,34 @@
 //! calls its hooks around every local step:
 //!
 //! ```text
+//! algorithm.before_compute(x)                // combine-while-computing sends start here
 //! loss, grad = learner.loss_and_grad(x)      // mini-batch at the current parameters
 //! algorithm.before_step(ctx)                 // gradient ready: all-reduce SGD averages it here
 //! optimizer.step(x, grad, lr)                // the local optimizer (SGD / momentum / Nesterov)
 //! algorithm.after_step(ctx)                  // parameters updated: pulls, averaging, gossip
+//! ...
+//! algorithm.drain(x)                         // before every evaluation and at the end
 //! ```
+//!
+//! The decentralized family (D-PSGD, SGP, MATCHA, AL-DSGD) takes its communication pattern
+//! from a peloton-topology schedule and mixes through the shared [`gossip`] block.
 //!
 //! Algorithms talk only through `&mut dyn Communicator`, so one implementation runs on every
 //! transport.
 
+pub mod aldsgd;
 pub mod all_reduce;
+pub mod dpsgd;
 pub mod easgd;
+pub mod gossip;
 pub mod independent;
+pub mod layered;
 pub mod leader;
 pub mod local_sgd;
 pub mod lsgd;
+pub mod matcha;
+pub mod sgp;
+pub mod slowmo;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,11 +40,18 @@ use crate::optim::OptimizerConfig;
 use crate::transport::Communicator;
 use crate::Result;
 
+pub use aldsgd::AlDsgdConfig;
 pub use all_reduce::AllReduceConfig;
+pub use dpsgd::DpsgdConfig;
 pub use easgd::EasgdConfig;
+pub use gossip::LinkStats;
 pub use independent::IndependentConfig;
+pub use layered::LayeredSgdConfig;
 pub use local_sgd::LocalSgdConfig;
 pub use lsgd::LsgdConfig;
+pub use matcha::MatchaConfig;
+pub use sgp::SgpConfig;
+pub use slowmo::SlowMoConfig;
 
 /// What an algorithm sees at one local step.
 pub struct StepContext<'a> {
@@ -57,6 +77,16 @@ pub trait Algorithm: Send {
     fn setup(&mut self, _comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
         Ok(())
     }
+    /// The parameters are about to be used for this step's gradient (communication that
+    /// overlaps the gradient computation starts here).
+    fn before_compute(
+        &mut self,
+        _comm: &mut dyn Communicator,
+        _params: &mut [f32],
+        _step: u64,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// The gradient is ready; the local optimizer has not stepped yet.
     fn before_step(&mut self, _ctx: &mut StepContext<'_>) -> Result<()> {
         Ok(())
@@ -64,6 +94,15 @@ pub trait Algorithm: Send {
     /// The local optimizer has stepped.
     fn after_step(&mut self, _ctx: &mut StepContext<'_>) -> Result<()> {
         Ok(())
+    }
+    /// Completes communication still in flight so that `params` holds all of this worker's
+    /// mass (overlap SGP). Collective; called before every evaluation and at the end.
+    fn drain(&mut self, _comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    /// Per-link traffic, for algorithms that talk to individual peers.
+    fn links(&mut self) -> Option<&mut gossip::LinkStats> {
+        None
     }
     /// The world rank of the current (global) leader, for leader-based algorithms.
     fn leader(&self) -> Option<usize> {
@@ -91,6 +130,21 @@ pub enum AlgorithmConfig {
     Eamsgd(EasgdConfig),
     /// Leader SGD, single- and multi-leader.
     Lsgd(LsgdConfig),
+    /// Decentralized parallel SGD over a doubly-stochastic gossip schedule.
+    #[serde(rename = "d-psgd")]
+    Dpsgd(DpsgdConfig),
+    /// Stochastic gradient push (and overlap SGP).
+    Sgp(SgpConfig),
+    /// Decentralized SGD over randomly activated matchings under a communication budget.
+    Matcha(MatchaConfig),
+    /// Adjacent-leader decentralized SGD on dynamic graphs.
+    #[serde(rename = "al-dsgd")]
+    AlDsgd(AlDsgdConfig),
+    /// Two-layer (intra-node, inter-node) gradient averaging.
+    LayeredSgd(LayeredSgdConfig),
+    /// Slow momentum over local SGD or SGP.
+    #[serde(rename = "slowmo")]
+    SlowMo(SlowMoConfig),
 }
 
 impl Default for AlgorithmConfig {
@@ -109,6 +163,12 @@ impl AlgorithmConfig {
             AlgorithmConfig::Easgd(_) => "easgd",
             AlgorithmConfig::Eamsgd(_) => "eamsgd",
             AlgorithmConfig::Lsgd(_) => "lsgd",
+            AlgorithmConfig::Dpsgd(_) => "d-psgd",
+            AlgorithmConfig::Sgp(_) => "sgp",
+            AlgorithmConfig::Matcha(_) => "matcha",
+            AlgorithmConfig::AlDsgd(_) => "al-dsgd",
+            AlgorithmConfig::LayeredSgd(_) => "layered-sgd",
+            AlgorithmConfig::SlowMo(_) => "slowmo",
         }
     }
 
@@ -121,11 +181,18 @@ impl AlgorithmConfig {
             ("easgd", "synchronous elastic averaging toward a replicated center", "tau, alpha | beta"),
             ("eamsgd", "EASGD with a Nesterov-momentum local optimizer", "tau, alpha | beta"),
             ("lsgd", "Leader SGD: pull toward the best worker every tau steps; multi-leader with groups", "tau, lambda, prox, group_size, tau_global, lambda_global, prox_global"),
+            ("d-psgd", "decentralized SGD: mix with neighbours through a doubly-stochastic schedule", "schedule, variant"),
+            ("sgp", "stochastic gradient push on a directed time-varying graph; overlap SGP", "schedule, overlap, staleness, eager, debias"),
+            ("matcha", "decentralized SGD over random matchings under a communication budget", "graph, budget, alpha"),
+            ("al-dsgd", "adjacent-leader decentralized SGD on dynamic (rotated) graphs", "schedule, c1, c2, p1, p2, period"),
+            ("layered-sgd", "gradients reduced inside nodes, all-reduced among node communicators", "group_size"),
+            ("slowmo", "slow momentum every `frequency` steps over local SGD or SGP", "base, local_period, schedule, frequency, slow_lr, slow_momentum, sharded"),
         ]
     }
 
     /// Checks the config against the run shape; every error names the offending key.
-    pub fn validate(&self, workers: usize, optimizer: &OptimizerConfig) -> Result<()> {
+    /// `seed` is the run seed (random gossip activations are drawn from it).
+    pub fn validate(&self, workers: usize, seed: u64, optimizer: &OptimizerConfig) -> Result<()> {
         match self {
             AlgorithmConfig::Independent(_) | AlgorithmConfig::AllReduce(_) => Ok(()),
             AlgorithmConfig::LocalSgd(c) => c.validate(workers),
@@ -138,6 +205,12 @@ impl AlgorithmConfig {
                 c.validate(workers)
             }
             AlgorithmConfig::Lsgd(c) => c.validate(workers),
+            AlgorithmConfig::Dpsgd(c) => c.validate(workers, seed),
+            AlgorithmConfig::Sgp(c) => c.validate(workers, seed),
+            AlgorithmConfig::Matcha(c) => c.validate(workers, seed),
+            AlgorithmConfig::AlDsgd(c) => c.validate(workers, seed),
+            AlgorithmConfig::LayeredSgd(c) => c.validate(workers),
+            AlgorithmConfig::SlowMo(c) => c.validate(workers, seed),
         }
     }
 
@@ -146,8 +219,9 @@ impl AlgorithmConfig {
         matches!(self, AlgorithmConfig::Easgd(_) | AlgorithmConfig::Eamsgd(_))
     }
 
-    /// Builds one worker's algorithm state for a world of `workers` and `len` parameters.
-    pub fn init(&self, workers: usize, len: usize) -> Result<Box<dyn Algorithm>> {
+    /// Builds one worker's algorithm state for a world of `workers` and `len` parameters;
+    /// `seed` is the run seed, the same on every worker.
+    pub fn init(&self, workers: usize, len: usize, seed: u64) -> Result<Box<dyn Algorithm>> {
         Ok(match self {
             AlgorithmConfig::Independent(_) => Box::new(independent::Independent),
             AlgorithmConfig::AllReduce(_) => Box::new(all_reduce::AllReduceSgd),
@@ -156,6 +230,12 @@ impl AlgorithmConfig {
                 Box::new(c.init(workers, len))
             }
             AlgorithmConfig::Lsgd(c) => Box::new(c.init(workers, len)),
+            AlgorithmConfig::Dpsgd(c) => Box::new(c.init(workers, len, seed)?),
+            AlgorithmConfig::Sgp(c) => Box::new(c.init(workers, len, seed)?),
+            AlgorithmConfig::Matcha(c) => Box::new(c.init(workers, len, seed)?),
+            AlgorithmConfig::AlDsgd(c) => Box::new(c.init(workers, len, seed)?),
+            AlgorithmConfig::LayeredSgd(c) => Box::new(c.init(workers)),
+            AlgorithmConfig::SlowMo(c) => Box::new(c.init(workers, len, seed)?),
         })
     }
 }
@@ -174,6 +254,12 @@ mod tests {
             AlgorithmConfig::Easgd(Default::default()),
             AlgorithmConfig::Eamsgd(Default::default()),
             AlgorithmConfig::Lsgd(Default::default()),
+            AlgorithmConfig::Dpsgd(Default::default()),
+            AlgorithmConfig::Sgp(Default::default()),
+            AlgorithmConfig::Matcha(Default::default()),
+            AlgorithmConfig::AlDsgd(Default::default()),
+            AlgorithmConfig::LayeredSgd(Default::default()),
+            AlgorithmConfig::SlowMo(Default::default()),
         ] {
             assert!(
                 names.contains(&cfg.name()),
