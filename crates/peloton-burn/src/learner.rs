@@ -20,7 +20,7 @@ use peloton_core::{Error, Result};
 use peloton_data::loader::fill_batch;
 use peloton_data::{Batch, DataConfig, LoadedData, ShardLoader};
 
-use crate::config::{BatchNormPolicy, ModelConfig};
+use crate::config::{BatchNormPolicy, DeviceKind, ModelConfig};
 use crate::flat::FlatMap;
 use crate::init::{initialize, Scheme};
 use crate::models::{Net, Pass};
@@ -70,7 +70,63 @@ pub struct NetworkLearner {
     policy: BatchNormPolicy,
     recompute_batches: Option<usize>,
     /// This worker's kernel threads (shared with `install` calls that borrow `self`).
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<Kernels>,
+}
+
+/// Where a worker's tensor kernels get their threads, so that workers × threads never
+/// exceeds the cores. `flex` parallelizes with rayon: each worker gets a pool of its own.
+/// LibTorch ignores rayon and runs its own OpenMP threads, whose count is a per-thread
+/// setting: it must be set on the thread that calls the kernels, or each worker starts a
+/// team as large as the machine, and oversubscribed OpenMP teams (which spin while they
+/// wait) collapse — on 2 cores, 4 workers of 2 threads each are several times slower than
+/// 4 workers of 1 thread.
+pub(crate) enum Kernels {
+    Rayon(rayon::ThreadPool),
+    /// LibTorch's intra-op threads, set on the calling (worker) thread.
+    #[cfg(feature = "tch")]
+    Torch(usize),
+}
+
+impl Kernels {
+    pub(crate) fn new(device: DeviceKind, threads: usize, rank: usize) -> Result<Self> {
+        #[cfg(feature = "tch")]
+        if device != DeviceKind::Flex {
+            return Ok(Kernels::Torch(threads));
+        }
+        let _ = device;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |i| format!("peloton-w{rank}-k{i}"))
+            .build()
+            .map(Kernels::Rayon)
+            .map_err(|e| Error::Config(format!("cannot start kernel threads: {e}")))
+    }
+
+    /// Runs `f` with this worker's kernel threads.
+    pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Kernels::Rayon(pool) => pool.install(f),
+            #[cfg(feature = "tch")]
+            Kernels::Torch(threads) => {
+                set_torch_threads(*threads);
+                f()
+            }
+        }
+    }
+}
+
+/// Sets LibTorch's intra-op threads for the calling thread, once per thread: the call also
+/// clears oneDNN's cache of compiled kernels, so it must not run every step.
+#[cfg(feature = "tch")]
+fn set_torch_threads(threads: usize) {
+    use std::cell::Cell;
+    thread_local!(static SET: Cell<usize> = const { Cell::new(0) });
+    SET.with(|set| {
+        if set.get() != threads {
+            tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+            set.set(threads);
+        }
+    });
 }
 
 impl NetworkLearner {
@@ -98,12 +154,11 @@ impl NetworkLearner {
             &data.normalization,
             seed::rng(ctx.seed, "batches", ctx.rank as u64),
         )?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(task.threads_per_worker)
-            .thread_name(move |i| format!("peloton-w{}-k{i}", ctx.rank))
-            .build()
-            .map_err(|e| Error::Config(format!("cannot start kernel threads: {e}")))
-            .map(Arc::new)?;
+        let pool = Arc::new(Kernels::new(
+            task.model.device,
+            task.threads_per_worker,
+            ctx.rank,
+        )?);
         Ok(Self {
             rank: ctx.rank,
             seed: ctx.seed,

@@ -48,3 +48,30 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Runs `rounds` communication-only steps of an algorithm on one worker (zero gradient, no
+/// optimizer step, the given loss as this step's loss and metric), then drains it.
+pub fn gossip_steps(
+    comm: &mut dyn peloton_core::transport::Communicator,
+    algorithm: &mut dyn peloton_core::algorithms::Algorithm,
+    params: &mut Vec<f32>,
+    rounds: u64,
+    loss: f64,
+) -> peloton_core::Result<()> {
+    let mut grad = vec![0.0; params.len()];
+    for step in 0..rounds {
+        algorithm.before_compute(comm, params, step)?;
+        let mut ctx = peloton_core::algorithms::StepContext {
+            comm: &mut *comm,
+            params,
+            grad: &mut grad,
+            step,
+            loss,
+            metric: loss,
+            lr: 0.1,
+        };
+        algorithm.before_step(&mut ctx)?;
+        algorithm.after_step(&mut ctx)?;
+    }
+    algorithm.drain(comm, params)
+}

@@ -296,22 +296,7 @@ fn gossip_only(n: usize, algorithm: &AlgorithmConfig, rounds: u64) -> Vec<Vec<f3
         let mut params = start(rank);
         let mut alg = algorithm.init(n, params.len(), 7)?;
         alg.setup(comm, &mut params)?;
-        let mut grad = vec![0.0; params.len()];
-        for step in 0..rounds {
-            alg.before_compute(comm, &mut params, step)?;
-            let mut ctx = StepContext {
-                comm: &mut *comm,
-                params: &mut params,
-                grad: &mut grad,
-                step,
-                loss: 1.0,
-                metric: 1.0,
-                lr: 0.1,
-            };
-            alg.before_step(&mut ctx)?;
-            alg.after_step(&mut ctx)?;
-        }
-        alg.drain(comm, &mut params)?;
+        gossip_steps(comm, alg.as_mut(), &mut params, rounds, 1.0)?;
         Ok(params)
     })
     .into_iter()

@@ -2,6 +2,8 @@
 //! within a bound, checked by a watchdog), identical on every worker, and push-sum conserves
 //! total weight at every step with messages in flight (property tests over N ∈ 1..=33).
 
+mod common;
+
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -47,22 +49,7 @@ fn run_guarded(n: usize, algorithm: AlgorithmConfig, schedule: ScheduleConfig, r
             let mut params = start(rank);
             let mut alg = algorithm.init(n, params.len(), 3)?;
             alg.setup(comm, &mut params)?;
-            let mut grad = vec![0.0; params.len()];
-            for step in 0..rounds {
-                alg.before_compute(comm, &mut params, step)?;
-                let mut ctx = StepContext {
-                    comm: &mut *comm,
-                    params: &mut params,
-                    grad: &mut grad,
-                    step,
-                    loss: rank as f64,
-                    metric: rank as f64,
-                    lr: 0.1,
-                };
-                alg.before_step(&mut ctx)?;
-                alg.after_step(&mut ctx)?;
-            }
-            alg.drain(comm, &mut params)
+            common::gossip_steps(comm, alg.as_mut(), &mut params, rounds, rank as f64)
         });
         let _ = done.send(
             results
