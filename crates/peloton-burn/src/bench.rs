@@ -13,13 +13,15 @@ use peloton_core::Result;
 use peloton_data::{Batch, DataConfig, SyntheticConfig};
 
 use crate::flat::FlatMap;
+use crate::learner::Kernels;
 use crate::models::{ModelName, Net, Pass};
-use crate::{ModelConfig, NetworkLearner, NetworkTask};
+use crate::{DeviceKind, ModelConfig, NetworkLearner, NetworkTask};
 
 /// One model's numbers, in milliseconds.
 #[derive(Debug, Clone)]
 pub struct ModelBench {
     pub model: ModelName,
+    pub device: DeviceKind,
     pub params: usize,
     pub batch: usize,
     /// Forward + backward + gradients taken out of burn's `Gradients`, on burn alone.
@@ -52,8 +54,14 @@ fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-/// Benchmarks `model` with batches of `batch` synthetic images of its usual input shape.
-pub fn model_step(model: ModelName, batch: usize, repeats: usize) -> Result<ModelBench> {
+/// Benchmarks `model` on `device` with batches of `batch` synthetic images of its usual input
+/// shape, using all cores.
+pub fn model_step(
+    model: ModelName,
+    device: DeviceKind,
+    batch: usize,
+    repeats: usize,
+) -> Result<ModelBench> {
     let (channels, size) = match model {
         ModelName::Mlp | ModelName::Lenet => (1, 28),
         ModelName::Cnn7 => (3, 28),
@@ -70,8 +78,10 @@ pub fn model_step(model: ModelName, batch: usize, repeats: usize) -> Result<Mode
         },
         ..Default::default()
     };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let mut config = ModelConfig::new(model);
-    config.threads = Some(std::thread::available_parallelism().map_or(1, |c| c.get()));
+    config.device = device;
+    config.threads = Some(cores);
     let task = NetworkTask::load(config, &data, 1, 0)?;
     let mut learner = NetworkLearner::new(
         &task,
@@ -88,14 +98,13 @@ pub fn model_step(model: ModelName, batch: usize, repeats: usize) -> Result<Mode
     learner.next_batch(&mut b);
 
     // Bare burn: the same model and batch, no flat buffers.
-    let device = Device::flex().autodiff();
+    let kind = device;
+    let device = kind.device(0)?.autodiff();
+    let pool = Kernels::new(kind, cores, 0)?;
+    pool.enter();
     let net = Net::new(model, [channels, size, size], 10, &[256, 128], &device)?;
     let map = FlatMap::discover(&net);
     let net = map.write(net, &params, false);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(std::thread::available_parallelism().map_or(1, |c| c.get()))
-        .build()
-        .map_err(|e| peloton_core::Error::Config(e.to_string()))?;
     let [c, h, w] = b.shape;
     let bare = || {
         pool.install(|| {
@@ -151,6 +160,7 @@ pub fn model_step(model: ModelName, batch: usize, repeats: usize) -> Result<Mode
     });
     Ok(ModelBench {
         model,
+        device: kind,
         params: params.len(),
         batch,
         bare_ms,
@@ -163,8 +173,9 @@ pub fn model_step(model: ModelName, batch: usize, repeats: usize) -> Result<Mode
 /// A table of [`ModelBench`] rows.
 pub fn format_table(rows: &[ModelBench]) -> String {
     let mut s = format!(
-        "{:<10} {:>10} {:>6} {:>10} {:>12} {:>9} {:>10} {:>9} {:>11}\n",
+        "{:<10} {:>8} {:>10} {:>6} {:>10} {:>12} {:>9} {:>10} {:>9} {:>11}\n",
         "model",
+        "device",
         "params",
         "batch",
         "burn ms",
@@ -176,8 +187,9 @@ pub fn format_table(rows: &[ModelBench]) -> String {
     );
     for r in rows {
         s += &format!(
-            "{:<10} {:>10} {:>6} {:>10.2} {:>12.2} {:>8.1}% {:>10.3} {:>9.3} {:>10.2}%\n",
+            "{:<10} {:>8} {:>10} {:>6} {:>10.2} {:>12.2} {:>8.1}% {:>10.3} {:>9.3} {:>10.2}%\n",
             r.model.as_str(),
+            r.device.as_str(),
             r.params,
             r.batch,
             r.bare_ms,

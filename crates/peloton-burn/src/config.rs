@@ -1,7 +1,7 @@
 //! `[model]`: which network, on which device, with which BatchNorm policy.
 
 use burn::prelude::Device;
-use peloton_core::{ensure_config, Error, Result};
+use peloton_core::{ensure_config, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::models::ModelName;
@@ -39,7 +39,7 @@ impl DeviceKind {
             #[cfg(not(feature = "tch"))]
             DeviceKind::Tch | DeviceKind::TchCuda => {
                 let _ = cuda_index;
-                Err(Error::Config(format!(
+                Err(peloton_core::Error::Config(format!(
                     "model.device = \"{}\" needs peloton built with the `tch` feature (LibTorch); see README \"PyTorch kernels and GPUs\"",
                     self.as_str()
                 )))

@@ -102,6 +102,16 @@ impl Kernels {
             .map_err(|e| Error::Config(format!("cannot start kernel threads: {e}")))
     }
 
+    /// Applies the thread setting to the calling thread where it is per thread (LibTorch), so
+    /// that work done outside [`Kernels::install`] (writing parameters in, building input
+    /// tensors) does not start a machine-wide team either.
+    pub(crate) fn enter(&self) {
+        #[cfg(feature = "tch")]
+        if let Kernels::Torch(threads) = self {
+            set_torch_threads(*threads);
+        }
+    }
+
     /// Runs `f` with this worker's kernel threads.
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match self {
@@ -233,6 +243,7 @@ impl NetworkLearner {
         batch: &Batch,
         grad: &mut [f32],
     ) -> Result<f64> {
+        self.pool.enter();
         self.load(params);
         let device = self.device.clone();
         let x = self.images(batch, &device);
@@ -273,6 +284,7 @@ impl NetworkLearner {
     }
 
     fn read_buffers(&self, out: &mut [f32]) {
+        self.pool.enter();
         // `valid()` folds pending running-statistics updates in before they are read.
         let synced = self.net.as_ref().expect("model present").valid();
         self.flat.read(&synced, out, true);
@@ -303,6 +315,7 @@ impl Learner for NetworkLearner {
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
+        self.pool.enter();
         self.load(params);
         if self.policy == BatchNormPolicy::Recompute {
             let pool = Arc::clone(&self.pool);
@@ -382,6 +395,7 @@ impl Learner for NetworkLearner {
     }
 
     fn write_shared_state(&mut self, state: &[f32]) {
+        self.pool.enter();
         // Fold pending updates in first, or a stale one would overwrite what is written.
         let _ = self.net.as_ref().expect("model present").valid();
         let net = self.take_net();

@@ -58,6 +58,64 @@ pub struct ExperimentConfig {
     pub algorithm: AlgorithmConfig,
     #[serde(default)]
     pub optimizer: OptimizerConfig,
+    /// Where the workers run: threads (real time) or the simulator (virtual time).
+    #[serde(default)]
+    pub transport: TransportConfig,
+}
+
+/// `[transport]`: `kind = "threads"` (the default) or `kind = "sim"` with the cluster model in
+/// `[transport.cluster]` (see `peloton_sim::ClusterConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[allow(clippy::large_enum_variant)] // one per experiment
+pub enum TransportConfig {
+    /// One OS thread per worker, wall-clock time.
+    #[default]
+    Threads,
+    /// The deterministic simulator: real computation, virtual time.
+    Sim {
+        #[serde(default)]
+        cluster: peloton_sim::ClusterConfig,
+    },
+}
+
+impl TransportConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransportConfig::Threads => "threads",
+            TransportConfig::Sim { .. } => "sim",
+        }
+    }
+}
+
+/// The `[transport]` table of `--cluster FILE|PRESET`: a preset name
+/// (`peloton list` shows them) or a TOML file with the cluster's keys.
+pub fn cluster_table(spec: &str) -> Result<toml::Value> {
+    let cluster = match peloton_sim::ClusterConfig::preset(spec) {
+        Some(c) => c,
+        None => {
+            let path = Path::new(spec);
+            let text = std::fs::read_to_string(path).with_context(|| {
+                let names: Vec<&str> = peloton_sim::ClusterConfig::presets()
+                    .iter()
+                    .map(|p| p.0)
+                    .collect();
+                format!(
+                    "--cluster {spec}: neither a preset ({}) nor a readable file",
+                    names.join(", ")
+                )
+            })?;
+            toml::from_str::<peloton_sim::ClusterConfig>(&text)
+                .map_err(|e| one_line(spec, &text, &e))?
+        }
+    };
+    let mut table = toml::Table::new();
+    table.insert("kind".into(), "sim".into());
+    table.insert(
+        "cluster".into(),
+        toml::Value::try_from(&cluster).context("cannot convert the cluster")?,
+    );
+    Ok(toml::Value::Table(table))
 }
 
 /// `[eval]`: when and on which parameters to evaluate.
@@ -163,6 +221,9 @@ impl ExperimentConfig {
     /// read, and the model fitted to them, when the run starts).
     pub fn validate(&self) -> Result<()> {
         self.run_config().validate()?;
+        if let TransportConfig::Sim { cluster } = &self.transport {
+            cluster.validate(self.workers)?;
+        }
         match self.task()? {
             Task::Problem(p) => p.validate(self.workers)?,
             Task::Network(m, d) => {

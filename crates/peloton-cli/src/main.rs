@@ -98,6 +98,13 @@ struct TrainArgs {
     /// Which parameters to evaluate: average, leader, center or workers.
     #[arg(long, value_name = "MODEL")]
     eval_model: Option<String>,
+    /// Transport: threads (real time) or sim (the simulator: virtual time).
+    #[arg(long, value_name = "KIND")]
+    transport: Option<String>,
+    /// Simulated cluster (implies --transport sim): a preset (see `peloton list`) or a TOML
+    /// file with the cluster's keys.
+    #[arg(long, value_name = "FILE|PRESET")]
+    cluster: Option<String>,
     /// Any other setting as a dotted key, e.g. --set algorithm.tau=8 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -130,6 +137,15 @@ struct BenchArgs {
     /// Batch size of the model measurements.
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Tensor backend of the model measurements: flex, tch or tch-cuda (feature `tch`).
+    #[arg(long, value_name = "DEVICE", default_value = "flex")]
+    device: String,
+    /// Measure the simulator's message rate instead (against the threads transport).
+    #[arg(long)]
+    sim: bool,
+    /// Messages each worker sends in the simulator measurement.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
 }
 
 fn overrides(args: &TrainArgs) -> Result<Vec<Override>> {
@@ -180,6 +196,12 @@ fn overrides(args: &TrainArgs) -> Result<Vec<Override>> {
     if let Some(m) = &args.eval_model {
         out.push(Override::new("eval.model", m.as_str()));
     }
+    if let Some(c) = &args.cluster {
+        out.push(Override::new("transport", config::cluster_table(c)?));
+    }
+    if let Some(t) = &args.transport {
+        out.push(Override::new("transport.kind", t.as_str()));
+    }
     for s in &args.set {
         out.push(Override::parse(s)?);
     }
@@ -199,6 +221,12 @@ fn list() {
     for (name, what) in peloton_data::DatasetKind::catalog() {
         println!("  {name:<18} {what}");
     }
+    println!(
+        "\nsimulated clusters (--transport sim --cluster NAME, or [transport] kind = \"sim\"):"
+    );
+    for (name, what) in peloton_sim::ClusterConfig::presets() {
+        println!("  {name:<18} {what}");
+    }
     println!("\nanalytic problems, instead of a model ([problem] kind = ...):");
     for (name, what, keys) in ProblemConfig::catalog() {
         println!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
@@ -214,8 +242,29 @@ fn bench(args: &BenchArgs) -> Result<()> {
         args.workers.iter().all(|&w| w >= 1),
         "--workers must be at least 1"
     );
+    if args.sim {
+        anyhow::ensure!(args.messages >= 1, "--messages must be at least 1");
+        for &w in &args.workers {
+            anyhow::ensure!(
+                w >= 2,
+                "--workers must be at least 2 for the message exchange"
+            );
+            println!(
+                "point-to-point messages on {w} workers, {} each (ratio = rate / threads transport's rate, same run):",
+                args.messages
+            );
+            let rates = peloton_sim::bench::message_rates(w, args.messages)?;
+            println!("{}", peloton_sim::bench::format_rates(&rates));
+        }
+        return Ok(());
+    }
     if !args.models.is_empty() {
         anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+        let device: peloton_burn::DeviceKind = toml::Value::String(args.device.clone())
+            .try_into()
+            .map_err(|_| {
+                anyhow::anyhow!("unknown device '{}' (flex, tch or tch-cuda)", args.device)
+            })?;
         let mut rows = Vec::new();
         for name in &args.models {
             let model: peloton_burn::ModelName = toml::Value::String(name.clone())
@@ -223,12 +272,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 .map_err(|_| anyhow::anyhow!("unknown model '{name}' (see `peloton list`)"))?;
             rows.push(peloton_burn::bench::model_step(
                 model,
+                device,
                 args.batch,
                 args.repeats,
             )?);
         }
         println!(
-            "training step on flex, all cores (overhead = peloton / bare burn − 1; round = read params + mix + write back):"
+            "training step on {}, all cores (overhead = peloton / bare burn − 1; round = read params + mix + write back):",
+            device.as_str()
         );
         println!("{}", peloton_burn::bench::format_table(&rows));
         return Ok(());

@@ -1,5 +1,6 @@
-//! `peloton train`: resolve the experiment, run it on the threads transport with a progress
-//! bar, and write the run folder.
+//! `peloton train`: resolve the experiment, run it on the threads transport or in the
+//! simulator with a progress bar, and write the run folder (plus `sim.json` and `trace.json`
+//! for simulated runs).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,10 +8,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use peloton_core::runner::{run_threads, EvalRecord, Event, RunReport};
+use peloton_sim::SimReport;
 use serde_json::json;
 
-use crate::config::ExperimentConfig;
-use crate::run_folder::{default_path, RunFolder};
+use crate::config::{ExperimentConfig, TransportConfig};
+use crate::run_folder::{default_path, write_atomic, RunFolder};
 
 /// What `train` prints and writes.
 pub struct TrainOptions {
@@ -58,7 +60,8 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
     let mut leader_counts: BTreeMap<usize, u64> = BTreeMap::new();
     let mut last_records = BTreeMap::new();
     let mut write_error = None;
-    let result = run_threads(&run, factory.as_ref(), &mut |event| {
+    let transport = config.transport.name();
+    let mut on_event = |event: &Event| {
         if write_error.is_none() {
             if let Err(e) = folder.record(event) {
                 write_error = Some(e);
@@ -74,7 +77,7 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
                     bar.set_length(*s);
                 }
                 bar.println(format!(
-                    "{} on {} · {workers} workers (threads) · {params} parameters · run folder {}",
+                    "{} on {} · {workers} workers ({transport}) · {params} parameters · run folder {}",
                     config.algorithm.name(),
                     config.task_name(),
                     path.display()
@@ -92,8 +95,29 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
             }
             Event::Eval(e) => bar.println(describe_eval(e)),
         }
-    });
+    };
+    let mut sim = None;
+    let result = match &config.transport {
+        TransportConfig::Threads => run_threads(&run, factory.as_ref(), &mut on_event),
+        TransportConfig::Sim { cluster } => {
+            peloton_sim::run_sim(&run, cluster, factory.as_ref(), &mut on_event).map(
+                |(report, sim_report, trace)| {
+                    sim = Some((sim_report, trace));
+                    report
+                },
+            )
+        }
+    };
     bar.finish_and_clear();
+    if let Some((report, trace)) = &sim {
+        write_atomic(
+            &path.join("sim.json"),
+            serde_json::to_string_pretty(report)?.as_bytes(),
+        )?;
+        if let Some(trace) = trace {
+            write_atomic(&path.join("trace.json"), trace.as_bytes())?;
+        }
+    }
     if let Some(e) = write_error {
         return Err(e.context("the run folder could not be written"));
     }
@@ -104,7 +128,10 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
     folder.finish(&summary)?;
     let report = result?;
     if !options.quiet {
-        print_summary(&report, &last_records, &path);
+        print_summary(sim.is_some(), &report, &last_records, &path);
+        if let Some((sim, _)) = &sim {
+            print_sim(sim);
+        }
     }
     Ok(path)
 }
@@ -136,12 +163,33 @@ fn summary_json(
     })
 }
 
+fn print_sim(sim: &SimReport) {
+    let n = sim.workers.len().max(1) as f64;
+    let mean = |f: fn(&peloton_sim::engine::WorkerTotals) -> f64| {
+        sim.workers.iter().map(f).sum::<f64>() / n
+    };
+    println!(
+        "simulated {:.2} s in {:.2} s of host time ({:.0} events/s) · per worker on average: compute {:.2} s, communicate {:.2} s, blocked {:.2} s",
+        sim.simulated_seconds,
+        sim.wall_seconds,
+        sim.events_per_second,
+        mean(|w| w.compute_seconds),
+        mean(|w| w.communicate_seconds),
+        mean(|w| w.blocked_seconds),
+    );
+}
+
 fn print_summary(
+    virtual_time: bool,
     report: &RunReport,
     last: &BTreeMap<usize, peloton_core::runner::WorkerRecord>,
     path: &std::path::Path,
 ) {
-    println!("finished {} steps in {:.2} s", report.steps, report.seconds);
+    let clock = if virtual_time { " of virtual time" } else { "" };
+    println!(
+        "finished {} steps in {:.2} s{clock}",
+        report.steps, report.seconds
+    );
     for e in &report.final_evals {
         println!("final {}", describe_eval(e));
     }

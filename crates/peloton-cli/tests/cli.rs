@@ -86,6 +86,23 @@ fn bad_inputs_end_with_one_clear_line() {
         &["train", "-c", "/nonexistent/peloton.toml"],
         "cannot read config file /nonexistent/peloton.toml",
     );
+    fails(
+        &["bench", "--models", "lenet", "--device", "gpu"],
+        "unknown device 'gpu'",
+    );
+    #[cfg(not(feature = "tch"))]
+    fails(
+        &[
+            "bench",
+            "--models",
+            "lenet",
+            "--device",
+            "tch",
+            "--repeats",
+            "1",
+        ],
+        "needs peloton built with the `tch` feature",
+    );
 }
 
 #[test]
@@ -463,4 +480,98 @@ fn bad_topologies_are_one_line_errors() {
         ],
         "moebius",
     );
+}
+
+/// A simulated run writes its cost report and trace; being virtual, even its times repeat,
+/// so two runs give byte-identical metrics and traces.
+#[test]
+fn simulated_runs_repeat_exactly_and_write_a_trace() {
+    let run = |name: &str| -> PathBuf {
+        let dir = scratch(name);
+        let out = peloton(&[
+            "train",
+            "-q",
+            "--problem",
+            "softmax",
+            "--algorithm",
+            "sgp",
+            "--workers",
+            "8",
+            "--steps",
+            "40",
+            "--cluster",
+            "ethernet-1g",
+            "--set",
+            "transport.cluster.compute.sigma=0.2",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    };
+    let (a, b) = (run("sim-a"), run("sim-b"));
+    for file in ["metrics.jsonl", "trace.json"] {
+        assert_eq!(
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+    let sim: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("sim.json")).unwrap()).unwrap();
+    assert!(sim["simulated_seconds"].as_f64().unwrap() > 40.0 * 0.05 * 0.5);
+    assert_eq!(sim["workers"].as_array().unwrap().len(), 8);
+    assert!(sim["messages"].as_u64().unwrap() >= 8 * 40);
+    let config = std::fs::read_to_string(a.join("config.toml")).unwrap();
+    assert!(
+        config.contains("kind = \"sim\"") && config.contains("bandwidth_gbps = 1.0"),
+        "{config}"
+    );
+    for dir in [a, b] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn bad_clusters_are_one_line_errors() {
+    let base = [
+        "train",
+        "-q",
+        "--print-config",
+        "--problem",
+        "softmax",
+        "--workers",
+        "8",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    fails(&with(&["--cluster", "no-such-cluster"]), "neither a preset");
+    fails(
+        &with(&["--transport", "sim", "--set", "transport.cluster.nodes=3"]),
+        "does not match the 8 workers",
+    );
+    fails(
+        &with(&[
+            "--transport",
+            "sim",
+            "--set",
+            "transport.cluster.inter.bandwidth_gbps=-1",
+        ]),
+        "bandwidth_gbps",
+    );
+    fails(
+        &with(&[
+            "--transport",
+            "sim",
+            "--set",
+            "transport.cluster.compute.tflops=10",
+        ]),
+        "flops_per_step and tflops",
+    );
+    fails(&with(&["--transport", "carrier-pigeon"]), "carrier-pigeon");
 }

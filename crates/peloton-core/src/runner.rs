@@ -295,14 +295,18 @@ pub fn run_worker(
     let (mut interval_sum, mut interval_count) = (0.0f64, 0u64);
     let mut final_evals = Vec::new();
     let start = Instant::now();
+    // Virtual time on the simulator, wall-clock time elsewhere.
+    let clock =
+        |comm: &dyn Communicator| comm.now().unwrap_or_else(|| start.elapsed().as_secs_f64());
     let mut step = 0u64;
     loop {
         if total_steps.is_some_and(|t| step >= t) {
             break;
         }
-        let lr = config.optimizer.lr_at(step, start.elapsed().as_secs_f64());
+        let lr = config.optimizer.lr_at(step, clock(comm));
         algorithm.before_compute(comm, &mut params, step)?;
         let loss = learner.loss_and_grad(&params, &mut grad)?;
+        comm.compute(step)?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 worker: rank,
@@ -336,7 +340,7 @@ pub fn run_worker(
         }
         let mut stop = last;
         if let Some(budget) = config.time_budget {
-            let elapsed = start.elapsed().as_secs_f64();
+            let elapsed = clock(comm);
             // Any worker out of time stops everyone at the same step.
             stop |= diag.run(comm, |c| {
                 Ok(c.gather_scalar(elapsed)?.iter().any(|&t| t >= budget))
@@ -346,7 +350,7 @@ pub fn run_worker(
             // Evaluated models and the final parameters hold all their mass (overlap SGP).
             algorithm.drain(comm, &mut params)?;
         }
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = clock(comm);
         let mut averaged = false;
         let mut consensus = None;
         if config.consensus && n > 1 {
@@ -435,7 +439,7 @@ pub fn run_worker(
         losses,
         final_evals,
         steps: step,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: clock(comm),
     })
 }
 
@@ -468,7 +472,9 @@ impl DiagnosticTraffic {
         f: impl FnOnce(&mut dyn Communicator) -> Result<T>,
     ) -> Result<T> {
         let before = comm.stats();
+        comm.set_diagnostic(true);
         let out = f(comm);
+        comm.set_diagnostic(false);
         let spent = comm.stats().since(&before);
         self.0.bytes_sent += spent.bytes_sent;
         self.0.bytes_received += spent.bytes_received;
@@ -549,6 +555,24 @@ pub fn run_threads(
         "the threads transport runs at most {MAX_THREAD_WORKERS} workers, got {}",
         config.workers
     );
+    run_with(config, factory, on_event, &|work| {
+        threads::run_workers(config.workers, |comm| work(comm))
+    })
+}
+
+/// One worker's whole run on a communicator (what a transport's launcher calls per worker).
+pub type WorkerFn<'a> = dyn Fn(&mut dyn Communicator) -> Result<WorkerOutcome> + Sync + 'a;
+
+/// Runs `config` on any in-process transport: `launch` starts one worker per rank, calls
+/// `work` on each with its communicator, and returns the results in rank order. Events reach
+/// `on_event` on the calling thread in a deterministic order (by step; evaluations, then
+/// worker records by rank). `config` must be validated by the caller.
+pub fn run_with(
+    config: &RunConfig,
+    factory: &dyn LearnerFactory,
+    on_event: &mut dyn FnMut(&Event),
+    launch: &(dyn Fn(&WorkerFn<'_>) -> Vec<Result<WorkerOutcome>> + Sync),
+) -> Result<RunReport> {
     let (tx, rx) = mpsc::channel::<Event>();
     let results = std::thread::scope(|s| {
         let workers = s.spawn(move || {
@@ -556,9 +580,8 @@ pub fn run_threads(
                 // The receiver outlives the workers; a send can only fail if it panicked.
                 let _ = tx.send(e);
             };
-            threads::run_workers(config.workers, |comm| {
-                run_worker(comm, factory, config, &emit)
-            })
+            let work = |comm: &mut dyn Communicator| run_worker(comm, factory, config, &emit);
+            launch(&work)
         });
         let mut reorder = Reorder {
             workers: config.workers,

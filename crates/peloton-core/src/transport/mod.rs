@@ -127,6 +127,21 @@ pub trait Communicator: Send {
 
     /// This worker's traffic so far, over all its communicators.
     fn stats(&self) -> CommStats;
+
+    /// Virtual time in seconds, for transports with a clock (the simulator); `None` means
+    /// wall-clock time applies.
+    fn now(&self) -> Option<f64> {
+        None
+    }
+    /// Charges the compute of local step `step` (gradient and optimizer) to this worker. Real
+    /// transports ignore it: the time has already passed. The simulator advances the worker's
+    /// virtual clock by its compute model and may fail the step (an injected fault).
+    fn compute(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
+    /// While on, operations are measurements outside the algorithm (consensus distance,
+    /// evaluation models, budget checks): the simulator lets them take no virtual time.
+    fn set_diagnostic(&mut self, _on: bool) {}
 }
 
 /// Checks that a rank names a member of a group of `size`.

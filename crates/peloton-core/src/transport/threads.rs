@@ -11,7 +11,7 @@
 //! few milliseconds to notice an abort or a worker that left, so an error on one worker ends
 //! the run on all of them instead of hanging it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -162,7 +162,7 @@ struct Group {
 
 #[derive(Default)]
 struct Mailbox {
-    queue: Mutex<Vec<Message>>,
+    queue: Mutex<VecDeque<Message>>,
     cv: Condvar,
 }
 
@@ -374,7 +374,7 @@ impl ThreadComm {
                 .iter()
                 .position(|m| m.group == self.group.id && m.src == src && m.tag == tag)
             {
-                let msg = queue.remove(i);
+                let msg = queue.remove(i).expect("found above");
                 if msg.data.len() != buf.len() {
                     return Err(Error::Transport(format!(
                         "message from worker {src_world} (tag {tag}) has {} values, the receiver expected {}",
@@ -483,7 +483,7 @@ impl Communicator for ThreadComm {
     fn send(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<()> {
         check_rank("send destination", dest, self.size())?;
         let mailbox = &self.world.mailboxes[self.group.members[dest]];
-        lock(&mailbox.queue).push(Message {
+        lock(&mailbox.queue).push_back(Message {
             group: self.group.id,
             src: self.rank,
             tag,

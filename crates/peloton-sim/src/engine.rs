@@ -1,0 +1,1011 @@
+//! The simulator transport: real computation, virtual time.
+//!
+//! Every worker runs on its own thread and does its real work (gradients, mixing); the
+//! [`SimComm`] it talks through keeps a virtual clock per worker and prices every operation
+//! with the cluster's α-β network model and compute model instead of letting wall-clock time
+//! pass. Results and virtual times are a pure function of the config and seed, whatever the
+//! host's speed or thread timing:
+//!
+//! * **Collectives** complete for every member at `max(entry clocks) + cost`, the data reduced
+//!   in rank order exactly like the threads transport (so synchronous algorithms end with the
+//!   same parameters, bit for bit). No ordering among workers is needed for them.
+//! * **Point-to-point**: a message sent at `t` arrives at `t + α + n·β`, later when it queues
+//!   behind other messages on a shared NIC ([`crate::cost::Nics`]); a receive completes at
+//!   `max(receiver clock, arrival)`.
+//! * **Ordering.** The only operations whose outcome depends on other workers' actions are
+//!   inter-node sends under NIC contention (who queues first) and `test_recv` (has the message
+//!   arrived by now?). A worker performs them only when its `(clock, rank)` is the smallest
+//!   among workers that are not blocked — a conservative discrete-event rule: every other
+//!   worker's next operation is then at a later virtual time, and a blocked worker wakes no
+//!   earlier than the event that wakes it. Everything else (computation included) runs in
+//!   parallel on the host's cores.
+//! * **Deadlocks** (every unfinished worker blocked) end the run with an error naming what each
+//!   worker waits for, instead of hanging.
+//! * **Diagnostics** (consensus distance, evaluation averages: [`Communicator::set_diagnostic`])
+//!   cost no time, but as collectives they still align the members' clocks to the latest
+//!   member, as any real measurement would.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use peloton_core::transport::{CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag};
+use peloton_core::{Error, Result};
+use serde::Serialize;
+
+use crate::cluster::{ClusterConfig, FaultKind, Link};
+use crate::cost::{self, Nics};
+use crate::trace::Trace;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a blocked worker waits for (for deadlock reports).
+#[derive(Debug, Clone, PartialEq)]
+enum Status {
+    Active,
+    Blocked(String),
+    Done,
+}
+
+struct Message {
+    group: u64,
+    src: usize,
+    tag: Tag,
+    data: Vec<f32>,
+    arrival: f64,
+}
+
+/// One collective in progress on a group.
+struct Pending {
+    kind: &'static str,
+    len: usize,
+    entries: Vec<Option<f64>>,
+    f32_in: Vec<Vec<f32>>,
+    f64_in: Vec<Vec<f64>>,
+    arrived: usize,
+    /// Set by the last member: the outcome every member copies out.
+    result: Option<Outcome>,
+    readers_left: usize,
+}
+
+#[derive(Clone)]
+enum Outcome {
+    F32(Arc<Vec<f32>>),
+    F64(Arc<Vec<f64>>),
+}
+
+struct Group {
+    members: Vec<usize>,
+    /// The slowest link between ring neighbours: what ring and tree collectives run at.
+    link: Link,
+}
+
+/// Per-worker totals of virtual time and traffic.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerTotals {
+    pub worker: usize,
+    /// Virtual seconds spent computing local steps.
+    pub compute_seconds: f64,
+    /// Virtual seconds spent moving data (collective cost, sends waiting for the NIC).
+    pub communicate_seconds: f64,
+    /// Virtual seconds spent waiting for other workers.
+    pub blocked_seconds: f64,
+    /// The worker's clock when it finished.
+    pub final_clock: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub operations: u64,
+}
+
+struct State {
+    clock: Vec<f64>,
+    status: Vec<Status>,
+    mailboxes: Vec<VecDeque<Message>>,
+    groups: HashMap<u64, Arc<Group>>,
+    pending: HashMap<(u64, u64), Pending>,
+    nics: Nics,
+    /// Who stopped the run and why (no worker for a deadlock).
+    aborted: Option<(Option<usize>, String)>,
+    /// What each blocked receiver waits for: (group, source rank in the group, tag).
+    waiting: Vec<Option<(u64, usize, Tag)>>,
+    totals: Vec<WorkerTotals>,
+    /// Bytes between nodes (from, to), point-to-point and collectives.
+    link_bytes: BTreeMap<(usize, usize), u64>,
+    messages: u64,
+    collectives: u64,
+    /// Request id → injection time of non-blocking sends not yet waited on.
+    sends: HashMap<u64, f64>,
+    next_request: u64,
+    trace: Trace,
+}
+
+struct Shared {
+    n: usize,
+    cluster: ClusterConfig,
+    seed: u64,
+    state: Mutex<State>,
+    wake: Vec<Condvar>,
+}
+
+impl State {
+    fn abort_error(&self) -> Option<Error> {
+        self.aborted.as_ref().map(|(worker, reason)| match worker {
+            Some(worker) => Error::Aborted {
+                worker: *worker,
+                reason: reason.clone(),
+            },
+            None => Error::Transport(reason.clone()),
+        })
+    }
+
+    /// True when `me` has the smallest (clock, rank) among unblocked, unfinished workers.
+    fn is_turn(&self, me: usize) -> bool {
+        let mine = self.clock[me];
+        self.status.iter().enumerate().all(|(j, s)| {
+            j == me
+                || *s != Status::Active
+                || match self.clock[j].total_cmp(&mine) {
+                    std::cmp::Ordering::Greater => true,
+                    std::cmp::Ordering::Equal => j > me,
+                    std::cmp::Ordering::Less => false,
+                }
+        })
+    }
+
+    /// The worker whose turn it is, if any.
+    fn next_turn(&self) -> Option<usize> {
+        (0..self.clock.len())
+            .filter(|&j| self.status[j] == Status::Active)
+            .min_by(|&a, &b| self.clock[a].total_cmp(&self.clock[b]).then(a.cmp(&b)))
+    }
+
+    /// When nobody can make progress, the run is over: names what everyone waits for.
+    fn deadlock(&self) -> Option<String> {
+        if self.status.contains(&Status::Active) {
+            return None;
+        }
+        let waits: Vec<String> = self
+            .status
+            .iter()
+            .enumerate()
+            .filter_map(|(w, s)| match s {
+                Status::Blocked(what) => Some(format!("worker {w} waits for {what}")),
+                _ => None,
+            })
+            .collect();
+        (!waits.is_empty()).then(|| format!("deadlock in the simulated run: {}", waits.join("; ")))
+    }
+}
+
+impl Shared {
+    /// Wakes whoever may act now: the worker whose turn it is and every worker that was
+    /// woken from a wait. Checks for deadlock.
+    fn after_change(&self, st: &mut State, woken: &[usize]) {
+        if st.aborted.is_none() {
+            if let Some(reason) = st.deadlock() {
+                st.aborted = Some((None, reason));
+                self.wake.iter().for_each(Condvar::notify_all);
+                return;
+            }
+        }
+        for &w in woken {
+            self.wake[w].notify_all();
+        }
+        if let Some(next) = st.next_turn() {
+            self.wake[next].notify_all();
+        }
+    }
+
+    fn abort(&self, worker: usize, reason: &str) {
+        let mut st = lock(&self.state);
+        if st.aborted.is_none() {
+            st.aborted = Some((Some(worker), reason.to_string()));
+        }
+        self.wake.iter().for_each(Condvar::notify_all);
+    }
+
+    /// Waits until it is `me`'s turn (see the module documentation).
+    fn wait_turn<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        me: usize,
+    ) -> Result<MutexGuard<'a, State>> {
+        loop {
+            if let Some(e) = st.abort_error() {
+                return Err(e);
+            }
+            if st.is_turn(me) {
+                return Ok(st);
+            }
+            st = self.wake[me].wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Marks `me` blocked on `what` and waits until another worker wakes it.
+    fn block<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        me: usize,
+        what: String,
+    ) -> Result<MutexGuard<'a, State>> {
+        st.status[me] = Status::Blocked(what);
+        self.after_change(&mut st, &[]);
+        loop {
+            if let Some(e) = st.abort_error() {
+                return Err(e);
+            }
+            if st.status[me] == Status::Active {
+                return Ok(st);
+            }
+            st = self.wake[me].wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A simulated world of `n` workers: create it, then hand one [`SimComm`] to each worker.
+pub struct SimWorld {
+    shared: Arc<Shared>,
+    started: Instant,
+}
+
+/// What a simulated run cost, besides its metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimReport {
+    /// The latest worker's clock at the end.
+    pub simulated_seconds: f64,
+    /// Host seconds the simulation took.
+    pub wall_seconds: f64,
+    /// Point-to-point messages and collectives simulated.
+    pub messages: u64,
+    pub collectives: u64,
+    /// (messages + collectives) per host second.
+    pub events_per_second: f64,
+    pub workers: Vec<WorkerTotals>,
+    /// Bytes that crossed each pair of nodes (from → to); intra-node traffic under the same
+    /// node on both sides.
+    pub links: Vec<LinkBytes>,
+    pub trace_events: usize,
+    pub trace_dropped: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkBytes {
+    pub from_node: usize,
+    pub to_node: usize,
+    pub bytes: u64,
+}
+
+impl SimWorld {
+    /// A world for `n` workers on `cluster`; `seed` drives the compute model's randomness.
+    pub fn new(n: usize, cluster: &ClusterConfig, seed: u64) -> Result<Self> {
+        peloton_core::ensure_config!(n >= 1, "workers must be at least 1");
+        cluster.validate(n)?;
+        let mut groups = HashMap::new();
+        groups.insert(0, Arc::new(group(cluster, (0..n).collect())));
+        let state = State {
+            clock: vec![0.0; n],
+            status: vec![Status::Active; n],
+            mailboxes: (0..n).map(|_| VecDeque::new()).collect(),
+            groups,
+            pending: HashMap::new(),
+            waiting: vec![None; n],
+            nics: Nics::new(cluster.node_count(n)),
+            aborted: None,
+            totals: (0..n)
+                .map(|worker| WorkerTotals {
+                    worker,
+                    ..Default::default()
+                })
+                .collect(),
+            link_bytes: BTreeMap::new(),
+            messages: 0,
+            collectives: 0,
+            sends: HashMap::new(),
+            next_request: 0,
+            trace: Trace::new(cluster.trace_events, n),
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                n,
+                cluster: cluster.clone(),
+                seed,
+                state: Mutex::new(state),
+                wake: (0..n).map(|_| Condvar::new()).collect(),
+            }),
+            started: Instant::now(),
+        })
+    }
+
+    /// The world communicators, one per worker, in rank order.
+    pub fn communicators(&self) -> Vec<SimComm> {
+        let members = Arc::new((0..self.shared.n).collect::<Vec<_>>());
+        (0..self.shared.n)
+            .map(|rank| SimComm {
+                shared: self.shared.clone(),
+                group: 0,
+                members: members.clone(),
+                rank,
+                world_rank: rank,
+                sequence: 0,
+                diagnostic: false,
+                is_world: true,
+            })
+            .collect()
+    }
+
+    /// The cost report (call after every worker finished).
+    pub fn report(&self) -> SimReport {
+        let st = lock(&self.shared.state);
+        let wall = self.started.elapsed().as_secs_f64();
+        let mut workers = st.totals.clone();
+        for w in &mut workers {
+            w.final_clock = st.clock[w.worker];
+        }
+        SimReport {
+            simulated_seconds: st.clock.iter().copied().fold(0.0, f64::max),
+            wall_seconds: wall,
+            messages: st.messages,
+            collectives: st.collectives,
+            events_per_second: (st.messages + st.collectives) as f64 / wall.max(1e-9),
+            workers,
+            links: st
+                .link_bytes
+                .iter()
+                .map(|(&(from_node, to_node), &bytes)| LinkBytes {
+                    from_node,
+                    to_node,
+                    bytes,
+                })
+                .collect(),
+            trace_events: st.trace.len(),
+            trace_dropped: st.trace.dropped(),
+        }
+    }
+
+    /// The Chrome / Perfetto trace of the run (JSON).
+    pub fn trace_json(&self) -> String {
+        let st = lock(&self.shared.state);
+        st.trace
+            .to_json(self.shared.n, |w| self.shared.cluster.node_of(w))
+    }
+}
+
+fn group(cluster: &ClusterConfig, members: Vec<usize>) -> Group {
+    let p = members.len();
+    let mut link = cluster.intra;
+    for i in 0..p {
+        let l = cluster.link(members[i], members[(i + 1) % p]);
+        link = Link {
+            latency_us: link.latency_us.max(l.latency_us),
+            bandwidth_gbps: link.bandwidth_gbps.min(l.bandwidth_gbps),
+        };
+    }
+    Group { members, link }
+}
+
+/// One worker's handle on a simulated group.
+pub struct SimComm {
+    shared: Arc<Shared>,
+    group: u64,
+    members: Arc<Vec<usize>>,
+    rank: usize,
+    world_rank: usize,
+    /// Collectives this member has entered on this group (all members count alike).
+    sequence: u64,
+    diagnostic: bool,
+    is_world: bool,
+}
+
+impl Drop for SimComm {
+    fn drop(&mut self) {
+        if self.is_world {
+            let mut st = lock(&self.shared.state);
+            st.status[self.world_rank] = Status::Done;
+            self.shared.after_change(&mut st, &[]);
+        }
+    }
+}
+
+/// The data a member brings to a collective.
+enum Contribution<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl SimComm {
+    fn me(&self) -> usize {
+        self.world_rank
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        let st = lock(&self.shared.state);
+        match st.abort_error() {
+            Some(e) => Err(e),
+            None => Ok(st),
+        }
+    }
+
+    fn check_rank(&self, what: &str, r: usize) -> Result<()> {
+        if r >= self.members.len() {
+            return Err(Error::Transport(format!(
+                "{what} rank {r} is outside the group of {} workers",
+                self.members.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Enters collective `kind`, waits for every member, and returns the outcome.
+    fn collective(
+        &mut self,
+        kind: &'static str,
+        data: Contribution<'_>,
+        finish: impl FnOnce(&mut Pending, &Group, &ClusterConfig) -> (Outcome, f64),
+    ) -> Result<Outcome> {
+        let key = (self.group, self.sequence);
+        self.sequence += 1;
+        let me = self.me();
+        let p = self.members.len();
+        let len = match &data {
+            Contribution::F32(d) => d.len(),
+            Contribution::F64(d) => d.len(),
+        };
+        let mut st = self.state()?;
+        let entry = st.clock[me];
+        let slot = st.pending.entry(key).or_insert_with(|| Pending {
+            kind,
+            len,
+            entries: vec![None; p],
+            f32_in: vec![Vec::new(); p],
+            f64_in: vec![Vec::new(); p],
+            arrived: 0,
+            result: None,
+            readers_left: p,
+        });
+        if slot.kind != kind || slot.len != len {
+            let message = format!(
+                "collective mismatch: worker {me} called {kind} with {len} values while another member called {} with {}",
+                slot.kind, slot.len
+            );
+            drop(st);
+            self.shared.abort(me, &message);
+            return Err(Error::Transport(message));
+        }
+        slot.entries[self.rank] = Some(entry);
+        match data {
+            Contribution::F32(d) => slot.f32_in[self.rank] = d.to_vec(),
+            Contribution::F64(d) => slot.f64_in[self.rank] = d.to_vec(),
+        }
+        slot.arrived += 1;
+        if slot.arrived == p {
+            let group = st.groups[&self.group].clone();
+            let slot = st.pending.get_mut(&key).expect("just inserted");
+            let (outcome, cost) = finish(slot, &group, &self.shared.cluster);
+            let start = slot
+                .entries
+                .iter()
+                .map(|e| e.unwrap_or(0.0))
+                .fold(f64::NEG_INFINITY, f64::max);
+            let entries: Vec<f64> = slot.entries.iter().map(|e| e.unwrap_or(start)).collect();
+            slot.result = Some(outcome);
+            let cost = if self.diagnostic { 0.0 } else { cost };
+            let end = start + cost;
+            st.collectives += 1;
+            for (r, &w) in group.members.iter().enumerate() {
+                st.clock[w] = end;
+                if !self.diagnostic {
+                    st.totals[w].blocked_seconds += start - entries[r];
+                    st.totals[w].communicate_seconds += cost;
+                    if cost > 0.0 {
+                        st.trace.span(w, kind, entries[r], end - entries[r]);
+                    }
+                }
+                st.status[w] = Status::Active;
+            }
+            let others: Vec<usize> = group.members.iter().copied().filter(|&w| w != me).collect();
+            self.shared.after_change(&mut st, &others);
+        } else {
+            let what = format!("{kind} on a group of {p} (collective #{})", key.1);
+            st = self.shared.block(st, me, what)?;
+        }
+        let slot = st.pending.get_mut(&key).expect("collective in progress");
+        let outcome = slot.result.clone().expect("collective completed");
+        slot.readers_left -= 1;
+        if slot.readers_left == 0 {
+            st.pending.remove(&key);
+        }
+        Ok(outcome)
+    }
+
+    fn count(&self, sent: u64, received: u64) {
+        let mut st = lock(&self.shared.state);
+        let t = &mut st.totals[self.world_rank];
+        t.bytes_sent += sent;
+        t.bytes_received += received;
+        t.operations += 1;
+    }
+
+    /// Records ring traffic between consecutive members (bytes each way per member).
+    fn ring_traffic(&self, bytes: u64) {
+        let p = self.members.len();
+        if p < 2 || self.diagnostic {
+            return;
+        }
+        let cluster = &self.shared.cluster;
+        let from = cluster.node_of(self.world_rank);
+        let to = cluster.node_of(self.members[(self.rank + 1) % p]);
+        *lock(&self.shared.state)
+            .link_bytes
+            .entry((from, to))
+            .or_default() += bytes;
+    }
+
+    fn reduce_f32(inputs: &[Vec<f32>], op: ReduceOp) -> Vec<f32> {
+        // Rank order, like the threads transport, so both give the same bits.
+        let mut acc = inputs[0].clone();
+        for x in &inputs[1..] {
+            match op {
+                ReduceOp::Sum | ReduceOp::Mean => acc.iter_mut().zip(x).for_each(|(a, b)| *a += *b),
+                ReduceOp::Max => acc.iter_mut().zip(x).for_each(|(a, b)| *a = a.max(*b)),
+                ReduceOp::Min => acc.iter_mut().zip(x).for_each(|(a, b)| *a = a.min(*b)),
+            }
+        }
+        if op == ReduceOp::Mean {
+            let p = inputs.len() as f32;
+            acc.iter_mut().for_each(|a| *a /= p);
+        }
+        acc
+    }
+
+    fn send_message(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<f64> {
+        self.check_rank("send destination", dest)?;
+        let me = self.me();
+        let to = self.members[dest];
+        let cluster = &self.shared.cluster;
+        let nodes = (cluster.node_of(me), cluster.node_of(to));
+        let queues = cluster.contention && nodes.0 != nodes.1;
+        let st = self.state()?;
+        // Who queues first on a shared NIC depends on the other workers: act in turn.
+        let mut st = if queues {
+            self.shared.wait_turn(st, me)?
+        } else {
+            st
+        };
+        let bytes = 4 * data.len();
+        let now = st.clock[me];
+        let transfer =
+            st.nics
+                .transfer(now, bytes, cluster.link(me, to), nodes, cluster.contention);
+        st.mailboxes[to].push_back(Message {
+            group: self.group,
+            src: self.rank,
+            tag,
+            data: data.to_vec(),
+            arrival: transfer.arrival,
+        });
+        st.messages += 1;
+        *st.link_bytes.entry(nodes).or_default() += bytes as u64;
+        let t = &mut st.totals[me];
+        t.bytes_sent += bytes as u64;
+        t.operations += 1;
+        st.trace.instant(me, "send", now, to, bytes);
+        let mut woken = Vec::new();
+        if st.waiting[to] == Some((self.group, self.rank, tag)) {
+            st.waiting[to] = None;
+            st.clock[to] = st.clock[to].max(transfer.arrival);
+            st.status[to] = Status::Active;
+            woken.push(to);
+        }
+        self.shared.after_change(&mut st, &woken);
+        Ok(transfer.injected)
+    }
+
+    /// Waits for the injection of a send to finish (the sender's NIC is busy until then).
+    fn finish_send(&self, injected: f64) -> Result<()> {
+        let mut st = self.state()?;
+        let me = self.me();
+        if injected > st.clock[me] {
+            st.totals[me].communicate_seconds += injected - st.clock[me];
+            st.clock[me] = injected;
+            self.shared.after_change(&mut st, &[]);
+        }
+        Ok(())
+    }
+
+    fn take_message(&mut self, src: usize, tag: Tag, buf: &mut [f32]) -> Result<()> {
+        self.check_rank("receive source", src)?;
+        let me = self.me();
+        let mut st = self.state()?;
+        let waited_from = st.clock[me];
+        loop {
+            let found = st.mailboxes[me]
+                .iter()
+                .position(|m| m.group == self.group && m.src == src && m.tag == tag);
+            if let Some(i) = found {
+                let msg = st.mailboxes[me].remove(i).expect("found above");
+                if msg.data.len() != buf.len() {
+                    return Err(Error::Transport(format!(
+                        "message from worker {} (tag {tag}) has {} values, the receiver expected {}",
+                        self.members[src],
+                        msg.data.len(),
+                        buf.len()
+                    )));
+                }
+                buf.copy_from_slice(&msg.data);
+                let done = st.clock[me].max(msg.arrival);
+                if done > waited_from {
+                    st.totals[me].blocked_seconds += done - waited_from;
+                    st.trace.span(me, "wait", waited_from, done - waited_from);
+                }
+                st.clock[me] = done;
+                let t = &mut st.totals[me];
+                t.bytes_received += 4 * buf.len() as u64;
+                t.operations += 1;
+                self.shared.after_change(&mut st, &[]);
+                return Ok(());
+            }
+            let what = format!("a message from worker {} (tag {tag})", self.members[src]);
+            st.waiting[me] = Some((self.group, src, tag));
+            st = self.shared.block(st, me, what)?;
+        }
+    }
+}
+
+impl Communicator for SimComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<()> {
+        let p = self.size();
+        if p == 1 {
+            return Ok(());
+        }
+        let n = buf.len();
+        let algorithm = self.shared.cluster.collectives;
+        let outcome = self.collective("all-reduce", Contribution::F32(buf), |slot, g, _| {
+            let result = SimComm::reduce_f32(&slot.f32_in, op);
+            (
+                Outcome::F32(Arc::new(result)),
+                cost::all_reduce(algorithm, p, 4 * n, g.link),
+            )
+        })?;
+        if let Outcome::F32(r) = outcome {
+            buf.copy_from_slice(&r);
+        }
+        let bytes = (2 * (p - 1) * 4 * n / p) as u64;
+        self.count(bytes, bytes);
+        self.ring_traffic(bytes);
+        Ok(())
+    }
+
+    fn reduce(&mut self, buf: &mut [f32], root: usize, op: ReduceOp) -> Result<()> {
+        self.check_rank("reduce root", root)?;
+        let p = self.size();
+        if p == 1 {
+            return Ok(());
+        }
+        let n = buf.len();
+        let outcome = self.collective("reduce", Contribution::F32(buf), |slot, g, _| {
+            let result = SimComm::reduce_f32(&slot.f32_in, op);
+            (Outcome::F32(Arc::new(result)), cost::tree(p, 4 * n, g.link))
+        })?;
+        let bytes = 4 * n as u64;
+        if self.rank == root {
+            if let Outcome::F32(r) = outcome {
+                buf.copy_from_slice(&r);
+            }
+            self.count(0, bytes);
+        } else {
+            self.count(bytes, 0);
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
+        self.check_rank("broadcast root", root)?;
+        let p = self.size();
+        if p == 1 {
+            return Ok(());
+        }
+        let n = buf.len();
+        let outcome = self.collective("broadcast", Contribution::F32(buf), |slot, g, _| {
+            let result = slot.f32_in[root].clone();
+            (Outcome::F32(Arc::new(result)), cost::tree(p, 4 * n, g.link))
+        })?;
+        if let Outcome::F32(r) = outcome {
+            buf.copy_from_slice(&r);
+        }
+        let bytes = 4 * n as u64;
+        if self.rank == root {
+            self.count(bytes, 0);
+        } else {
+            self.count(0, bytes);
+        }
+        Ok(())
+    }
+
+    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        let p = self.size();
+        let k = send.len();
+        if recv.len() != p * k {
+            return Err(Error::Transport(format!(
+                "all-gather: receive buffer holds {} values, expected {p}·{k}",
+                recv.len()
+            )));
+        }
+        let outcome = self.collective("all-gather", Contribution::F32(send), |slot, g, _| {
+            let result: Vec<f32> = slot.f32_in.concat();
+            (
+                Outcome::F32(Arc::new(result)),
+                cost::ring_all_gather(p, 4 * k, g.link),
+            )
+        })?;
+        if let Outcome::F32(r) = outcome {
+            recv.copy_from_slice(&r);
+        }
+        let bytes = ((p - 1) * 4 * k) as u64;
+        self.count(bytes, bytes);
+        self.ring_traffic(bytes);
+        Ok(())
+    }
+
+    fn all_gather_f64(&mut self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        let p = self.size();
+        let k = send.len();
+        if recv.len() != p * k {
+            return Err(Error::Transport(format!(
+                "all-gather: receive buffer holds {} values, expected {p}·{k}",
+                recv.len()
+            )));
+        }
+        let outcome =
+            self.collective("all-gather-f64", Contribution::F64(send), |slot, g, _| {
+                let result: Vec<f64> = slot.f64_in.concat();
+                (
+                    Outcome::F64(Arc::new(result)),
+                    cost::ring_all_gather(p, 8 * k, g.link),
+                )
+            })?;
+        if let Outcome::F64(r) = outcome {
+            recv.copy_from_slice(&r);
+        }
+        let bytes = ((p - 1) * 8 * k) as u64;
+        self.count(bytes, bytes);
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        let p = self.size();
+        self.collective("barrier", Contribution::F32(&[]), |_, g, _| {
+            (Outcome::F32(Arc::new(Vec::new())), cost::barrier(p, g.link))
+        })?;
+        self.count(0, 0);
+        Ok(())
+    }
+
+    fn send(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<()> {
+        let injected = self.send_message(dest, tag, data)?;
+        self.finish_send(injected)
+    }
+
+    fn recv(&mut self, src: usize, tag: Tag, buf: &mut [f32]) -> Result<()> {
+        self.take_message(src, tag, buf)
+    }
+
+    fn isend(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<SendRequest> {
+        let injected = self.send_message(dest, tag, data)?;
+        let mut st = self.state()?;
+        st.next_request += 1;
+        let id = st.next_request;
+        st.sends.insert(id, injected);
+        Ok(SendRequest { id })
+    }
+
+    fn irecv(&mut self, src: usize, tag: Tag, len: usize) -> Result<RecvRequest> {
+        self.check_rank("receive source", src)?;
+        let mut st = self.state()?;
+        st.next_request += 1;
+        Ok(RecvRequest {
+            id: st.next_request,
+            src,
+            tag,
+            len,
+        })
+    }
+
+    fn wait_send(&mut self, req: SendRequest) -> Result<()> {
+        let injected = self.state()?.sends.remove(&req.id);
+        match injected {
+            Some(t) => self.finish_send(t),
+            None => Err(Error::Transport(format!(
+                "wait_send: request {} is not a pending send",
+                req.id
+            ))),
+        }
+    }
+
+    fn wait_recv(&mut self, req: RecvRequest, buf: &mut [f32]) -> Result<()> {
+        if buf.len() != req.len {
+            return Err(Error::Transport(format!(
+                "wait_recv: buffer holds {} values, the request was for {}",
+                buf.len(),
+                req.len
+            )));
+        }
+        self.take_message(req.src, req.tag, buf)
+    }
+
+    fn test_recv(&mut self, req: &RecvRequest) -> Result<bool> {
+        // Whether a message has arrived by now depends on every sender that could still send
+        // one before now: ask in turn, when no other worker's clock is earlier.
+        let me = self.me();
+        let st = self.state()?;
+        let st = self.shared.wait_turn(st, me)?;
+        let now = st.clock[me];
+        Ok(st.mailboxes[me]
+            .iter()
+            .find(|m| m.group == self.group && m.src == req.src && m.tag == req.tag)
+            .is_some_and(|m| m.arrival <= now))
+    }
+
+    fn split(&mut self, color: usize, key: usize) -> Result<Box<dyn Communicator>> {
+        let p = self.size();
+        let mine = [color as f64, key as f64];
+        let outcome = self.collective("split", Contribution::F64(&mine), |slot, g, _| {
+            (
+                Outcome::F64(Arc::new(slot.f64_in.concat())),
+                cost::ring_all_gather(p, 16, g.link),
+            )
+        })?;
+        let Outcome::F64(all) = outcome else {
+            return Err(Error::Transport("split failed".into()));
+        };
+        // Counted like the all-gather of (color, key) it is.
+        let bytes = ((p - 1) * 16) as u64;
+        self.count(bytes, bytes);
+        let mut same: Vec<(usize, usize)> = (0..p)
+            .filter(|&r| all[2 * r] == color as f64)
+            .map(|r| (all[2 * r + 1] as usize, r))
+            .collect();
+        same.sort_unstable();
+        let members: Vec<usize> = same.iter().map(|&(_, r)| self.members[r]).collect();
+        let rank = same
+            .iter()
+            .position(|&(_, r)| r == self.rank)
+            .expect("caller is in its own color");
+        // Every member of the new group derives the same id from (parent, sequence, color).
+        let id = {
+            let mut st = self.state()?;
+            let id = self.group.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ (self.sequence << 20)
+                ^ (color as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+                ^ 1;
+            let cluster = self.shared.cluster.clone();
+            st.groups
+                .entry(id)
+                .or_insert_with(|| Arc::new(group(&cluster, members.clone())));
+            id
+        };
+        Ok(Box::new(SimComm {
+            shared: self.shared.clone(),
+            group: id,
+            members: Arc::new(members),
+            rank,
+            world_rank: self.world_rank,
+            sequence: 0,
+            diagnostic: false,
+            is_world: false,
+        }))
+    }
+
+    fn abort(&self, reason: &str) {
+        self.shared.abort(self.world_rank, reason);
+    }
+
+    fn stats(&self) -> CommStats {
+        let st = lock(&self.shared.state);
+        let t = &st.totals[self.world_rank];
+        CommStats {
+            bytes_sent: t.bytes_sent,
+            bytes_received: t.bytes_received,
+            operations: t.operations,
+        }
+    }
+
+    fn now(&self) -> Option<f64> {
+        Some(lock(&self.shared.state).clock[self.world_rank])
+    }
+
+    fn compute(&mut self, step: u64) -> Result<()> {
+        let me = self.me();
+        let cluster = &self.shared.cluster;
+        let mut seconds = cluster.compute.step_seconds(self.shared.seed, me, step);
+        let mut st = self.state()?;
+        let now = st.clock[me];
+        for fault in cluster
+            .faults
+            .iter()
+            .filter(|f| f.worker == me && now >= f.at)
+        {
+            match fault.kind {
+                FaultKind::Slow => seconds *= fault.factor,
+                FaultKind::Stop => {
+                    return Err(Error::Transport(format!(
+                        "worker {me} stopped at virtual time {now:.3} s (injected fault at {} s)",
+                        fault.at
+                    )))
+                }
+            }
+        }
+        st.clock[me] = now + seconds;
+        st.totals[me].compute_seconds += seconds;
+        st.trace.span(me, "compute", now, seconds);
+        self.shared.after_change(&mut st, &[]);
+        Ok(())
+    }
+
+    fn set_diagnostic(&mut self, on: bool) {
+        self.diagnostic = on;
+    }
+}
+
+/// Runs `f(comm)` on `n` simulated workers (one thread each) and returns their results in
+/// rank order with the world, for its report and trace. A panic becomes that worker's error.
+pub fn run_workers<T, F>(
+    n: usize,
+    cluster: &ClusterConfig,
+    seed: u64,
+    f: F,
+) -> Result<(Vec<Result<T>>, SimWorld)>
+where
+    T: Send,
+    F: Fn(&mut SimComm) -> Result<T> + Sync,
+{
+    let world = SimWorld::new(n, cluster, seed)?;
+    let comms = world.communicators();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|mut comm| {
+                let f = &f;
+                s.spawn(move || {
+                    let rank = comm.world_rank;
+                    let out =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut comm)))
+                            .unwrap_or_else(|payload| {
+                                Err(Error::Panic {
+                                    worker: rank,
+                                    message: peloton_core::transport::threads::panic_message(
+                                        &payload,
+                                    ),
+                                })
+                            });
+                    if let Err(e) = &out {
+                        comm.abort(&e.to_string());
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Panic {
+                        worker: rank,
+                        message: "worker thread died".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    Ok((results, world))
+}
