@@ -1,6 +1,7 @@
 //! `peloton`: distributed training from the command line.
 
 mod config;
+mod report;
 mod run_folder;
 mod topology;
 mod train;
@@ -39,6 +40,10 @@ enum Command {
     /// Inspect communication topologies and gossip schedules.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Compare run folders: SVG plots overlaying every run and a Markdown summary table.
+    ///
+    /// Example: peloton report runs/a runs/b --label lsgd --label all-reduce --out report
+    Report(report::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -105,6 +110,10 @@ struct TrainArgs {
     /// file with the cluster's keys.
     #[arg(long, value_name = "FILE|PRESET")]
     cluster: Option<String>,
+    /// Simulator only: time this many real local steps of worker 0 first and use their median
+    /// as the compute model's seconds per step (written into the run's config.toml).
+    #[arg(long, value_name = "STEPS")]
+    calibrate: Option<usize>,
     /// Any other setting as a dotted key, e.g. --set algorithm.tau=8 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -322,6 +331,7 @@ fn run(cli: Cli) -> Result<()> {
                 &train::TrainOptions {
                     out: args.out,
                     quiet: args.quiet,
+                    calibrate: args.calibrate,
                 },
             )?;
             Ok(())
@@ -332,6 +342,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => bench(&args),
         Command::Topology(TopologyCommand::Show(args)) => topology::show(&args),
+        Command::Report(args) => report::report(&args),
     }
 }
 

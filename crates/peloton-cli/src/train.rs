@@ -18,6 +18,36 @@ use crate::run_folder::{default_path, write_atomic, RunFolder};
 pub struct TrainOptions {
     pub out: Option<PathBuf>,
     pub quiet: bool,
+    /// Simulator: real steps to time for the compute model.
+    pub calibrate: Option<usize>,
+}
+
+/// Times `steps` real local steps (after one warm-up) of worker 0's learner, as it runs when
+/// all the run's workers share this host, and returns the median seconds per step.
+fn calibrate(
+    config: &ExperimentConfig,
+    factory: &dyn peloton_core::learner::LearnerFactory,
+    steps: usize,
+) -> Result<f64> {
+    let mut learner = factory.build(peloton_core::learner::LearnerContext {
+        rank: 0,
+        workers: config.workers,
+        seed: config.seed,
+    })?;
+    let len = learner.layout().len();
+    let (mut params, mut grad) = (vec![0.0f32; len], vec![0.0f32; len]);
+    learner.init_params(&mut params);
+    learner.loss_and_grad(&params, &mut grad)?;
+    let mut times: Vec<f64> = (0..steps)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            learner
+                .loss_and_grad(&params, &mut grad)
+                .map(|_| start.elapsed().as_secs_f64())
+        })
+        .collect::<peloton_core::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 fn describe_eval(e: &EvalRecord) -> String {
@@ -44,6 +74,27 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
         .clone()
         .unwrap_or_else(|| default_path(config.algorithm.name(), &config.task_name()));
     let factory = config.factory()?;
+    let mut calibrated;
+    let config = match (options.calibrate, &config.transport) {
+        (None, _) => config,
+        (Some(steps), TransportConfig::Sim { .. }) => {
+            anyhow::ensure!(steps >= 1, "--calibrate needs at least 1 step");
+            let seconds = calibrate(config, factory.as_ref(), steps)?;
+            calibrated = config.clone();
+            if let TransportConfig::Sim { cluster } = &mut calibrated.transport {
+                cluster.compute.seconds = seconds;
+                cluster.compute.flops_per_step = None;
+                cluster.compute.tflops = None;
+            }
+            if !options.quiet {
+                println!("calibrated: {seconds:.6} s per local step (median of {steps} real steps of worker 0)");
+            }
+            &calibrated
+        }
+        (Some(_), TransportConfig::Threads) => {
+            anyhow::bail!("--calibrate only applies to the simulator (--transport sim)")
+        }
+    };
     let mut folder = RunFolder::create(&path, &config.to_toml()?)?;
 
     let bar = if options.quiet {

@@ -574,4 +574,54 @@ fn bad_clusters_are_one_line_errors() {
         "flops_per_step and tflops",
     );
     fails(&with(&["--transport", "carrier-pigeon"]), "carrier-pigeon");
+    fails(
+        &[
+            "train",
+            "-q",
+            "--problem",
+            "softmax",
+            "--steps",
+            "5",
+            "--calibrate",
+            "3",
+        ],
+        "only applies to the simulator",
+    );
+}
+
+/// `--calibrate` measures real steps and writes the measured seconds into the run's config.
+#[test]
+fn calibration_writes_the_measured_step_time() {
+    let dir = scratch("calibrate");
+    let out = peloton(&[
+        "train",
+        "--problem",
+        "softmax",
+        "--workers",
+        "2",
+        "--steps",
+        "10",
+        "--transport",
+        "sim",
+        "--calibrate",
+        "3",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("calibrated:"));
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let seconds: f64 = config
+        .lines()
+        .skip_while(|l| !l.contains("[transport.cluster.compute]"))
+        .find_map(|l| l.strip_prefix("seconds = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seconds > 0.0 && seconds != 0.05, "{seconds}");
+    let _ = std::fs::remove_dir_all(dir);
 }

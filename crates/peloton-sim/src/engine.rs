@@ -969,43 +969,6 @@ where
     F: Fn(&mut SimComm) -> Result<T> + Sync,
 {
     let world = SimWorld::new(n, cluster, seed)?;
-    let comms = world.communicators();
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|mut comm| {
-                let f = &f;
-                s.spawn(move || {
-                    let rank = comm.world_rank;
-                    let out =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut comm)))
-                            .unwrap_or_else(|payload| {
-                                Err(Error::Panic {
-                                    worker: rank,
-                                    message: peloton_core::transport::threads::panic_message(
-                                        &payload,
-                                    ),
-                                })
-                            });
-                    if let Err(e) = &out {
-                        comm.abort(&e.to_string());
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(rank, h)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Panic {
-                        worker: rank,
-                        message: "worker thread died".into(),
-                    })
-                })
-            })
-            .collect()
-    });
+    let results = peloton_core::transport::spawn_workers(world.communicators(), f);
     Ok((results, world))
 }

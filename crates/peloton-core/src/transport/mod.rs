@@ -180,3 +180,59 @@ pub trait CommunicatorExt: Communicator {
 }
 
 impl<T: Communicator + ?Sized> CommunicatorExt for T {}
+
+/// Runs `f(comm)` on one OS thread per communicator (a world's communicators, in rank order)
+/// and returns their results in rank order. A panic in a worker becomes that worker's error,
+/// and any worker's error aborts the others, so one failure ends the run instead of hanging it.
+/// In-process transports (threads, the simulator) launch their workers with it.
+pub fn spawn_workers<C, T, F>(comms: Vec<C>, f: F) -> Vec<Result<T>>
+where
+    C: Communicator,
+    T: Send,
+    F: Fn(&mut C) -> Result<T> + Sync,
+{
+    std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, mut comm)| {
+                let f = &f;
+                s.spawn(move || {
+                    let out =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut comm)))
+                            .unwrap_or_else(|payload| {
+                                Err(Error::Panic {
+                                    worker: rank,
+                                    message: panic_message(&payload),
+                                })
+                            });
+                    if let Err(e) = &out {
+                        comm.abort(&e.to_string());
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Panic {
+                        worker: rank,
+                        message: "worker thread died".into(),
+                    })
+                })
+            })
+            .collect()
+    })
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

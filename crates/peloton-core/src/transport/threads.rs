@@ -604,52 +604,10 @@ where
     T: Send,
     F: Fn(&mut ThreadComm) -> Result<T> + Sync,
 {
-    let comms = world(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|mut comm| {
-                let f = &f;
-                s.spawn(move || {
-                    let rank = comm.world_rank;
-                    let out =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut comm)))
-                            .unwrap_or_else(|payload| {
-                                Err(Error::Panic {
-                                    worker: rank,
-                                    message: panic_message(&payload),
-                                })
-                            });
-                    if let Err(e) = &out {
-                        comm.abort(&e.to_string());
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(rank, h)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Panic {
-                        worker: rank,
-                        message: "worker thread died".into(),
-                    })
-                })
-            })
-            .collect()
-    })
+    super::spawn_workers(world(n), f)
 }
 
-/// The text of a panic payload.
-pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
+pub use super::panic_message;
 
 impl std::fmt::Debug for ThreadComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
