@@ -3,6 +3,7 @@
 mod config;
 mod report;
 mod run_folder;
+mod sweep;
 mod topology;
 mod train;
 
@@ -37,6 +38,9 @@ enum Command {
     List,
     /// Measure the kernels and the threads transport's all-reduce against memcpy.
     Bench(BenchArgs),
+    /// Run a sweep file: every combination of its grid, then a report per group.
+    /// Example: peloton run experiments/sim-network.toml
+    Run(sweep::RunArgs),
     /// Inspect communication topologies and gossip schedules.
     #[command(subcommand)]
     Topology(TopologyCommand),
@@ -341,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench(&args),
+        Command::Run(args) => sweep::run(&args),
         Command::Topology(TopologyCommand::Show(args)) => topology::show(&args),
         Command::Report(args) => report::report(&args),
     }

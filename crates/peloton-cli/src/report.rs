@@ -47,6 +47,19 @@ pub struct ReportArgs {
     target_loss: Option<f64>,
 }
 
+impl ReportArgs {
+    /// A report of `runs` with their legend `labels`, written to `out`.
+    pub fn new(runs: Vec<PathBuf>, labels: Vec<String>, out: PathBuf) -> Self {
+        Self {
+            runs,
+            out: Some(out),
+            labels,
+            target_accuracy: None,
+            target_loss: None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading a run folder.
 

@@ -625,3 +625,64 @@ fn calibration_writes_the_measured_step_time() {
     assert!(seconds > 0.0 && seconds != 0.05, "{seconds}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `peloton run` trains every combination of a sweep's grid, reports per group, and resumes:
+/// a second invocation keeps the finished runs.
+#[test]
+fn a_sweep_runs_its_grid_reports_and_resumes() {
+    let dir = scratch("sweep");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("base.toml"),
+        "workers = 4\nsteps = 20\nlog_every = 10\n[eval]\nevery = 10\n[problem]\nkind = \"softmax\"\n",
+    )
+    .unwrap();
+    let out = dir.join("runs");
+    let sweep = dir.join("sweep.toml");
+    std::fs::write(
+        &sweep,
+        format!(
+            "base = \"base.toml\"\nout = {:?}\n[grid]\ncluster = [\"ethernet-1g\", \"infiniband-100g\"]\n\"algorithm.name\" = [\"lsgd\", \"sgp\"]\n[report]\ngroup_by = \"cluster\"\n",
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let first = peloton(&["run", sweep.to_str().unwrap()]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("[4/4] sgp-infiniband-100g"), "{stdout}");
+    for run in [
+        "lsgd-ethernet-1g",
+        "lsgd-infiniband-100g",
+        "sgp-ethernet-1g",
+        "sgp-infiniband-100g",
+    ] {
+        assert!(out.join(run).join("sim.json").exists(), "{run}");
+    }
+    for report in ["report-ethernet-1g", "report-infiniband-100g"] {
+        let summary = std::fs::read_to_string(out.join(report).join("summary.md")).unwrap();
+        assert!(
+            summary.contains("| lsgd |") && summary.contains("| sgp |"),
+            "{summary}"
+        );
+    }
+    let second = peloton(&["run", sweep.to_str().unwrap()]);
+    assert!(second.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout)
+            .matches("already done")
+            .count(),
+        4
+    );
+    std::fs::write(
+        &sweep,
+        "base = \"base.toml\"\n[grid]\n\"algorithm.nam\" = [\"lsgd\"]\n",
+    )
+    .unwrap();
+    fails(&["run", sweep.to_str().unwrap()], "algorithm");
+    let _ = std::fs::remove_dir_all(&dir);
+}
