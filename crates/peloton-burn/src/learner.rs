@@ -76,10 +76,9 @@ pub struct NetworkLearner {
 /// Where a worker's tensor kernels get their threads, so that workers × threads never
 /// exceeds the cores. `flex` parallelizes with rayon: each worker gets a pool of its own.
 /// LibTorch ignores rayon and runs its own OpenMP threads, whose count is a per-thread
-/// setting: it must be set on the thread that calls the kernels, or each worker starts a
-/// team as large as the machine, and oversubscribed OpenMP teams (which spin while they
-/// wait) collapse — on 2 cores, 4 workers of 2 threads each are several times slower than
-/// 4 workers of 1 thread.
+/// setting: it must be set on the thread that calls the kernels, or every worker starts a
+/// team as large as the machine (on 2 cores, 4 ResNet-20 workers with 2 threads each step
+/// 7% slower than with 1 each; BENCHMARKS.md, "LibTorch device").
 pub(crate) enum Kernels {
     Rayon(rayon::ThreadPool),
     /// LibTorch's intra-op threads, set on the calling (worker) thread.
