@@ -1,39 +1,15 @@
 //! End-to-end tests of the `peloton` binary: real runs, and bad inputs that must end with one
 //! clear line on stderr and a non-zero exit, never a panic, never a damaged file.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn peloton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peloton"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use common::{fails, peloton};
+use std::path::PathBuf;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("peloton-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-/// Asserts a clean failure and returns the error line.
-fn fails(args: &[&str], needle: &str) -> String {
-    let out = peloton(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{args:?} should exit 1; stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {stderr}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(needle),
-        "{args:?}: '{needle}' not in: {stderr}"
-    );
-    lines[0].to_string()
 }
 
 #[test]

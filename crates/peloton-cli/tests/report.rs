@@ -2,15 +2,10 @@
 //! in SVG plots and a Markdown summary, hand-written run folders, and bad inputs that must end
 //! with one clear line on stderr and a non-zero exit.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn peloton<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peloton"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use common::{fails, peloton};
+use std::path::{Path, PathBuf};
 
 /// Runs `peloton` and asserts success.
 fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
@@ -32,24 +27,6 @@ fn scratch(name: &str) -> PathBuf {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Asserts a clean failure with one error line that contains `needle`.
-fn fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needle: &str) {
-    let out = peloton(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{args:?} should exit 1; stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {stderr}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(needle),
-        "{args:?}: '{needle}' not in: {stderr}"
-    );
 }
 
 const PLOTS: [&str; 6] = [

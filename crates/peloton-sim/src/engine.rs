@@ -29,7 +29,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use peloton_core::transport::{CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag};
+use peloton_core::transport::{
+    check_rank, check_request_len, CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag,
+};
 use peloton_core::{Error, Result};
 use serde::Serialize;
 
@@ -428,13 +430,7 @@ impl SimComm {
     }
 
     fn check_rank(&self, what: &str, r: usize) -> Result<()> {
-        if r >= self.members.len() {
-            return Err(Error::Transport(format!(
-                "{what} rank {r} is outside the group of {} workers",
-                self.members.len()
-            )));
-        }
-        Ok(())
+        check_rank(what, r, self.members.len())
     }
 
     /// Enters collective `kind`, waits for every member, and returns the outcome.
@@ -442,7 +438,7 @@ impl SimComm {
         &mut self,
         kind: &'static str,
         data: Contribution<'_>,
-        finish: impl FnOnce(&mut Pending, &Group, &ClusterConfig) -> (Outcome, f64),
+        finish: impl FnOnce(&mut Pending, &Group) -> (Outcome, f64),
     ) -> Result<Outcome> {
         let key = (self.group, self.sequence);
         self.sequence += 1;
@@ -482,7 +478,7 @@ impl SimComm {
         if slot.arrived == p {
             let group = st.groups[&self.group].clone();
             let slot = st.pending.get_mut(&key).expect("just inserted");
-            let (outcome, cost) = finish(slot, &group, &self.shared.cluster);
+            let (outcome, cost) = finish(slot, &group);
             let start = slot
                 .entries
                 .iter()
@@ -669,7 +665,7 @@ impl Communicator for SimComm {
         }
         let n = buf.len();
         let algorithm = self.shared.cluster.collectives;
-        let outcome = self.collective("all-reduce", Contribution::F32(buf), |slot, g, _| {
+        let outcome = self.collective("all-reduce", Contribution::F32(buf), |slot, g| {
             let result = SimComm::reduce_f32(&slot.f32_in, op);
             (
                 Outcome::F32(Arc::new(result)),
@@ -692,7 +688,7 @@ impl Communicator for SimComm {
             return Ok(());
         }
         let n = buf.len();
-        let outcome = self.collective("reduce", Contribution::F32(buf), |slot, g, _| {
+        let outcome = self.collective("reduce", Contribution::F32(buf), |slot, g| {
             let result = SimComm::reduce_f32(&slot.f32_in, op);
             (Outcome::F32(Arc::new(result)), cost::tree(p, 4 * n, g.link))
         })?;
@@ -715,7 +711,7 @@ impl Communicator for SimComm {
             return Ok(());
         }
         let n = buf.len();
-        let outcome = self.collective("broadcast", Contribution::F32(buf), |slot, g, _| {
+        let outcome = self.collective("broadcast", Contribution::F32(buf), |slot, g| {
             let result = slot.f32_in[root].clone();
             (Outcome::F32(Arc::new(result)), cost::tree(p, 4 * n, g.link))
         })?;
@@ -740,7 +736,7 @@ impl Communicator for SimComm {
                 recv.len()
             )));
         }
-        let outcome = self.collective("all-gather", Contribution::F32(send), |slot, g, _| {
+        let outcome = self.collective("all-gather", Contribution::F32(send), |slot, g| {
             let result: Vec<f32> = slot.f32_in.concat();
             (
                 Outcome::F32(Arc::new(result)),
@@ -765,14 +761,13 @@ impl Communicator for SimComm {
                 recv.len()
             )));
         }
-        let outcome =
-            self.collective("all-gather-f64", Contribution::F64(send), |slot, g, _| {
-                let result: Vec<f64> = slot.f64_in.concat();
-                (
-                    Outcome::F64(Arc::new(result)),
-                    cost::ring_all_gather(p, 8 * k, g.link),
-                )
-            })?;
+        let outcome = self.collective("all-gather-f64", Contribution::F64(send), |slot, g| {
+            let result: Vec<f64> = slot.f64_in.concat();
+            (
+                Outcome::F64(Arc::new(result)),
+                cost::ring_all_gather(p, 8 * k, g.link),
+            )
+        })?;
         if let Outcome::F64(r) = outcome {
             recv.copy_from_slice(&r);
         }
@@ -783,7 +778,7 @@ impl Communicator for SimComm {
 
     fn barrier(&mut self) -> Result<()> {
         let p = self.size();
-        self.collective("barrier", Contribution::F32(&[]), |_, g, _| {
+        self.collective("barrier", Contribution::F32(&[]), |_, g| {
             (Outcome::F32(Arc::new(Vec::new())), cost::barrier(p, g.link))
         })?;
         self.count(0, 0);
@@ -832,13 +827,7 @@ impl Communicator for SimComm {
     }
 
     fn wait_recv(&mut self, req: RecvRequest, buf: &mut [f32]) -> Result<()> {
-        if buf.len() != req.len {
-            return Err(Error::Transport(format!(
-                "wait_recv: buffer holds {} values, the request was for {}",
-                buf.len(),
-                req.len
-            )));
-        }
+        check_request_len(&req, buf)?;
         self.take_message(req.src, req.tag, buf)
     }
 
@@ -858,7 +847,7 @@ impl Communicator for SimComm {
     fn split(&mut self, color: usize, key: usize) -> Result<Box<dyn Communicator>> {
         let p = self.size();
         let mine = [color as f64, key as f64];
-        let outcome = self.collective("split", Contribution::F64(&mine), |slot, g, _| {
+        let outcome = self.collective("split", Contribution::F64(&mine), |slot, g| {
             (
                 Outcome::F64(Arc::new(slot.f64_in.concat())),
                 cost::ring_all_gather(p, 16, g.link),

@@ -174,7 +174,7 @@ impl Base {
 pub struct SlowMo {
     config: SlowMoConfig,
     base: Base,
-    /// x_old (this worker's slice of it when sharded).
+    /// x_old (this worker's slice of it when sharded, zero-padded to the common width).
     slow: Vec<f32>,
     /// u (this worker's slice of it when sharded).
     momentum: Vec<f32>,
@@ -209,10 +209,8 @@ impl SlowMo {
             params.copy_from_slice(&self.slow);
             return Ok(());
         }
-        let width = self.gathered.len() / comm.size();
-        let mut mine = vec![0.0f32; width];
-        mine[..self.slow.len()].copy_from_slice(&self.slow);
-        comm.all_gather(&mine, &mut self.gathered)?;
+        // `slow` is padded to the common slice width, so it is gathered as it is.
+        comm.all_gather(&self.slow, &mut self.gathered)?;
         let d = params.len();
         params.copy_from_slice(&self.gathered[..d]);
         Ok(())
@@ -232,6 +230,12 @@ impl Algorithm for SlowMo {
         }
         self.slow = params[self.slice.clone()].to_vec();
         self.momentum = vec![0.0; self.slow.len()];
+        if self.config.sharded {
+            // Every worker's slice has the same width for the all-gather; the padding stays 0.
+            let width = self.gathered.len() / comm.size();
+            self.slow.resize(width, 0.0);
+            self.momentum.resize(width, 0.0);
+        }
         Ok(())
     }
 

@@ -144,11 +144,23 @@ pub trait Communicator: Send {
     fn set_diagnostic(&mut self, _on: bool) {}
 }
 
-/// Checks that a rank names a member of a group of `size`.
-pub(crate) fn check_rank(what: &str, rank: usize, size: usize) -> Result<()> {
+/// Checks that a rank names a member of a group of `size` (every transport's check).
+pub fn check_rank(what: &str, rank: usize, size: usize) -> Result<()> {
     if rank >= size {
         return Err(Error::Transport(format!(
             "{what} rank {rank} is outside the group of {size} workers"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a receive buffer fits the pending receive it completes.
+pub fn check_request_len(req: &RecvRequest, buf: &[f32]) -> Result<()> {
+    if buf.len() != req.len {
+        return Err(Error::Transport(format!(
+            "wait_recv: buffer holds {} values, the request was for {}",
+            buf.len(),
+            req.len
         )));
     }
     Ok(())

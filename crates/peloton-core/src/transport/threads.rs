@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use super::{check_rank, CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag};
+use super::{
+    check_rank, check_request_len, CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag,
+};
 use crate::{Error, Result};
 
 /// How often a blocked worker wakes to check for an abort.
@@ -524,13 +526,7 @@ impl Communicator for ThreadComm {
     }
 
     fn wait_recv(&mut self, req: RecvRequest, buf: &mut [f32]) -> Result<()> {
-        if buf.len() != req.len {
-            return Err(Error::Transport(format!(
-                "wait_recv: buffer holds {} values, the request was for {}",
-                buf.len(),
-                req.len
-            )));
-        }
+        check_request_len(&req, buf)?;
         self.mailbox_take(req.src, req.tag, buf)
     }
 
