@@ -65,13 +65,16 @@ pub struct ExperimentConfig {
 
 /// `[transport]`: `kind = "threads"` (the default) or `kind = "sim"` with the cluster model in
 /// `[transport.cluster]` (see `peloton_sim::ClusterConfig`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 #[allow(clippy::large_enum_variant)] // one per experiment
 pub enum TransportConfig {
-    /// One OS thread per worker, wall-clock time.
-    #[default]
-    Threads,
+    /// One OS thread per worker, wall-clock time. `faults` slow down or stop workers at
+    /// wall-clock seconds (`[{ worker = 3, kind = "slow", factor = 5 }]`).
+    Threads {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        faults: Vec<peloton_core::transport::Fault>,
+    },
     /// The deterministic simulator: real computation, virtual time.
     Sim {
         #[serde(default)]
@@ -79,10 +82,31 @@ pub enum TransportConfig {
     },
 }
 
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig::Threads { faults: Vec::new() }
+    }
+}
+
 impl TransportConfig {
+    /// Adds a `slow` fault from the start of the run (`--slowdown worker=factor`), on either
+    /// transport.
+    pub fn slow_down(&mut self, worker: usize, factor: f64) {
+        let fault = peloton_core::transport::Fault {
+            worker,
+            at: 0.0,
+            kind: peloton_core::transport::FaultKind::Slow,
+            factor,
+        };
+        match self {
+            TransportConfig::Threads { faults } => faults.push(fault),
+            TransportConfig::Sim { cluster } => cluster.faults.push(fault),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
-            TransportConfig::Threads => "threads",
+            TransportConfig::Threads { .. } => "threads",
             TransportConfig::Sim { .. } => "sim",
         }
     }
@@ -221,8 +245,15 @@ impl ExperimentConfig {
     /// read, and the model fitted to them, when the run starts).
     pub fn validate(&self) -> Result<()> {
         self.run_config().validate()?;
-        if let TransportConfig::Sim { cluster } = &self.transport {
-            cluster.validate(self.workers)?;
+        match &self.transport {
+            TransportConfig::Sim { cluster } => cluster.validate(self.workers)?,
+            TransportConfig::Threads { faults } => {
+                for f in faults {
+                    f.validate(self.workers).map_err(|e| {
+                        peloton_core::Error::Config(format!("transport.faults: {e}"))
+                    })?;
+                }
+            }
         }
         match self.task()? {
             Task::Problem(p) => p.validate(self.workers)?,

@@ -118,6 +118,11 @@ struct TrainArgs {
     /// as the compute model's seconds per step (written into the run's config.toml).
     #[arg(long, value_name = "STEPS")]
     calibrate: Option<usize>,
+    /// Make a worker slower: WORKER=FACTOR, e.g. --slowdown 3=5 (repeatable). On threads the
+    /// worker sleeps so that each of its steps takes FACTOR times longer; in the simulator its
+    /// compute time is multiplied. Shows asynchrony on one machine.
+    #[arg(long, value_name = "WORKER=FACTOR")]
+    slowdown: Vec<String>,
     /// Any other setting as a dotted key, e.g. --set algorithm.tau=8 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -219,6 +224,22 @@ fn overrides(args: &TrainArgs) -> Result<Vec<Override>> {
         out.push(Override::parse(s)?);
     }
     Ok(out)
+}
+
+/// `WORKER=FACTOR` of `--slowdown`.
+fn parse_slowdown(spec: &str) -> Result<(usize, f64)> {
+    let parsed = spec.split_once('=').and_then(|(w, f)| {
+        Some((
+            w.trim().parse::<usize>().ok()?,
+            f.trim().parse::<f64>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((w, f)) if f.is_finite() && f >= 1.0 => Ok((w, f)),
+        _ => anyhow::bail!(
+            "--slowdown {spec:?}: expected WORKER=FACTOR with a factor ≥ 1, e.g. --slowdown 3=5"
+        ),
+    }
 }
 
 fn list() {
@@ -324,7 +345,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => {
-            let config = config::load(args.config.as_deref(), &overrides(&args)?)?;
+            let mut config = config::load(args.config.as_deref(), &overrides(&args)?)?;
+            for spec in &args.slowdown {
+                let (worker, factor) = parse_slowdown(spec)?;
+                config.transport.slow_down(worker, factor);
+            }
             if args.print_config {
                 config.validate()?;
                 print!("{}", config.to_toml()?);

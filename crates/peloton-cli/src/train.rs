@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use peloton_core::runner::{run_threads, EvalRecord, Event, RunReport};
+use peloton_core::runner::{run_threads_with_faults, EvalRecord, Event, RunReport};
 use peloton_sim::SimReport;
 use serde_json::json;
 
@@ -91,7 +91,7 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
             }
             &calibrated
         }
-        (Some(_), TransportConfig::Threads) => {
+        (Some(_), TransportConfig::Threads { .. }) => {
             anyhow::bail!("--calibrate only applies to the simulator (--transport sim)")
         }
     };
@@ -149,7 +149,9 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
     };
     let mut sim = None;
     let result = match &config.transport {
-        TransportConfig::Threads => run_threads(&run, factory.as_ref(), &mut on_event),
+        TransportConfig::Threads { faults } => {
+            run_threads_with_faults(&run, faults, factory.as_ref(), &mut on_event)
+        }
         TransportConfig::Sim { cluster } => {
             peloton_sim::run_sim(&run, cluster, factory.as_ref(), &mut on_event).map(
                 |(report, sim_report, trace)| {
@@ -203,8 +205,16 @@ fn summary_json(
         "eval_model": config.eval.model,
         "final_evals": report.final_evals,
         "leader_counts": leader_counts,
+        "leader_changes": report.workers.first().and_then(|w| w.leader_changes),
+        "stopped": report.workers.iter().filter_map(|w| w.stopped_at.map(|at| json!({
+            "worker": w.rank,
+            "at_seconds": at,
+            "steps": w.steps,
+        }))).collect::<Vec<_>>(),
         "per_worker": report.workers.iter().map(|w| json!({
             "worker": w.rank,
+            "steps": w.steps,
+            "stopped_at": w.stopped_at,
             "final_loss": last.get(&w.rank).map(|r| r.loss),
             "bytes_sent": w.stats.bytes_sent,
             "bytes_received": w.stats.bytes_received,
@@ -248,10 +258,24 @@ fn print_summary(
     let consensus = last
         .values()
         .filter_map(|r| r.consensus)
-        .fold(0.0f64, f64::max);
+        .reduce(f64::max)
+        .map(|c| format!(" · largest distance to the average model {c:.3e}"))
+        .unwrap_or_default();
     println!(
-        "traffic {:.2} MB sent per worker on average · largest distance to the average model {consensus:.3e}",
+        "traffic {:.2} MB sent per worker on average{consensus}",
         sent as f64 / report.workers.len().max(1) as f64 / 1e6
     );
+    let steps: Vec<String> = report.workers.iter().map(|w| w.steps.to_string()).collect();
+    if report.workers.iter().any(|w| w.steps != report.steps) {
+        println!("steps per worker: {}", steps.join(" "));
+    }
+    for w in report.workers.iter().filter(|w| w.stopped_at.is_some()) {
+        println!(
+            "worker {} stopped at {:.3} s{clock} after {} steps (injected fault); the others went on",
+            w.rank,
+            w.stopped_at.unwrap_or(0.0),
+            w.steps
+        );
+    }
     println!("run folder: {}", path.display());
 }

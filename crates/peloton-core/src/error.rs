@@ -25,6 +25,9 @@ pub enum Error {
     /// A learner (model + data) failed.
     #[error("learner on worker {worker}: {message}")]
     Learner { worker: usize, message: String },
+    /// A worker was stopped by an injected fault at `at` seconds (virtual on the simulator).
+    #[error("worker {worker} stopped at {at:.3} s (injected fault)")]
+    Stopped { worker: usize, at: f64 },
     /// A worker thread panicked; this is always a bug in peloton or in a learner.
     #[error("worker {worker} panicked: {message}")]
     Panic { worker: usize, message: String },

@@ -77,32 +77,8 @@ pub enum CollectiveAlgorithm {
     Auto,
 }
 
-/// A fault injected at a virtual time.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fault {
-    pub worker: usize,
-    /// Virtual seconds after which the fault applies.
-    pub at: f64,
-    pub kind: FaultKind,
-    /// Slowdown factor of a `slow` fault.
-    #[serde(default = "one")]
-    pub factor: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    /// Every later step of the worker takes `factor` times longer.
-    Slow,
-    /// The worker stops: its next step fails, which ends a synchronous run with a message
-    /// naming the worker.
-    Stop,
-}
+/// Faults are the core's: `at` is virtual seconds here.
+pub use peloton_core::transport::{Fault, FaultKind};
 
 /// The whole cluster model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,6 +111,14 @@ pub struct ClusterConfig {
     /// Write a Chrome / Perfetto trace (`trace.json`) of at most `trace_events` events.
     #[serde(default = "default_trace_events")]
     pub trace_events: usize,
+    /// Virtual time an idle polling worker lets pass between two polls (asynchronous
+    /// algorithms: a passive AD-PSGD worker waiting for requests), in microseconds.
+    #[serde(default = "default_poll_interval_us")]
+    pub poll_interval_us: f64,
+}
+
+fn default_poll_interval_us() -> f64 {
+    100.0
 }
 
 fn default_workers_per_node() -> usize {
@@ -172,6 +156,7 @@ impl Default for ClusterConfig {
             compute: ComputeModel::default(),
             faults: Vec::new(),
             trace_events: default_trace_events(),
+            poll_interval_us: default_poll_interval_us(),
         }
     }
 }
@@ -250,22 +235,15 @@ impl ClusterConfig {
         }
         self.compute.validate(workers)?;
         for f in &self.faults {
-            ensure_config!(
-                f.worker < workers,
-                "transport.cluster.faults: worker {} is not one of the {workers} workers",
-                f.worker
-            );
-            ensure_config!(
-                f.at.is_finite() && f.at >= 0.0,
-                "transport.cluster.faults: at must be a time ≥ 0 in seconds, got {}",
-                f.at
-            );
-            ensure_config!(
-                f.factor.is_finite() && f.factor >= 1.0,
-                "transport.cluster.faults: factor must be ≥ 1, got {}",
-                f.factor
-            );
+            f.validate(workers).map_err(|e| {
+                peloton_core::Error::Config(format!("transport.cluster.faults: {e}"))
+            })?;
         }
+        ensure_config!(
+            self.poll_interval_us.is_finite() && self.poll_interval_us > 0.0,
+            "transport.cluster.poll_interval_us must be positive, got {}",
+            self.poll_interval_us
+        );
         Ok(())
     }
 

@@ -30,7 +30,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use peloton_core::transport::{
-    check_rank, check_request_len, CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag,
+    check_counter, check_rank, check_request_len, shard_ranges, CommStats, Communicator, CounterOp,
+    RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
 };
 use peloton_core::{Error, Result};
 use serde::Serialize;
@@ -121,6 +122,19 @@ struct State {
     sends: HashMap<u64, f64>,
     next_request: u64,
     trace: Trace,
+    /// Shared counters (asynchronous coordination), updated in turn order.
+    counters: [u64; COUNTERS],
+    server: Option<Server>,
+}
+
+/// The simulated parameter server. Shard `s` lives on node `s mod nodes` (servers share the
+/// workers' machines, as in the author's EASGD code). Operations take effect at their issue
+/// time, in (virtual time, rank) order; their cost is the round trip to the farthest shard
+/// plus moving every shard's bytes through the worker's links.
+struct Server {
+    ranges: Vec<std::ops::Range<usize>>,
+    values: Vec<f32>,
+    version: u64,
 }
 
 struct Shared {
@@ -307,6 +321,8 @@ impl SimWorld {
             sends: HashMap::new(),
             next_request: 0,
             trace: Trace::new(cluster.trace_events, n),
+            counters: [0; COUNTERS],
+            server: None,
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -404,8 +420,20 @@ impl Drop for SimComm {
     fn drop(&mut self) {
         if self.is_world {
             let mut st = lock(&self.shared.state);
-            st.status[self.world_rank] = Status::Done;
-            self.shared.after_change(&mut st, &[]);
+            let me = self.world_rank;
+            st.status[me] = Status::Done;
+            // Receivers blocked on this worker learn that nothing more will come.
+            let mut woken = Vec::new();
+            for w in 0..st.waiting.len() {
+                if let Some((group, src, _)) = st.waiting[w] {
+                    if st.groups.get(&group).map(|g| g.members[src]) == Some(me) {
+                        st.waiting[w] = None;
+                        st.status[w] = Status::Active;
+                        woken.push(w);
+                    }
+                }
+            }
+            self.shared.after_change(&mut st, &woken);
         }
     }
 }
@@ -641,6 +669,13 @@ impl SimComm {
                 t.operations += 1;
                 self.shared.after_change(&mut st, &[]);
                 return Ok(());
+            }
+            if st.status[self.members[src]] == Status::Done {
+                // A finished worker sends nothing more (exact in virtual time too).
+                return Err(Error::Transport(format!(
+                    "worker {} left the run while others were waiting for it",
+                    self.members[src]
+                )));
             }
             let what = format!("a message from worker {} (tag {tag})", self.members[src]);
             st.waiting[me] = Some((self.group, src, tag));
@@ -926,10 +961,10 @@ impl Communicator for SimComm {
             match fault.kind {
                 FaultKind::Slow => seconds *= fault.factor,
                 FaultKind::Stop => {
-                    return Err(Error::Transport(format!(
-                        "worker {me} stopped at virtual time {now:.3} s (injected fault at {} s)",
-                        fault.at
-                    )))
+                    return Err(Error::Stopped {
+                        worker: me,
+                        at: now,
+                    })
                 }
             }
         }
@@ -942,6 +977,161 @@ impl Communicator for SimComm {
 
     fn set_diagnostic(&mut self, on: bool) {
         self.diagnostic = on;
+    }
+
+    fn counter(&mut self, id: usize, op: CounterOp) -> Result<u64> {
+        check_counter(id)?;
+        let me = self.me();
+        // The value depends on every operation issued before now: act in turn.
+        let st = self.state()?;
+        let mut st = self.shared.wait_turn(st, me)?;
+        let old = st.counters[id];
+        st.counters[id] = op.apply(old);
+        // A round trip of 8 bytes to the coordinator, which lives with worker 0.
+        let link = self.shared.cluster.link(me, 0);
+        let cost = if self.diagnostic {
+            0.0
+        } else {
+            2.0 * (link.alpha() + 8.0 * link.beta())
+        };
+        self.advance(&mut st, "counter", cost, 8, 8);
+        Ok(old)
+    }
+
+    fn server_init(&mut self, init: &[f32], shards: usize) -> Result<()> {
+        let me = self.me();
+        let st = self.state()?;
+        let mut st = self.shared.wait_turn(st, me)?;
+        let ranges = shard_ranges(init.len(), shards);
+        let server = st.server.get_or_insert_with(|| Server {
+            ranges: ranges.clone(),
+            values: init.to_vec(),
+            version: 0,
+        });
+        if server.values.len() != init.len() || server.ranges.len() != ranges.len() {
+            return Err(Error::Transport(format!(
+                "parameter server holds {} values in {} shards, worker {me} asked for {} values in {shards}",
+                server.values.len(),
+                server.ranges.len(),
+                init.len()
+            )));
+        }
+        self.shared.after_change(&mut st, &[]);
+        Ok(())
+    }
+
+    fn server_pull(&mut self, buf: &mut [f32]) -> Result<u64> {
+        let me = self.me();
+        let st = self.state()?;
+        let mut st = self.shared.wait_turn(st, me)?;
+        let server = self.server_of(&mut st, buf.len())?;
+        buf.copy_from_slice(&server.values);
+        let version = server.version;
+        let ranges = server.ranges.clone();
+        let cost = self.server_cost(&ranges, true);
+        self.advance(&mut st, "pull", cost, 0, 4 * buf.len() as u64);
+        Ok(version)
+    }
+
+    fn server_push(&mut self, delta: &[f32]) -> Result<()> {
+        let me = self.me();
+        let st = self.state()?;
+        let mut st = self.shared.wait_turn(st, me)?;
+        let server = self.server_of(&mut st, delta.len())?;
+        server
+            .values
+            .iter_mut()
+            .zip(delta)
+            .for_each(|(v, d)| *v += *d);
+        server.version += 1;
+        let ranges = server.ranges.clone();
+        let cost = self.server_cost(&ranges, false);
+        self.advance(&mut st, "push", cost, 4 * delta.len() as u64, 0);
+        Ok(())
+    }
+
+    fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {
+        // Like test_recv: what has arrived by now depends on every earlier sender.
+        let me = self.me();
+        let st = self.state()?;
+        let st = self.shared.wait_turn(st, me)?;
+        let now = st.clock[me];
+        Ok(st.mailboxes[me]
+            .iter()
+            .filter(|m| m.group == self.group && m.tag == tag && m.arrival <= now)
+            .min_by(|a, b| a.arrival.total_cmp(&b.arrival).then(a.src.cmp(&b.src)))
+            .map(|m| (m.src, m.data.len())))
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        let me = self.me();
+        let mut st = self.state()?;
+        let dt = self.shared.cluster.poll_interval_us * 1e-6;
+        st.clock[me] += dt;
+        st.totals[me].blocked_seconds += dt;
+        self.shared.after_change(&mut st, &[]);
+        Ok(())
+    }
+}
+
+impl SimComm {
+    fn server_of<'a>(&self, st: &'a mut State, len: usize) -> Result<&'a mut Server> {
+        let me = self.me();
+        let server = st.server.as_mut().ok_or_else(|| {
+            Error::Transport("the parameter server is used before server_init".into())
+        })?;
+        if server.values.len() != len {
+            return Err(Error::Transport(format!(
+                "parameter server holds {} values, worker {me} used {len}",
+                server.values.len()
+            )));
+        }
+        Ok(server)
+    }
+
+    /// Virtual seconds of a parameter-server operation over `ranges`: every shard's bytes
+    /// cross the link to its server's node (one after the other through the worker's NIC),
+    /// plus the latency of the farthest shard, twice for a pull (request, then reply).
+    fn server_cost(&self, ranges: &[std::ops::Range<usize>], round_trip: bool) -> f64 {
+        if self.diagnostic {
+            return 0.0;
+        }
+        let cluster = &self.shared.cluster;
+        let n = self.shared.n;
+        let nodes = cluster.node_count(n);
+        let me = self.me();
+        let mut latency: f64 = 0.0;
+        let mut transfer = 0.0;
+        for (s, r) in ranges.iter().enumerate() {
+            let host = (s % nodes) * cluster.workers_per_node;
+            let link = cluster.link(me, host.min(n - 1));
+            latency = latency.max(link.alpha());
+            transfer += 4.0 * r.len() as f64 * link.beta();
+        }
+        transfer + if round_trip { 2.0 } else { 1.0 } * latency
+    }
+
+    /// Charges `cost` virtual seconds of communication and the traffic of one operation.
+    fn advance(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        what: &'static str,
+        cost: f64,
+        sent: u64,
+        received: u64,
+    ) {
+        let me = self.me();
+        let now = st.clock[me];
+        st.clock[me] = now + cost;
+        let t = &mut st.totals[me];
+        t.communicate_seconds += cost;
+        t.bytes_sent += sent;
+        t.bytes_received += received;
+        t.operations += 1;
+        if cost > 0.0 {
+            st.trace.span(me, what, now, cost);
+        }
+        self.shared.after_change(st, &[]);
     }
 }
 

@@ -248,7 +248,7 @@ fn an_injected_stop_ends_a_synchronous_run_naming_the_worker() {
     let err = run_sim(&config, &c, &softmax(), &mut |_| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains("worker 2 stopped at virtual time"), "{err}");
+    assert!(err.contains("worker 2 stopped at 0.5"), "{err}");
 }
 
 /// A collective whose members disagree on the length fails on every member instead of hanging.

@@ -185,6 +185,7 @@ impl LsgdConfig {
             },
             leader: None,
             local_leader: None,
+            leader_changes: 0,
         }
     }
 }
@@ -209,6 +210,8 @@ pub struct Lsgd {
     anchor_global: Vec<f32>,
     leader: Option<usize>,
     local_leader: Option<usize>,
+    /// Rounds in which the global leader changed (leader churn).
+    leader_changes: u64,
 }
 
 /// One pull round toward `leader` (a rank of the communicator it runs on). `anchor` is the
@@ -244,6 +247,88 @@ impl Lsgd {
     pub fn local_leader(&self) -> Option<usize> {
         self.local_leader
     }
+
+    /// Steps of one worker between two global rounds, as a multiple of τ (multi-leader).
+    pub(crate) fn global_every(&self) -> u64 {
+        if self.multi {
+            (self.tau_global / self.tau).max(1)
+        } else {
+            1
+        }
+    }
+
+    pub(crate) fn tau(&self) -> u64 {
+        self.tau
+    }
+
+    /// The proximal variant's pulls toward the last leader vectors, after every local step.
+    pub(crate) fn proximal_pulls(&self, params: &mut [f32]) {
+        if self.prox > 0.0 {
+            kernels::mix(params, &self.anchor, self.prox / self.tau as f32);
+        }
+        if self.prox_global > 0.0 {
+            kernels::mix(
+                params,
+                &self.anchor_global,
+                self.prox_global / self.tau_global as f32,
+            );
+        }
+    }
+
+    /// One leader round (collective): gather every worker's `metric`, pull toward the local
+    /// leader (multi-leader), then toward the global leader when `global` (always with a
+    /// single group).
+    pub(crate) fn leader_round(
+        &mut self,
+        comm: &mut dyn Communicator,
+        params: &mut [f32],
+        metric: f64,
+        global: bool,
+    ) -> Result<()> {
+        let metrics = comm.gather_scalar(metric)?;
+        let n = metrics.len();
+        let previous = self.leader;
+        if self.multi {
+            let rank = comm.rank();
+            let first = rank / self.group_size * self.group_size;
+            let group = self.group.as_mut().expect("setup creates the group");
+            self.local_leader = elect(&metrics, first..first + self.group_size);
+            if let Some(local) = self.local_leader {
+                let pull = Pull {
+                    leader: local - first,
+                    strength: self.lambda,
+                    anchor: &mut self.anchor,
+                };
+                pull.run(group.as_mut(), params, &mut self.staging)?;
+            }
+            if global {
+                self.leader = elect(&metrics, 0..n);
+                if let Some(global) = self.leader {
+                    let pull = Pull {
+                        leader: global,
+                        strength: self.lambda_global,
+                        anchor: &mut self.anchor_global,
+                    };
+                    pull.run(comm, params, &mut self.staging)?;
+                }
+            }
+        } else {
+            self.leader = elect(&metrics, 0..n);
+            self.local_leader = self.leader;
+            if let Some(leader) = self.leader {
+                let pull = Pull {
+                    leader,
+                    strength: self.lambda,
+                    anchor: &mut self.anchor,
+                };
+                pull.run(comm, params, &mut self.staging)?;
+            }
+        }
+        if previous.is_some() && self.leader != previous {
+            self.leader_changes += 1;
+        }
+        Ok(())
+    }
 }
 
 impl Algorithm for Lsgd {
@@ -263,63 +348,21 @@ impl Algorithm for Lsgd {
     }
 
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        if self.prox > 0.0 {
-            kernels::mix(ctx.params, &self.anchor, self.prox / self.tau as f32);
-        }
-        if self.prox_global > 0.0 {
-            kernels::mix(
-                ctx.params,
-                &self.anchor_global,
-                self.prox_global / self.tau_global as f32,
-            );
-        }
+        self.proximal_pulls(ctx.params);
         let done = ctx.step + 1;
         if !done.is_multiple_of(self.tau) {
             return Ok(());
         }
-        let metrics = ctx.comm.gather_scalar(ctx.metric)?;
-        let n = metrics.len();
-        if self.multi {
-            let rank = ctx.comm.rank();
-            let first = rank / self.group_size * self.group_size;
-            let group = self.group.as_mut().expect("setup creates the group");
-            self.local_leader = elect(&metrics, first..first + self.group_size);
-            if let Some(local) = self.local_leader {
-                let pull = Pull {
-                    leader: local - first,
-                    strength: self.lambda,
-                    anchor: &mut self.anchor,
-                };
-                pull.run(group.as_mut(), ctx.params, &mut self.staging)?;
-            }
-            if done.is_multiple_of(self.tau_global) {
-                self.leader = elect(&metrics, 0..n);
-                if let Some(global) = self.leader {
-                    let pull = Pull {
-                        leader: global,
-                        strength: self.lambda_global,
-                        anchor: &mut self.anchor_global,
-                    };
-                    pull.run(ctx.comm, ctx.params, &mut self.staging)?;
-                }
-            }
-        } else {
-            self.leader = elect(&metrics, 0..n);
-            self.local_leader = self.leader;
-            if let Some(leader) = self.leader {
-                let pull = Pull {
-                    leader,
-                    strength: self.lambda,
-                    anchor: &mut self.anchor,
-                };
-                pull.run(ctx.comm, ctx.params, &mut self.staging)?;
-            }
-        }
-        Ok(())
+        let global = done.is_multiple_of(self.tau_global);
+        self.leader_round(ctx.comm, ctx.params, ctx.metric, global)
     }
 
     fn leader(&self) -> Option<usize> {
         self.leader
+    }
+
+    fn leader_changes(&self) -> Option<u64> {
+        Some(self.leader_changes)
     }
 }
 

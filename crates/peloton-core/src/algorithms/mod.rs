@@ -20,8 +20,12 @@
 //! Algorithms talk only through `&mut dyn Communicator`, so one implementation runs on every
 //! transport.
 
+pub mod adpsgd;
 pub mod aldsgd;
 pub mod all_reduce;
+pub mod async_easgd;
+pub mod async_lsgd;
+pub mod asynchronous;
 pub mod dpsgd;
 pub mod easgd;
 pub mod gossip;
@@ -40,8 +44,11 @@ use crate::optim::OptimizerConfig;
 use crate::transport::Communicator;
 use crate::Result;
 
+pub use adpsgd::AdPsgdConfig;
 pub use aldsgd::AlDsgdConfig;
 pub use all_reduce::AllReduceConfig;
+pub use async_easgd::AsyncEasgdConfig;
+pub use async_lsgd::AsyncLsgdConfig;
 pub use dpsgd::DpsgdConfig;
 pub use easgd::EasgdConfig;
 pub use gossip::LinkStats;
@@ -112,6 +119,46 @@ pub trait Algorithm: Send {
     fn center(&self) -> Option<&[f32]> {
         None
     }
+    /// How many times the (global) leader changed so far, for leader-based algorithms.
+    fn leader_changes(&self) -> Option<u64> {
+        None
+    }
+
+    // ---- Asynchronous algorithms (see [`asynchronous`]) -----------------------------------
+
+    /// `Some` for asynchronous algorithms: the runner hands out work through a global work
+    /// counter instead of a per-worker step count, and never synchronizes the workers itself.
+    fn schedule(&self) -> Option<AsyncSchedule> {
+        None
+    }
+    /// Collective round `index` of an asynchronous algorithm with rounds; `metric` is this
+    /// worker's leader metric. Every worker takes part in every round.
+    fn round(
+        &mut self,
+        _comm: &mut dyn Communicator,
+        _params: &mut [f32],
+        _index: u64,
+        _metric: f64,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Called once after the worker's last step, before it leaves (asynchronous algorithms:
+    /// a passive AD-PSGD worker keeps answering its peers until every worker is done).
+    fn finish(&mut self, _comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    /// Staleness of the models pulled or averaged since the previous call, in this worker's
+    /// steps: (mean, max); `None` when nothing was received.
+    fn staleness(&mut self) -> Option<(f64, u64)> {
+        None
+    }
+}
+
+/// How the runner schedules an asynchronous algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsyncSchedule {
+    /// τ of algorithms with collective rounds: a round after every N·τ steps of the whole run.
+    pub round_tau: Option<u64>,
 }
 
 /// Every algorithm, selected by `name` in a config file.
@@ -145,6 +192,15 @@ pub enum AlgorithmConfig {
     /// Slow momentum over local SGD or SGP.
     #[serde(rename = "slowmo")]
     SlowMo(SlowMoConfig),
+    /// Asynchronous Leader SGD: leader rounds every N·τ steps of total work.
+    AsyncLsgd(AsyncLsgdConfig),
+    /// Asynchronous EASGD with a (sharded) parameter server holding the center.
+    AsyncEasgd(AsyncEasgdConfig),
+    /// Asynchronous EASGD with a Nesterov-momentum local optimizer.
+    AsyncEamsgd(AsyncEasgdConfig),
+    /// Asynchronous decentralized SGD: atomic pairwise averaging with a random neighbour.
+    #[serde(rename = "ad-psgd")]
+    AdPsgd(AdPsgdConfig),
 }
 
 impl Default for AlgorithmConfig {
@@ -169,7 +225,22 @@ impl AlgorithmConfig {
             AlgorithmConfig::AlDsgd(_) => "al-dsgd",
             AlgorithmConfig::LayeredSgd(_) => "layered-sgd",
             AlgorithmConfig::SlowMo(_) => "slowmo",
+            AlgorithmConfig::AsyncLsgd(_) => "async-lsgd",
+            AlgorithmConfig::AsyncEasgd(_) => "async-easgd",
+            AlgorithmConfig::AsyncEamsgd(_) => "async-eamsgd",
+            AlgorithmConfig::AdPsgd(_) => "ad-psgd",
         }
+    }
+
+    /// True for asynchronous algorithms (no per-step synchronization; see [`asynchronous`]).
+    pub fn is_async(&self) -> bool {
+        matches!(
+            self,
+            AlgorithmConfig::AsyncLsgd(_)
+                | AlgorithmConfig::AsyncEasgd(_)
+                | AlgorithmConfig::AsyncEamsgd(_)
+                | AlgorithmConfig::AdPsgd(_)
+        )
     }
 
     /// Every algorithm name with a one-line description and its keys, for `peloton list`.
@@ -187,6 +258,10 @@ impl AlgorithmConfig {
             ("al-dsgd", "adjacent-leader decentralized SGD on dynamic (rotated) graphs", "schedule, c1, c2, p1, p2, period"),
             ("layered-sgd", "gradients reduced inside nodes, all-reduced among node communicators", "group_size"),
             ("slowmo", "slow momentum every `frequency` steps over local SGD or SGP", "base, local_period, schedule, frequency, slow_lr, slow_momentum, sharded"),
+            ("async-lsgd", "asynchronous Leader SGD: leader rounds every N·tau steps of total work, fast workers step more", "tau, lambda, group_size, tau_global, lambda_global"),
+            ("async-easgd", "asynchronous EASGD: every tau own steps pull the center from a sharded parameter server, push the elastic difference", "tau, alpha | beta, servers"),
+            ("async-eamsgd", "asynchronous EASGD with a Nesterov-momentum local optimizer", "tau, alpha | beta, servers"),
+            ("ad-psgd", "asynchronous decentralized SGD: each step, average atomically with a random neighbour of a bipartite graph", "graph"),
         ]
     }
 
@@ -211,12 +286,28 @@ impl AlgorithmConfig {
             AlgorithmConfig::AlDsgd(c) => c.validate(workers, seed),
             AlgorithmConfig::LayeredSgd(c) => c.validate(workers),
             AlgorithmConfig::SlowMo(c) => c.validate(workers, seed),
+            AlgorithmConfig::AsyncLsgd(c) => c.validate(workers),
+            AlgorithmConfig::AsyncEasgd(c) => c.validate(workers),
+            AlgorithmConfig::AsyncEamsgd(c) => {
+                crate::ensure_config!(
+                    optimizer.momentum > 0.0 && optimizer.nesterov,
+                    "async-eamsgd needs a Nesterov-momentum local optimizer: set optimizer.momentum > 0 (the paper uses 0.99) and optimizer.nesterov = true"
+                );
+                c.validate(workers)
+            }
+            AlgorithmConfig::AdPsgd(c) => c.validate(workers),
         }
     }
 
     /// True when the algorithm keeps a center variable (evaluation model "center").
     pub fn has_center(&self) -> bool {
-        matches!(self, AlgorithmConfig::Easgd(_) | AlgorithmConfig::Eamsgd(_))
+        matches!(
+            self,
+            AlgorithmConfig::Easgd(_)
+                | AlgorithmConfig::Eamsgd(_)
+                | AlgorithmConfig::AsyncEasgd(_)
+                | AlgorithmConfig::AsyncEamsgd(_)
+        )
     }
 
     /// Builds one worker's algorithm state for a world of `workers` and `len` parameters;
@@ -236,6 +327,11 @@ impl AlgorithmConfig {
             AlgorithmConfig::AlDsgd(c) => Box::new(c.init(workers, len, seed)?),
             AlgorithmConfig::LayeredSgd(c) => Box::new(c.init(workers)),
             AlgorithmConfig::SlowMo(c) => Box::new(c.init(workers, len, seed)?),
+            AlgorithmConfig::AsyncLsgd(c) => Box::new(c.init(workers, len)),
+            AlgorithmConfig::AsyncEasgd(c) | AlgorithmConfig::AsyncEamsgd(c) => {
+                Box::new(c.init(workers, len))
+            }
+            AlgorithmConfig::AdPsgd(c) => Box::new(c.init(workers, len, seed)?),
         })
     }
 }
@@ -260,6 +356,10 @@ mod tests {
             AlgorithmConfig::AlDsgd(Default::default()),
             AlgorithmConfig::LayeredSgd(Default::default()),
             AlgorithmConfig::SlowMo(Default::default()),
+            AlgorithmConfig::AsyncLsgd(Default::default()),
+            AlgorithmConfig::AsyncEasgd(Default::default()),
+            AlgorithmConfig::AsyncEamsgd(Default::default()),
+            AlgorithmConfig::AdPsgd(Default::default()),
         ] {
             assert!(
                 names.contains(&cfg.name()),

@@ -137,17 +137,6 @@ impl SgpConfig {
     }
 }
 
-/// Stores an f64 bit-exactly in two f32 slots (copies preserve every bit pattern).
-fn encode_weight(w: f64, slots: &mut [f32]) {
-    let bits = w.to_bits();
-    slots[0] = f32::from_bits((bits >> 32) as u32);
-    slots[1] = f32::from_bits(bits as u32);
-}
-
-fn decode_weight(slots: &[f32]) -> f64 {
-    f64::from_bits(((slots[0].to_bits() as u64) << 32) | slots[1].to_bits() as u64)
-}
-
 /// One worker's SGP state.
 pub struct Sgp {
     schedule: Schedule,
@@ -207,7 +196,7 @@ impl Sgp {
             let (values, slots) = self.outgoing.split_at_mut(d);
             values.copy_from_slice(params);
             kernels::scale(values, share as f32);
-            encode_weight(self.weight * share, slots);
+            super::asynchronous::encode_f64(self.weight * share, slots);
             self.sends
                 .push(comm.isend(peer, TAG_PUSH_SUM, &self.outgoing)?);
             self.links.sent_to(peer, d + 2);
@@ -225,7 +214,7 @@ impl Sgp {
     fn fold(&mut self, params: &mut [f32]) {
         let d = params.len();
         kernels::axpy(params, 1.0, &self.incoming[..d]);
-        self.weight += decode_weight(&self.incoming[d..]);
+        self.weight += super::asynchronous::decode_f64(&self.incoming[d..]);
     }
 
     fn complete_sends(&mut self, comm: &mut dyn Communicator) -> Result<()> {

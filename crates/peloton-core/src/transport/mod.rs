@@ -142,6 +142,166 @@ pub trait Communicator: Send {
     /// While on, operations are measurements outside the algorithm (consensus distance,
     /// evaluation models, budget checks): the simulator lets them take no virtual time.
     fn set_diagnostic(&mut self, _on: bool) {}
+
+    // ---- Asynchronous coordination -------------------------------------------------------
+    //
+    // Asynchronous algorithms never wait for the whole group. They coordinate through three
+    // world-wide services, each a small protocol an MPI transport implements with a server
+    // rank and point-to-point messages: shared counters (global work, stop requests), a
+    // parameter server holding a vector sharded over S servers (EASGD's center), and
+    // any-source polling for requests from peers (AD-PSGD). Transports without them return
+    // an error naming the operation. Operations on the world's services are called on the
+    // world communicator.
+
+    /// Applies `op` to the world-wide counter `id` (`0..COUNTERS`) atomically with respect to
+    /// every other counter operation and returns the value it held before. Counters start at
+    /// 0. The simulator orders counter operations by virtual time (then rank).
+    fn counter(&mut self, _id: usize, _op: CounterOp) -> Result<u64> {
+        Err(unsupported("shared counters"))
+    }
+
+    /// Creates the world's parameter server: a vector of `init.len()` values split into
+    /// `shards` contiguous shards (⌊d/S⌋ each, the last one takes the remainder), starting at
+    /// `init`. Every worker calls it with the same length and shard count; the first call
+    /// initializes the values (the author's EASGD: the first client initializes the server),
+    /// later calls only check the shape.
+    fn server_init(&mut self, _init: &[f32], _shards: usize) -> Result<()> {
+        Err(unsupported("a parameter server"))
+    }
+
+    /// Reads the parameter server's vector into `buf` and returns its version: the number of
+    /// pushes applied so far. Shards are read one after the other, each atomically.
+    fn server_pull(&mut self, _buf: &mut [f32]) -> Result<u64> {
+        Err(unsupported("a parameter server"))
+    }
+
+    /// Adds `delta` to the parameter server's vector, shard by shard, each atomically, so no
+    /// update is ever lost.
+    fn server_push(&mut self, _delta: &[f32]) -> Result<()> {
+        Err(unsupported("a parameter server"))
+    }
+
+    /// Non-blocking any-source probe: the (group rank of the sender, length) of the oldest
+    /// message with `tag` that has arrived for this worker, without receiving it.
+    fn probe_any(&mut self, _tag: Tag) -> Result<Option<(usize, usize)>> {
+        Err(unsupported("any-source polling"))
+    }
+
+    /// Nothing to do until a peer acts: lets a little time pass (the simulator advances this
+    /// worker's clock by its poll interval; real transports yield the CPU briefly). Called by
+    /// polling loops so that they make progress in virtual time.
+    fn pause(&mut self) -> Result<()> {
+        std::thread::yield_now();
+        Ok(())
+    }
+}
+
+/// Number of shared counters every transport provides ([`Communicator::counter`]).
+pub const COUNTERS: usize = 8;
+
+/// An atomic operation on a shared counter ([`Communicator::counter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterOp {
+    /// Reads the value.
+    Get,
+    /// Adds to the value.
+    Add(u64),
+    /// Lowers the value to `v` where `v` is smaller; a counter holding 0 is unset and takes
+    /// `v`. (Used for "stop at round r" requests: the earliest request wins.)
+    SetMin(u64),
+}
+
+impl CounterOp {
+    /// The counter's new value after applying this operation to `old`.
+    pub fn apply(self, old: u64) -> u64 {
+        match self {
+            CounterOp::Get => old,
+            CounterOp::Add(v) => old.wrapping_add(v),
+            CounterOp::SetMin(v) if old == 0 => v,
+            CounterOp::SetMin(v) => old.min(v),
+        }
+    }
+}
+
+/// Checks a counter id (every transport's check).
+pub fn check_counter(id: usize) -> Result<()> {
+    if id >= COUNTERS {
+        return Err(Error::Transport(format!(
+            "counter {id} does not exist: transports provide counters 0..{COUNTERS}"
+        )));
+    }
+    Ok(())
+}
+
+/// The contiguous shard ranges of a parameter-server vector of `len` values over `shards`
+/// servers: ⌊len/S⌋ values each, the last shard takes the remainder (the author's layout).
+pub fn shard_ranges(len: usize, shards: usize) -> Vec<std::ops::Range<usize>> {
+    let shards = shards.clamp(1, len.max(1));
+    let each = len / shards;
+    (0..shards)
+        .map(|s| {
+            let start = s * each;
+            let end = if s + 1 == shards { len } else { start + each };
+            start..end
+        })
+        .collect()
+}
+
+/// A worker slowed down or stopped on purpose (fault injection). On the simulator `at` is
+/// virtual seconds; on threads it is wall-clock seconds since the worker started.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub worker: usize,
+    /// Seconds after which the fault applies.
+    #[serde(default)]
+    pub at: f64,
+    pub kind: FaultKind,
+    /// Slowdown factor of a `slow` fault.
+    #[serde(default = "one")]
+    pub factor: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Fault {
+    /// Checks the fault against a world of `workers`.
+    pub fn validate(&self, workers: usize) -> Result<()> {
+        crate::ensure_config!(
+            self.worker < workers,
+            "fault for worker {} but the run has {workers} workers",
+            self.worker
+        );
+        crate::ensure_config!(
+            self.at.is_finite() && self.at >= 0.0,
+            "fault time must be a non-negative number of seconds, got {}",
+            self.at
+        );
+        crate::ensure_config!(
+            self.factor.is_finite() && self.factor >= 1.0,
+            "a slow fault's factor must be at least 1, got {}",
+            self.factor
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Every later step of the worker takes `factor` times longer.
+    Slow,
+    /// The worker stops: its next step fails with [`Error::Stopped`]. A synchronous run ends
+    /// with a message naming the worker; asynchronous algorithms go on without it.
+    Stop,
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::Transport(format!(
+        "this transport does not provide {what} (needed by asynchronous algorithms)"
+    ))
 }
 
 /// Checks that a rank names a member of a group of `size` (every transport's check).

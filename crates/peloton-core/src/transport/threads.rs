@@ -13,11 +13,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{
-    check_rank, check_request_len, CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag,
+    check_counter, check_rank, check_request_len, shard_ranges, CommStats, Communicator, CounterOp,
+    Fault, FaultKind, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
 };
 use crate::{Error, Result};
 
@@ -34,8 +36,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Creates the communicators of a world of `n` workers; give one to each worker thread.
 pub fn world(n: usize) -> Vec<ThreadComm> {
+    world_with_faults(n, &[])
+}
+
+/// Like [`world`], with injected faults: `slow` makes a worker's steps `factor` times longer
+/// (it sleeps after each step), `stop` makes its next step fail with [`Error::Stopped`]. Times
+/// are wall-clock seconds since the world was created.
+pub fn world_with_faults(n: usize, faults: &[Fault]) -> Vec<ThreadComm> {
     assert!(n > 0, "a world needs at least one worker");
     let world = Arc::new(World {
+        counters: Mutex::new([0; COUNTERS]),
+        server: OnceLock::new(),
+        faults: faults.to_vec(),
+        started: Instant::now(),
         size: n,
         aborted: AtomicBool::new(false),
         abort_reason: Mutex::new(None),
@@ -56,8 +69,18 @@ pub fn world(n: usize) -> Vec<ThreadComm> {
             stats: Arc::new(Counters::default()),
             next_request: 0,
             is_world: true,
+            last_step_end: None,
         })
         .collect()
+}
+
+/// The parameter server of the threads transport: S shards in shared memory, each behind its
+/// own lock, so pushes to different shards proceed in parallel and none is ever lost.
+struct Server {
+    ranges: Vec<std::ops::Range<usize>>,
+    shards: Vec<Mutex<Vec<f32>>>,
+    /// Pushes applied so far.
+    version: AtomicU64,
 }
 
 /// (parent group id, split sequence number in the parent, color).
@@ -65,6 +88,10 @@ type SplitKey = (u64, u64, usize);
 
 struct World {
     size: usize,
+    counters: Mutex<[u64; COUNTERS]>,
+    server: OnceLock<Server>,
+    faults: Vec<Fault>,
+    started: Instant,
     aborted: AtomicBool,
     abort_reason: Mutex<Option<(usize, String)>>,
     /// Set when a worker's world communicator is dropped (the worker finished or died).
@@ -208,6 +235,8 @@ pub struct ThreadComm {
     stats: Arc<Counters>,
     next_request: u64,
     is_world: bool,
+    /// When the previous step's compute was charged (for `slow` faults).
+    last_step_end: Option<Instant>,
 }
 
 impl Drop for ThreadComm {
@@ -576,6 +605,7 @@ impl Communicator for ThreadComm {
             stats: self.stats.clone(),
             next_request: 0,
             is_world: false,
+            last_step_end: None,
         }))
     }
 
@@ -590,6 +620,130 @@ impl Communicator for ThreadComm {
             operations: self.stats.operations.load(Ordering::Relaxed),
         }
     }
+
+    fn compute(&mut self, _step: u64) -> Result<()> {
+        let me = self.world_rank;
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.world.started).as_secs_f64();
+        let mut factor = 1.0;
+        for fault in self
+            .world
+            .faults
+            .iter()
+            .filter(|f| f.worker == me && elapsed >= f.at)
+        {
+            match fault.kind {
+                FaultKind::Slow => factor *= fault.factor,
+                FaultKind::Stop => {
+                    return Err(Error::Stopped {
+                        worker: me,
+                        at: elapsed,
+                    })
+                }
+            }
+        }
+        if factor > 1.0 {
+            // Stretch the time since the previous step (its gradient, optimizer and
+            // communication) by the factor: the worker behaves like a slower machine.
+            if let Some(previous) = self.last_step_end {
+                std::thread::sleep(now.duration_since(previous).mul_f64(factor - 1.0));
+            }
+        }
+        self.last_step_end = Some(Instant::now());
+        Ok(())
+    }
+
+    fn counter(&mut self, id: usize, op: CounterOp) -> Result<u64> {
+        check_counter(id)?;
+        let mut counters = lock(&self.world.counters);
+        let old = counters[id];
+        counters[id] = op.apply(old);
+        self.stats.add(8, 8);
+        Ok(old)
+    }
+
+    fn server_init(&mut self, init: &[f32], shards: usize) -> Result<()> {
+        let server = self.world.server.get_or_init(|| {
+            let ranges = shard_ranges(init.len(), shards);
+            Server {
+                shards: ranges
+                    .iter()
+                    .map(|r| Mutex::new(init[r.clone()].to_vec()))
+                    .collect(),
+                ranges,
+                version: AtomicU64::new(0),
+            }
+        });
+        let len = server.ranges.last().map_or(0, |r| r.end);
+        if len != init.len() || server.ranges.len() != shard_ranges(init.len(), shards).len() {
+            return Err(Error::Transport(format!(
+                "parameter server holds {len} values in {} shards, worker {} asked for {} values in {shards}",
+                server.ranges.len(),
+                self.world_rank,
+                init.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn server_pull(&mut self, buf: &mut [f32]) -> Result<u64> {
+        let server = self.server(buf.len())?;
+        let version = server.version.load(Ordering::SeqCst);
+        for (range, shard) in server.ranges.iter().zip(&server.shards) {
+            buf[range.clone()].copy_from_slice(&lock(shard));
+        }
+        self.stats.add(0, 4 * buf.len() as u64);
+        Ok(version)
+    }
+
+    fn server_push(&mut self, delta: &[f32]) -> Result<()> {
+        let server = self.server(delta.len())?;
+        for (range, shard) in server.ranges.iter().zip(&server.shards) {
+            let mut values = lock(shard);
+            values
+                .iter_mut()
+                .zip(&delta[range.clone()])
+                .for_each(|(v, d)| *v += *d);
+        }
+        server.version.fetch_add(1, Ordering::SeqCst);
+        self.stats.add(4 * delta.len() as u64, 0);
+        Ok(())
+    }
+
+    fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {
+        if self.world.aborted.load(Ordering::SeqCst) {
+            return Err(self.world.abort_error());
+        }
+        let queue = lock(&self.world.mailboxes[self.world_rank].queue);
+        Ok(queue
+            .iter()
+            .find(|m| m.group == self.group.id && m.tag == tag)
+            .map(|m| (m.src, m.data.len())))
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        if self.world.aborted.load(Ordering::SeqCst) {
+            return Err(self.world.abort_error());
+        }
+        std::thread::sleep(Duration::from_micros(50));
+        Ok(())
+    }
+}
+
+impl ThreadComm {
+    fn server(&self, len: usize) -> Result<&Server> {
+        let server = self.world.server.get().ok_or_else(|| {
+            Error::Transport("the parameter server is used before server_init".into())
+        })?;
+        let have = server.ranges.last().map_or(0, |r| r.end);
+        if have != len {
+            return Err(Error::Transport(format!(
+                "parameter server holds {have} values, worker {} used {len}",
+                self.world_rank
+            )));
+        }
+        Ok(server)
+    }
 }
 
 /// Runs `f(comm)` on `n` worker threads and returns their results in rank order. A panic in
@@ -601,6 +755,15 @@ where
     F: Fn(&mut ThreadComm) -> Result<T> + Sync,
 {
     super::spawn_workers(world(n), f)
+}
+
+/// [`run_workers`] with injected faults (see [`world_with_faults`]).
+pub fn run_workers_with_faults<T, F>(n: usize, faults: &[Fault], f: F) -> Vec<Result<T>>
+where
+    T: Send,
+    F: Fn(&mut ThreadComm) -> Result<T> + Sync,
+{
+    super::spawn_workers(world_with_faults(n, faults), f)
 }
 
 pub use super::panic_message;

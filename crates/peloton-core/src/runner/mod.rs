@@ -6,6 +6,8 @@
 //! deterministic order (by step, then evaluations, then worker records by rank), so that the
 //! same config and seed produce the same metrics file, wall-clock fields aside.
 
+mod asynchronous;
+
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -152,6 +154,18 @@ pub struct WorkerRecord {
     pub bytes_received: u64,
     /// Wall-clock seconds since training started.
     pub seconds: f64,
+    /// Asynchronous algorithms: local steps of the whole run handed out so far.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub work: Option<u64>,
+    /// Asynchronous algorithms: mean and max staleness of the models this worker pulled or
+    /// averaged with since the previous record (see each algorithm for its unit).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub staleness: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub staleness_max: Option<u64>,
+    /// Leader-based algorithms: rounds so far in which the global leader changed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub leader_changes: Option<u64>,
 }
 
 /// Point-to-point traffic between a worker and one peer over the whole run.
@@ -205,6 +219,13 @@ pub struct WorkerOutcome {
     pub center: Option<Vec<f32>>,
     pub steps: u64,
     pub seconds: f64,
+    /// The leader metric at the end (mean of the last K losses).
+    pub metric: f64,
+    /// The model state averaged before evaluations (BatchNorm statistics), at the end.
+    pub shared_state: Vec<f32>,
+    /// When an injected fault stopped this worker (asynchronous algorithms go on without it).
+    pub stopped_at: Option<f64>,
+    pub leader_changes: Option<u64>,
 }
 
 /// The results of a whole run.
@@ -226,67 +247,30 @@ pub fn run_worker(
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
 ) -> Result<WorkerOutcome> {
+    let Prepared {
+        mut learner,
+        mut params,
+        mut algorithm,
+        total_steps,
+        state_len,
+        mut shared_state,
+        mut diag,
+    } = prepare(comm, factory, config, emit)?;
+    if let Some(schedule) = algorithm.schedule() {
+        let prepared = Prepared {
+            learner,
+            params,
+            algorithm,
+            total_steps,
+            state_len,
+            shared_state,
+            diag,
+        };
+        return asynchronous::run_async_worker(comm, config, emit, prepared, schedule);
+    }
     let rank = comm.rank();
     let n = comm.size();
-    let mut learner = factory.build(LearnerContext {
-        rank,
-        workers: n,
-        seed: config.seed,
-    })?;
-    let len = learner.layout().len();
-    let mut diag = DiagnosticTraffic::default();
-
-    // Ranks agree on the model before anything else moves.
-    let fingerprint = learner.layout().fingerprint();
-    diag.run(comm, |c| {
-        c.agree("the model size (parameter count)", len as u64)?;
-        c.agree("the model layout (tensor names and shapes)", fingerprint)
-    })?;
-
-    let state_len = learner.shared_state_len();
-    diag.run(comm, |c| {
-        c.agree(
-            "the size of the averaged model state (BatchNorm statistics)",
-            state_len as u64,
-        )
-    })?;
-    let mut shared_state = vec![0.0f32; state_len];
-
-    let mut params = vec![0.0f32; len];
-    learner.init_params(&mut params);
-    if config.sync_init {
-        comm.broadcast(&mut params, 0)?;
-    }
-    let mut algorithm = config.algorithm.init(n, len, config.seed)?;
-    algorithm.setup(comm, &mut params)?;
-
-    let total_steps = match (config.steps, config.epochs) {
-        (steps, None) => steps,
-        (steps, Some(epochs)) => {
-            let per_epoch = learner.steps_per_epoch().ok_or_else(|| {
-                Error::Config(
-                    "an epochs budget needs a problem with a finite dataset; give steps instead"
-                        .into(),
-                )
-            })?;
-            // Shards may differ by a sample: every worker must run the same number of steps.
-            let fewest = diag.run(comm, |c| {
-                Ok(c.gather_scalar(per_epoch as f64)?
-                    .into_iter()
-                    .fold(f64::INFINITY, f64::min))
-            })?;
-            let from_epochs = (epochs * fewest).ceil().max(1.0) as u64;
-            Some(steps.map_or(from_epochs, |s| s.min(from_epochs)))
-        }
-    };
-    if rank == 0 {
-        emit(Event::Started {
-            workers: n,
-            params: len,
-            steps: total_steps,
-        });
-    }
-
+    let len = params.len();
     let mut grad = vec![0.0f32; len];
     let mut scratch = vec![0.0f32; len];
     let mut optimizer = config.optimizer.init(learner.layout());
@@ -305,8 +289,10 @@ pub fn run_worker(
         }
         let lr = config.optimizer.lr_at(step, clock(comm));
         algorithm.before_compute(comm, &mut params, step)?;
-        let loss = learner.loss_and_grad(&params, &mut grad)?;
+        // Charged before the real work: the simulator then knows this worker's next virtual
+        // time while the gradient is being computed, so other workers need not wait for it.
         comm.compute(step)?;
+        let loss = learner.loss_and_grad(&params, &mut grad)?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 worker: rank,
@@ -423,6 +409,10 @@ pub fn run_worker(
             bytes_sent: traffic.bytes_sent,
             bytes_received: traffic.bytes_received,
             seconds,
+            work: None,
+            staleness: None,
+            staleness_max: None,
+            leader_changes: algorithm.leader_changes(),
         }));
         interval_sum = 0.0;
         interval_count = 0;
@@ -440,6 +430,101 @@ pub fn run_worker(
         final_evals,
         steps: step,
         seconds: clock(comm),
+        metric: window.mean(),
+        shared_state,
+        stopped_at: None,
+        leader_changes: algorithm.leader_changes(),
+    })
+}
+
+/// One worker's state after the collective preparation shared by every algorithm.
+struct Prepared {
+    learner: Box<dyn crate::learner::Learner>,
+    params: Vec<f32>,
+    algorithm: Box<dyn crate::algorithms::Algorithm>,
+    total_steps: Option<u64>,
+    state_len: usize,
+    shared_state: Vec<f32>,
+    diag: DiagnosticTraffic,
+}
+
+/// Builds the learner, agrees on the model, initializes the parameters and the algorithm,
+/// and works out the step budget (collective: every worker calls it).
+fn prepare(
+    comm: &mut dyn Communicator,
+    factory: &dyn LearnerFactory,
+    config: &RunConfig,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<Prepared> {
+    let rank = comm.rank();
+    let n = comm.size();
+    let mut learner = factory.build(LearnerContext {
+        rank,
+        workers: n,
+        seed: config.seed,
+    })?;
+    let len = learner.layout().len();
+    let mut diag = DiagnosticTraffic::default();
+
+    // Ranks agree on the model before anything else moves.
+    let fingerprint = learner.layout().fingerprint();
+    diag.run(comm, |c| {
+        c.agree("the model size (parameter count)", len as u64)?;
+        c.agree("the model layout (tensor names and shapes)", fingerprint)
+    })?;
+
+    let state_len = learner.shared_state_len();
+    diag.run(comm, |c| {
+        c.agree(
+            "the size of the averaged model state (BatchNorm statistics)",
+            state_len as u64,
+        )
+    })?;
+    let shared_state = vec![0.0f32; state_len];
+
+    let mut params = vec![0.0f32; len];
+    learner.init_params(&mut params);
+    if config.sync_init {
+        comm.broadcast(&mut params, 0)?;
+    }
+    let mut algorithm = config.algorithm.init(n, len, config.seed)?;
+    algorithm.setup(comm, &mut params)?;
+
+    let total_steps = match (config.steps, config.epochs) {
+        (steps, None) => steps,
+        (steps, Some(epochs)) => {
+            let per_epoch = learner.steps_per_epoch().ok_or_else(|| {
+                Error::Config(
+                    "an epochs budget needs a problem with a finite dataset; give steps instead"
+                        .into(),
+                )
+            })?;
+            // Shards may differ by a sample: every worker must run the same number of steps.
+            let fewest = diag.run(comm, |c| {
+                Ok(c.gather_scalar(per_epoch as f64)?
+                    .into_iter()
+                    .fold(f64::INFINITY, f64::min))
+            })?;
+            let from_epochs = (epochs * fewest).ceil().max(1.0) as u64;
+            Some(steps.map_or(from_epochs, |s| s.min(from_epochs)))
+        }
+    };
+    if rank == 0 {
+        emit(Event::Started {
+            workers: n,
+            params: len,
+            steps: total_steps,
+        });
+    }
+
+    Ok(Prepared {
+        learner,
+        params,
+        algorithm,
+        total_steps,
+        state_len,
+        shared_state,
+        diag,
     })
 }
 
@@ -555,8 +640,24 @@ pub fn run_threads(
         "the threads transport runs at most {MAX_THREAD_WORKERS} workers, got {}",
         config.workers
     );
+    run_threads_with_faults(config, &[], factory, on_event)
+}
+
+/// [`run_threads`] with injected faults: `slow` workers sleep to take `factor` times longer
+/// per step, `stop` faults end a worker at a wall-clock time (see [`threads::world_with_faults`]).
+pub fn run_threads_with_faults(
+    config: &RunConfig,
+    faults: &[crate::transport::Fault],
+    factory: &dyn LearnerFactory,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<RunReport> {
+    config.validate()?;
+    for f in faults {
+        f.validate(config.workers)
+            .map_err(|e| Error::Config(format!("transport.faults: {e}")))?;
+    }
     run_with(config, factory, on_event, &|work| {
-        threads::run_workers(config.workers, |comm| work(comm))
+        threads::run_workers_with_faults(config.workers, faults, |comm| work(comm))
     })
 }
 
@@ -583,14 +684,22 @@ pub fn run_with(
             let work = |comm: &mut dyn Communicator| run_worker(comm, factory, config, &emit);
             launch(&work)
         });
-        let mut reorder = Reorder {
-            workers: config.workers,
-            pending: BTreeMap::new(),
-        };
-        for event in rx {
-            reorder.push(event, on_event);
+        if config.algorithm.is_async() {
+            let mut order = asynchronous::TimeOrder::new(config.workers);
+            for event in rx {
+                order.push(event, on_event);
+            }
+            order.finish(on_event);
+        } else {
+            let mut reorder = Reorder {
+                workers: config.workers,
+                pending: BTreeMap::new(),
+            };
+            for event in rx {
+                reorder.push(event, on_event);
+            }
+            reorder.finish(on_event);
         }
-        reorder.finish(on_event);
         workers.join()
     });
     let results = results.map_err(|_| Error::Panic {
@@ -608,10 +717,18 @@ pub fn run_with(
     if !errors.is_empty() {
         return Err(root_cause(errors));
     }
-    let final_evals = outcomes
+    let mut final_evals: Vec<EvalRecord> = outcomes
         .iter()
         .flat_map(|o| o.final_evals.clone())
         .collect();
+    if config.algorithm.is_async() {
+        // Asynchronous workers never gather: the runner evaluates the final average, leader
+        // or center model itself.
+        for e in asynchronous::final_evaluations(config, factory, &outcomes)? {
+            on_event(&Event::Eval(e.clone()));
+            final_evals.push(e);
+        }
+    }
     Ok(RunReport {
         steps: outcomes.iter().map(|o| o.steps).max().unwrap_or(0),
         seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),

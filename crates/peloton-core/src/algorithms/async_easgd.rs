@@ -1,0 +1,185 @@
+//! Asynchronous EASGD and EAMSGD (Zhang, Choromanska, LeCun 2015, Algorithms 1 and 2),
+//! ALGORITHMS.md §2.1–2.2, with the center on a parameter server sharded over S servers.
+//!
+//! Each worker, every τ of its *own* steps, independently of the others:
+//!
+//! ```text
+//! x̃ ← pull the center from the server
+//! δ = α·(x − x̃);   push δ (the server does x̃ ← x̃ + δ);   x ← x − δ
+//! ```
+//!
+//! The gradient of that step is taken at the pre-pull point x and applied after the pull, as
+//! the author's code does (`optim-eamsgd.lua`: receive the center, compute δ, send it, do the
+//! local update, then `w ← w − δ`). EAMSGD is the same exchange with a Nesterov-momentum local
+//! optimizer (the config requires one).
+//!
+//! The server adds every δ shard by shard under a lock per shard (the author's server adds
+//! lock-free and accepts inconsistent reads; we keep every update), so the center always
+//! equals its initial value plus the sum of all pushed δ. The server's version counter (the
+//! number of pushes so far) gives the **staleness** this worker reports: how many elastic
+//! updates of *other* workers the center received since this worker's previous exchange.
+//!
+//! Communication per exchange: pull B bytes, push B bytes, every τ own steps.
+
+use serde::{Deserialize, Serialize};
+
+use super::asynchronous::{Staleness, DONE};
+use super::easgd::EasgdConfig;
+use super::{Algorithm, AsyncSchedule, StepContext};
+use crate::ensure_config;
+use crate::kernels;
+use crate::transport::{Communicator, CounterOp};
+use crate::Result;
+
+/// `name = "async-easgd"` or `name = "async-eamsgd"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncEasgdConfig {
+    /// τ: own local steps between two exchanges with the server (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tau: Option<u64>,
+    /// α, each worker's moving rate. Give α or β, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f32>,
+    /// β = N·α (default 0.9, the paper's choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f32>,
+    /// S, the number of parameter-server shards (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<usize>,
+}
+
+impl AsyncEasgdConfig {
+    fn elastic(&self) -> EasgdConfig {
+        EasgdConfig {
+            tau: self.tau,
+            alpha: self.alpha,
+            beta: self.beta,
+        }
+    }
+
+    pub fn servers(&self) -> usize {
+        self.servers.unwrap_or(1)
+    }
+
+    pub fn validate(&self, workers: usize) -> Result<()> {
+        ensure_config!(
+            self.servers() >= 1,
+            "algorithm.servers must be at least 1 (parameter-server shards)"
+        );
+        self.elastic().validate(workers)
+    }
+
+    pub fn init(&self, workers: usize, len: usize) -> AsyncEasgd {
+        let elastic = self.elastic();
+        AsyncEasgd {
+            tau: elastic.tau(),
+            alpha: elastic.alpha(workers),
+            servers: self.servers(),
+            workers,
+            center: vec![0.0; len],
+            delta: vec![0.0; len],
+            pending: false,
+            last_version: None,
+            staleness: Staleness::default(),
+        }
+    }
+}
+
+/// One worker's asynchronous EASGD state.
+pub struct AsyncEasgd {
+    tau: u64,
+    alpha: f32,
+    servers: usize,
+    workers: usize,
+    /// The center as of this worker's latest pull.
+    center: Vec<f32>,
+    delta: Vec<f32>,
+    pending: bool,
+    /// The server's version right after this worker's previous push.
+    last_version: Option<u64>,
+    staleness: Staleness,
+}
+
+impl AsyncEasgd {
+    /// The elastic difference δ this worker pushed at its latest exchange (zeros before it).
+    pub fn last_push(&self) -> &[f32] {
+        &self.delta
+    }
+}
+
+impl Algorithm for AsyncEasgd {
+    fn setup(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
+        // The first worker to arrive initializes the server with its parameters (identical on
+        // every worker when the run synchronizes the initialization, the default).
+        comm.server_init(params, self.servers)?;
+        comm.server_pull(&mut self.center)?;
+        Ok(())
+    }
+
+    fn schedule(&self) -> Option<AsyncSchedule> {
+        Some(AsyncSchedule { round_tau: None })
+    }
+
+    fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        if !(ctx.step + 1).is_multiple_of(self.tau) {
+            return Ok(());
+        }
+        let version = ctx.comm.server_pull(&mut self.center)?;
+        if let Some(last) = self.last_version {
+            self.staleness.record(version - last);
+        }
+        kernels::sub_into(&mut self.delta, ctx.params, &self.center);
+        kernels::scale(&mut self.delta, self.alpha);
+        ctx.comm.server_push(&self.delta)?;
+        self.last_version = Some(version + 1);
+        self.pending = true;
+        Ok(())
+    }
+
+    fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        if self.pending {
+            kernels::sub_assign(ctx.params, &self.delta);
+            self.pending = false;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        // The final center includes every worker's last push.
+        while comm.counter(DONE, CounterOp::Get)? < self.workers as u64 {
+            comm.pause()?;
+        }
+        comm.server_pull(&mut self.center)?;
+        Ok(())
+    }
+
+    fn staleness(&mut self) -> Option<(f64, u64)> {
+        self.staleness.take()
+    }
+
+    fn center(&self) -> Option<&[f32]> {
+        Some(&self.center)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        let bad = AsyncEasgdConfig {
+            servers: Some(0),
+            ..Default::default()
+        };
+        assert!(bad.validate(4).unwrap_err().to_string().contains("servers"));
+        let both = AsyncEasgdConfig {
+            alpha: Some(0.1),
+            beta: Some(0.5),
+            ..Default::default()
+        };
+        assert!(both.validate(4).is_err());
+        AsyncEasgdConfig::default().validate(4).unwrap();
+    }
+}

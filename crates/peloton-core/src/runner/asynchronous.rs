@@ -1,0 +1,366 @@
+//! The runner's asynchronous mode: one worker's loop for algorithms whose
+//! [`Algorithm::schedule`](crate::algorithms::Algorithm::schedule) is `Some`.
+//!
+//! Differences from the synchronous loop, all so that no worker ever waits for the group:
+//! * work comes from the global work counter ([`TicketPlan`]): a worker does local steps or
+//!   takes part in a collective round (asynchronous LSGD) until the run's total budget
+//!   (`N × steps`, or the time budget) is spent; fast workers do more steps;
+//! * the learning rate follows global progress (global step / N, ALGORITHMS.md §9.2);
+//! * log records are taken at the worker's own step counts, with no collective: no
+//!   consensus distance, no budget gather; evaluations during the run are of the worker's own
+//!   model (`eval.model = "worker"`) or of the server's center (`"center"`, by worker 0). The
+//!   average and leader models are evaluated once, at the end, by the runner itself
+//!   ([`final_evaluations`]) from the workers' final parameters;
+//! * a worker stopped by an injected fault leaves the run (its outcome says when) and the others
+//!   go on, except for algorithms with collective rounds, which cannot complete without it:
+//!   those stop with the fault's error, like synchronous algorithms.
+//!
+//! On the simulator every shared operation is ordered by virtual time, so asynchronous runs are
+//! reproducible bit for bit; on threads the interleaving follows the OS scheduler and runs
+//! differ from one another (the same config and seed give statistically, not bitwise, equal
+//! results).
+
+use std::collections::BTreeMap;
+
+use super::{
+    DiagnosticTraffic, EvalModel, EvalRecord, Event, Prepared, RunConfig, WorkerOutcome,
+    WorkerRecord,
+};
+use crate::algorithms::asynchronous::{Ticket, TicketPlan, DONE};
+use crate::algorithms::leader::{elect, LossWindow};
+use crate::algorithms::{AsyncSchedule, StepContext};
+use crate::learner::{LearnerContext, LearnerFactory};
+use crate::transport::{Communicator, CounterOp};
+use crate::{Error, Result};
+
+/// One worker's whole asynchronous run (after the shared preparation).
+pub(super) fn run_async_worker(
+    comm: &mut dyn Communicator,
+    config: &RunConfig,
+    emit: &(dyn Fn(Event) + Sync),
+    prepared: Prepared,
+    schedule: AsyncSchedule,
+) -> Result<WorkerOutcome> {
+    let Prepared {
+        mut learner,
+        mut params,
+        mut algorithm,
+        total_steps,
+        state_len,
+        mut shared_state,
+        mut diag,
+    } = prepared;
+    let rank = comm.rank();
+    let n = comm.size() as u64;
+    let len = params.len();
+    let plan = TicketPlan {
+        workers: n,
+        round_steps: schedule.round_tau.map(|tau| tau * n),
+        budget: total_steps.map(|s| s * n),
+    };
+    let mut grad = vec![0.0f32; len];
+    let mut scratch = vec![0.0f32; len];
+    let mut optimizer = config.optimizer.init(learner.layout());
+    let mut window = LossWindow::new(config.leader_window);
+    let mut losses = Vec::new();
+    let (mut interval_sum, mut interval_count) = (0.0f64, 0u64);
+    let start = std::time::Instant::now();
+    let clock =
+        |comm: &dyn Communicator| comm.now().unwrap_or_else(|| start.elapsed().as_secs_f64());
+    let (mut step, mut work, mut lr) = (0u64, 0u64, config.optimizer.lr);
+    let mut stopped_at = None;
+    let mut logged_at = 0u64;
+    let mut final_evals = Vec::new();
+
+    loop {
+        let out_of_time = config.time_budget.is_some_and(|b| clock(comm) >= b);
+        let global = match plan.next(comm, out_of_time)? {
+            Ticket::Stop => break,
+            Ticket::Round { index } => {
+                algorithm.round(comm, &mut params, index, window.mean())?;
+                continue;
+            }
+            Ticket::Step { global } => global,
+        };
+        work = global + 1;
+        lr = config.optimizer.lr_at(global / n, clock(comm));
+        algorithm.before_compute(comm, &mut params, step)?;
+        match comm.compute(step) {
+            // Without collective rounds the others can go on: leave the run.
+            Err(Error::Stopped { at, .. }) if schedule.round_tau.is_none() => {
+                stopped_at = Some(at);
+                break;
+            }
+            other => other?,
+        }
+        let loss = learner.loss_and_grad(&params, &mut grad)?;
+        if !loss.is_finite() {
+            return Err(Error::Diverged {
+                worker: rank,
+                step,
+                loss,
+            });
+        }
+        window.push(loss);
+        losses.push(loss);
+        interval_sum += loss;
+        interval_count += 1;
+        let mut ctx = StepContext {
+            comm: &mut *comm,
+            params: &mut params,
+            grad: &mut grad,
+            step,
+            loss,
+            metric: window.mean(),
+            lr,
+        };
+        algorithm.before_step(&mut ctx)?;
+        optimizer.step(ctx.params, ctx.grad, lr);
+        algorithm.after_step(&mut ctx)?;
+        step += 1;
+
+        if config.eval_every > 0 && step.is_multiple_of(config.eval_every) {
+            let seconds = clock(comm);
+            for e in evaluate_local(
+                comm,
+                config,
+                &mut *learner,
+                &params,
+                &mut scratch,
+                &mut diag,
+                step,
+                seconds,
+            )? {
+                emit(Event::Eval(e));
+            }
+        }
+        if step.is_multiple_of(config.log_every) {
+            let staleness = algorithm.staleness();
+            let traffic = comm.stats().since(&diag.0);
+            emit(Event::Worker(WorkerRecord {
+                step,
+                worker: rank,
+                loss: interval_sum / interval_count.max(1) as f64,
+                metric: window.mean(),
+                lr,
+                leader: algorithm.leader(),
+                consensus: None,
+                peers: algorithm.links().map(|l| l.take_window()),
+                bytes_sent: traffic.bytes_sent,
+                bytes_received: traffic.bytes_received,
+                seconds: clock(comm),
+                work: Some(work),
+                staleness: staleness.map(|s| s.0),
+                staleness_max: staleness.map(|s| s.1),
+                leader_changes: algorithm.leader_changes(),
+            }));
+            (interval_sum, interval_count, logged_at) = (0.0, 0, step);
+        }
+    }
+
+    // Leave: count this worker out, then let the algorithm finish (a passive AD-PSGD worker
+    // answers its peers until everybody is done; EASGD reads the final center).
+    comm.counter(DONE, CounterOp::Add(1))?;
+    if stopped_at.is_none() {
+        algorithm.finish(comm, &mut params)?;
+    }
+    let seconds = clock(comm);
+    if step > logged_at || step == 0 {
+        let staleness = algorithm.staleness();
+        let traffic = comm.stats().since(&diag.0);
+        emit(Event::Worker(WorkerRecord {
+            step,
+            worker: rank,
+            loss: interval_sum / interval_count.max(1) as f64,
+            metric: window.mean(),
+            lr,
+            leader: algorithm.leader(),
+            consensus: None,
+            peers: algorithm.links().map(|l| l.take_window()),
+            bytes_sent: traffic.bytes_sent,
+            bytes_received: traffic.bytes_received,
+            seconds,
+            work: Some(work),
+            staleness: staleness.map(|s| s.0),
+            staleness_max: staleness.map(|s| s.1),
+            leader_changes: algorithm.leader_changes(),
+        }));
+    }
+    if stopped_at.is_none() && config.eval_model == EvalModel::Workers {
+        let eval = learner.evaluate(&params)?;
+        let record = EvalRecord {
+            step,
+            model: config.eval_model.name().to_string(),
+            worker: Some(rank),
+            eval,
+            seconds,
+        };
+        emit(Event::Eval(record.clone()));
+        final_evals.push(record);
+    }
+    if state_len > 0 {
+        learner.read_shared_state(&mut shared_state);
+    }
+    Ok(WorkerOutcome {
+        rank,
+        stats: comm.stats().since(&diag.0),
+        links: algorithm
+            .links()
+            .map(super::link_traffic)
+            .unwrap_or_default(),
+        center: algorithm.center().map(<[f32]>::to_vec),
+        params,
+        losses,
+        final_evals,
+        steps: step,
+        seconds,
+        metric: window.mean(),
+        shared_state,
+        stopped_at,
+        leader_changes: algorithm.leader_changes(),
+    })
+}
+
+/// Evaluations during an asynchronous run, without any collective: the worker's own model, or
+/// the parameter server's center read by worker 0 (a diagnostic read).
+#[allow(clippy::too_many_arguments)]
+fn evaluate_local(
+    comm: &mut dyn Communicator,
+    config: &RunConfig,
+    learner: &mut dyn crate::learner::Learner,
+    params: &[f32],
+    scratch: &mut [f32],
+    diag: &mut DiagnosticTraffic,
+    step: u64,
+    seconds: f64,
+) -> Result<Vec<EvalRecord>> {
+    let record = |eval, worker| EvalRecord {
+        step,
+        model: config.eval_model.name().to_string(),
+        worker,
+        eval,
+        seconds,
+    };
+    Ok(match config.eval_model {
+        EvalModel::Workers => vec![record(learner.evaluate(params)?, Some(comm.rank()))],
+        EvalModel::Center if comm.rank() == 0 => {
+            diag.run(comm, |c| c.server_pull(scratch))?;
+            vec![record(learner.evaluate(scratch)?, None)]
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// The final evaluation of an asynchronous run's average, leader or center model, made by the
+/// runner from the workers' outcomes (workers that an injected fault stopped are left out).
+/// Returns nothing for `eval.model = "worker"`: workers evaluated themselves.
+pub(super) fn final_evaluations(
+    config: &RunConfig,
+    factory: &dyn LearnerFactory,
+    outcomes: &[WorkerOutcome],
+) -> Result<Vec<EvalRecord>> {
+    let survivors: Vec<&WorkerOutcome> =
+        outcomes.iter().filter(|o| o.stopped_at.is_none()).collect();
+    let Some(first) = survivors.first() else {
+        return Err(Error::Transport(
+            "every worker was stopped by an injected fault: nothing left to evaluate".into(),
+        ));
+    };
+    let (model, worker): (Vec<f32>, Option<usize>) = match config.eval_model {
+        EvalModel::Workers => return Ok(Vec::new()),
+        EvalModel::Average => (average(survivors.iter().map(|o| &o.params[..])), None),
+        EvalModel::Leader => {
+            let metrics: Vec<f64> = survivors.iter().map(|o| o.metric).collect();
+            let best = elect(&metrics, 0..metrics.len()).unwrap_or(0);
+            (survivors[best].params.clone(), Some(survivors[best].rank))
+        }
+        EvalModel::Center => (
+            first.center.clone().ok_or_else(|| {
+                Error::Config(format!(
+                    "eval.model = \"center\" needs an algorithm with a center variable; {} has none",
+                    config.algorithm.name()
+                ))
+            })?,
+            None,
+        ),
+    };
+    let mut learner = factory.build(LearnerContext {
+        rank: 0,
+        workers: config.workers,
+        seed: config.seed,
+    })?;
+    if !first.shared_state.is_empty() {
+        learner.write_shared_state(&average(survivors.iter().map(|o| &o.shared_state[..])));
+    }
+    let steps = outcomes.iter().map(|o| o.steps).sum::<u64>() / outcomes.len().max(1) as u64;
+    Ok(vec![EvalRecord {
+        step: steps,
+        model: config.eval_model.name().to_string(),
+        worker,
+        eval: learner.evaluate(&model)?,
+        seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),
+    }])
+}
+
+/// The element-wise mean of equally long vectors, summed in the given (rank) order.
+fn average<'a>(vectors: impl Iterator<Item = &'a [f32]>) -> Vec<f32> {
+    let mut sum: Vec<f32> = Vec::new();
+    let mut count = 0usize;
+    for v in vectors {
+        if sum.is_empty() {
+            sum = v.to_vec();
+        } else {
+            sum.iter_mut().zip(v).for_each(|(s, x)| *s += *x);
+        }
+        count += 1;
+    }
+    let inv = 1.0 / count.max(1) as f32;
+    sum.iter_mut().for_each(|s| *s *= inv);
+    sum
+}
+
+/// Orders an asynchronous run's events by time (then worker): workers log at their own step
+/// counts, so there is no common step to wait for. An event is released once every worker has
+/// reported a later time, so the stream is in time order; on the simulator (virtual time) it
+/// is identical from run to run.
+pub(super) struct TimeOrder {
+    latest: Vec<f64>,
+    pending: BTreeMap<(u64, usize, u64), Event>,
+    sequence: u64,
+}
+
+impl TimeOrder {
+    pub(super) fn new(workers: usize) -> Self {
+        Self {
+            latest: vec![0.0; workers],
+            pending: BTreeMap::new(),
+            sequence: 0,
+        }
+    }
+
+    pub(super) fn push(&mut self, event: Event, out: &mut dyn FnMut(&Event)) {
+        let (seconds, worker) = match &event {
+            Event::Started { .. } => return out(&event),
+            Event::Worker(r) => (r.seconds, r.worker),
+            Event::Eval(e) => (e.seconds, e.worker.unwrap_or(0)),
+        };
+        if let Some(latest) = self.latest.get_mut(worker) {
+            *latest = latest.max(seconds);
+        }
+        // Seconds are ≥ 0, so their bit patterns sort like the numbers.
+        let key = (seconds.max(0.0).to_bits(), worker, self.sequence);
+        self.sequence += 1;
+        self.pending.insert(key, event);
+        let watermark = self.latest.iter().copied().fold(f64::INFINITY, f64::min);
+        while let Some(entry) = self.pending.first_entry() {
+            if f64::from_bits(entry.key().0) > watermark {
+                break;
+            }
+            out(&entry.remove());
+        }
+    }
+
+    pub(super) fn finish(self, out: &mut dyn FnMut(&Event)) {
+        self.pending.into_values().for_each(|e| out(&e));
+    }
+}
