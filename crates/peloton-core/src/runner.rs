@@ -152,7 +152,15 @@ pub struct WorkerRecord {
     pub bytes_received: u64,
     /// Wall-clock seconds since training started.
     pub seconds: f64,
+    /// The worker's parameters, for models of at most [`RECORD_PARAMS_MAX`] parameters
+    /// (toy problems: the report draws every worker's trajectory from them).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub params: Option<Vec<f32>>,
 }
+
+/// Models this small have their parameters in every worker record: a 2-D toy objective's
+/// trajectories cost a few bytes per record, while a network's would be megabytes.
+pub const RECORD_PARAMS_MAX: usize = 4;
 
 /// Point-to-point traffic between a worker and one peer over the whole run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,6 +431,7 @@ pub fn run_worker(
             bytes_sent: traffic.bytes_sent,
             bytes_received: traffic.bytes_received,
             seconds,
+            params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.clone()),
         }));
         interval_sum = 0.0;
         interval_count = 0;
