@@ -45,6 +45,18 @@ pub struct ReportArgs {
     /// problems; default: the best loss every such run reaches).
     #[arg(long, value_name = "LOSS")]
     target_loss: Option<f64>,
+    /// A sweep's numeric setting, for plots of final metrics against it (`peloton run`).
+    #[arg(skip)]
+    pub sweep: Option<SweepAxis>,
+}
+
+/// A setting that varies over a sweep's runs: each run's value (None: a run without it,
+/// drawn as a horizontal reference line) and the series it belongs to.
+#[derive(Clone, Debug)]
+pub struct SweepAxis {
+    pub name: String,
+    pub values: Vec<Option<f64>>,
+    pub series: Vec<String>,
 }
 
 impl ReportArgs {
@@ -56,6 +68,7 @@ impl ReportArgs {
             labels,
             target_accuracy: None,
             target_loss: None,
+            sweep: None,
         }
     }
 }
@@ -95,12 +108,19 @@ struct WorkerLine {
     bytes_sent: u64,
     #[serde(deserialize_with = "nullable_f64")]
     seconds: f64,
+    /// Present for tiny models (toy problems): the trajectory.
+    #[serde(default)]
+    params: Option<Vec<Option<f64>>>,
 }
 
 #[derive(Deserialize)]
 struct EvalLine {
     step: u64,
     model: String,
+    #[serde(default)]
+    worker: Option<usize>,
+    #[serde(default)]
+    grad_norm: Option<f64>,
     #[serde(deserialize_with = "nullable_f64")]
     loss: f64,
     #[serde(default)]
@@ -128,6 +148,10 @@ struct EvalStep {
     accuracy_sum: f64,
     accuracies: usize,
     seconds: f64,
+    /// Per evaluated worker (model "worker"): loss, or 1 − accuracy, and gradient norm.
+    per_worker: BTreeMap<usize, (f64, Option<f64>)>,
+    /// Gradient norm of the model (not per worker).
+    grad_norm: Option<f64>,
 }
 
 impl EvalStep {
@@ -143,6 +167,21 @@ impl EvalStep {
     /// 1 − accuracy, or the test loss without accuracy.
     fn error(&self) -> f64 {
         self.accuracy().map_or_else(|| self.loss(), |a| 1.0 - a)
+    }
+
+    /// The best evaluated worker's error and gradient norm (lowest error; ties → lowest rank).
+    fn best_worker(&self) -> Option<(usize, f64, Option<f64>)> {
+        self.per_worker
+            .iter()
+            .filter(|(_, (e, _))| e.is_finite())
+            .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+            .map(|(&w, &(e, g))| (w, e, g))
+    }
+
+    /// The gradient norm to report: the model's, or the best worker's.
+    fn reported_grad_norm(&self) -> Option<f64> {
+        self.grad_norm
+            .or_else(|| self.best_worker().and_then(|(_, _, g)| g))
     }
 }
 
@@ -163,6 +202,10 @@ struct Run {
     worker_steps: BTreeMap<u64, WorkerStep>,
     /// Evaluated models in order of appearance, each with its steps.
     evals: Vec<(String, BTreeMap<u64, EvalStep>)>,
+    /// Each worker's (x₀, x₁) at its records, for models with 2 to 4 parameters.
+    trajectories: BTreeMap<usize, Vec<(f64, f64)>>,
+    /// Passes over each worker's shard, when the run's budget was given in epochs.
+    epochs: Option<f64>,
 }
 
 fn read_toml(path: &Path) -> Result<Option<toml::Table>> {
@@ -258,6 +301,11 @@ impl Run {
             bytes_per_worker: None,
             worker_steps: BTreeMap::new(),
             evals: Vec::new(),
+            trajectories: BTreeMap::new(),
+            epochs: config
+                .as_ref()
+                .and_then(|c| c.get("epochs"))
+                .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64))),
         };
         let last_bytes = run.read_metrics(&metrics)?;
         if let Some(s) = &summary {
@@ -337,6 +385,10 @@ impl Run {
                     }
                     s.leaders.extend(w.leader);
                     last_bytes.insert(w.worker, w.bytes_sent as f64);
+                    if let Some(p) = w.params.as_deref().filter(|p| p.len() >= 2) {
+                        let (x, y) = (p[0].unwrap_or(f64::NAN), p[1].unwrap_or(f64::NAN));
+                        self.trajectories.entry(w.worker).or_default().push((x, y));
+                    }
                 }
                 Record::Eval(e) => {
                     let k = match self.evals.iter().position(|(m, _)| *m == e.model) {
@@ -354,6 +406,13 @@ impl Run {
                         s.accuracies += 1;
                     }
                     s.seconds = s.seconds.max(e.seconds);
+                    match e.worker.filter(|_| e.model == "worker") {
+                        Some(w) => {
+                            let err = e.accuracy.map_or(e.loss, |a| 1.0 - a);
+                            s.per_worker.insert(w, (err, e.grad_norm));
+                        }
+                        None => s.grad_norm = e.grad_norm,
+                    }
                 }
                 Record::Other => {}
             }
@@ -364,6 +423,17 @@ impl Run {
     /// The evaluations of the first evaluated model (the run's `eval.model`).
     fn main_evals(&self) -> Option<&BTreeMap<u64, EvalStep>> {
         self.evals.first().map(|(_, e)| e)
+    }
+
+    /// Log points at which each worker was leader (a record's leader counted once per step).
+    fn leader_counts(&self) -> BTreeMap<usize, usize> {
+        let mut counts = BTreeMap::new();
+        for s in self.worker_steps.values() {
+            for &l in &s.leaders {
+                *counts.entry(l).or_default() += 1;
+            }
+        }
+        counts
     }
 
     fn has_accuracy(&self) -> bool {
@@ -537,6 +607,10 @@ fn draw(path: &Path, plot: &Plot, series: &[Series]) -> Result<()> {
                 )
                 .with_context(fail)?,
         };
+        if s.label.is_empty() {
+            // One legend entry per run when a run draws several lines (one per worker).
+            continue;
+        }
         let anno = anno.label(s.label.as_str());
         if plot.mark == Mark::Points {
             anno.legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
@@ -556,6 +630,188 @@ fn draw(path: &Path, plot: &Plot, series: &[Series]) -> Result<()> {
         .with_context(fail)?;
     root.present().with_context(fail)?;
     Ok(())
+}
+
+/// Every worker's path through (x₀, x₁), one color per run: a hollow circle at the first
+/// record, a filled one at the last. The double-well's minima (±1, 0) and saddle (0, 0) are
+/// marked when every run is that problem.
+fn draw_trajectories(path: &Path, runs: &[Run], double_well: bool) -> Result<()> {
+    let points = || runs.iter().flat_map(|r| r.trajectories.values().flatten());
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = points().filter(finite).fold(
+        (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ),
+        |(a, b, c, d), p| (a.min(p.0), b.max(p.0), c.min(p.1), d.max(p.1)),
+    );
+    if double_well {
+        (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(-1.0), x_hi.max(1.0), y_lo.min(0.0), y_hi.max(0.0));
+    }
+    let x = padded(x_lo, x_hi, false);
+    let y = padded(y_lo, y_hi, false);
+    let fail = || format!("cannot draw {}", path.display());
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).with_context(fail)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Trajectories of every worker (x₀, x₁)", ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .with_context(fail)?;
+    chart
+        .configure_mesh()
+        .x_desc("x₀")
+        .y_desc("x₁")
+        .axis_desc_style(("sans-serif", 17))
+        .label_style(("sans-serif", 14))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .with_context(fail)?;
+    if double_well {
+        let marks = [(-1.0, 0.0), (1.0, 0.0)];
+        chart
+            .draw_series(
+                marks
+                    .iter()
+                    .map(|&p| Cross::new(p, 8, BLACK.stroke_width(2))),
+            )
+            .with_context(fail)?
+            .label("minima (±1, 0)")
+            .legend(|(x, y)| Cross::new((x + 10, y), 6, BLACK.stroke_width(2)));
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new(
+                (0.0, 0.0),
+                8,
+                BLACK.filled(),
+            )))
+            .with_context(fail)?
+            .label("saddle (0, 0)")
+            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, BLACK.filled()));
+    }
+    for (i, r) in runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        for (k, t) in r.trajectories.values().enumerate() {
+            let t: Vec<(f64, f64)> = t.iter().copied().filter(|p| finite(&p)).collect();
+            let (Some(&first), Some(&last)) = (t.first(), t.last()) else {
+                continue;
+            };
+            let line = chart
+                .draw_series(LineSeries::new(t, color.mix(0.8).stroke_width(2)))
+                .with_context(fail)?;
+            if k == 0 {
+                line.label(r.label.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            }
+            chart
+                .draw_series([
+                    Circle::new(first, 5, color.stroke_width(2)),
+                    Circle::new(last, 5, color.filled()),
+                ])
+                .with_context(fail)?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 17))
+        .draw()
+        .with_context(fail)?;
+    root.present().with_context(fail)?;
+    Ok(())
+}
+
+/// How often each worker was leader: one bar per (run, worker), the share of log points.
+fn draw_leader_counts(path: &Path, runs: &[(usize, &Run)]) -> Result<()> {
+    let workers = runs
+        .iter()
+        .filter_map(|(_, r)| r.leader_counts().keys().next_back().copied())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let fail = || format!("cannot draw {}", path.display());
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).with_context(fail)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("How often each worker was leader", ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5..workers as f64 - 0.5, 0.0..1.05)
+        .with_context(fail)?;
+    let integer = |v: &f64| {
+        if (v - v.round()).abs() < 1e-9 {
+            format!("{v:.0}")
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc("worker")
+        .y_desc("share of log points as leader")
+        .x_label_formatter(&integer)
+        .x_labels(workers.min(32) + 1)
+        .axis_desc_style(("sans-serif", 17))
+        .label_style(("sans-serif", 14))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .with_context(fail)?;
+    let width = 0.8 / runs.len().max(1) as f64;
+    for (k, &(i, r)) in runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let counts = r.leader_counts();
+        let total: usize = counts.values().sum();
+        let left = -0.4 + k as f64 * width;
+        chart
+            .draw_series(counts.iter().map(|(&w, &c)| {
+                let x0 = w as f64 + left;
+                Rectangle::new(
+                    [(x0, 0.0), (x0 + width, c as f64 / total.max(1) as f64)],
+                    color.filled(),
+                )
+            }))
+            .with_context(fail)?
+            .label(r.label.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 17))
+        .draw()
+        .with_context(fail)?;
+    root.present().with_context(fail)?;
+    Ok(())
+}
+
+/// Objectives that fall over more than three decades (exact-gradient problems converging
+/// linearly) are unreadable on a linear axis: plot log₁₀ of them instead. Only plots whose
+/// file name says "worker" (per-worker and best-worker objectives) are eligible.
+fn log_scale_if_wide(mut plot: Plot, series: Vec<Series>) -> (Plot, Vec<Series>) {
+    let values = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let positive = values().all(|v| v > 0.0);
+    let (lo, hi) = values().fold((f64::INFINITY, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    if !plot.file.contains("worker") || !positive || hi < 1e3 * lo {
+        return (plot, series);
+    }
+    plot.y_desc = format!("log₁₀ {}", plot.y_desc);
+    let series = series
+        .into_iter()
+        .map(|mut s| {
+            s.points.iter_mut().for_each(|p| p.1 = p.1.log10());
+            s
+        })
+        .collect();
+    (plot, series)
 }
 
 /// Keeps the finite points; drops series left empty.
@@ -588,7 +844,11 @@ fn format_bytes(b: f64) -> String {
 }
 
 /// Draws every plot that has data; returns the files written with a description.
-fn plots(runs: &[Run], out: &Path) -> Result<Vec<(&'static str, String)>> {
+fn plots(
+    runs: &[Run],
+    out: &Path,
+    sweep: Option<&SweepAxis>,
+) -> Result<Vec<(&'static str, String)>> {
     let color = |i: usize| COLORS[i % COLORS.len()];
     let time_desc = if runs.iter().all(|r| r.simulated) {
         "simulated time (s)"
@@ -607,8 +867,10 @@ fn plots(runs: &[Run], out: &Path) -> Result<Vec<(&'static str, String)>> {
         "test error (1 − accuracy, or test loss without accuracy)"
     };
     let mut written = Vec::new();
+    // Plots drawn by their own functions, listed after the overlaid ones.
+    let mut extra: Vec<(&'static str, String)> = Vec::new();
     let mut emit = |plot: Plot, series: Vec<Series>, what: &str| -> Result<()> {
-        let series = finite(series);
+        let (plot, series) = log_scale_if_wide(plot, finite(series));
         if !series.is_empty() {
             draw(&out.join(plot.file), &plot, &series)?;
             written.push((plot.file, what.to_string()));
@@ -768,7 +1030,237 @@ fn plots(runs: &[Run], out: &Path) -> Result<Vec<(&'static str, String)>> {
             .collect(),
         "leader identity against steps (each run's points slightly offset vertically)",
     )?;
+
+    // Leader counts: runs that elected leaders.
+    let leading: Vec<(usize, &Run)> = runs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.leader_counts().is_empty())
+        .collect();
+    if !leading.is_empty() {
+        draw_leader_counts(&out.join("leader_counts.svg"), &leading)?;
+        extra.push((
+            "leader_counts.svg",
+            "share of log points at which each worker was leader".into(),
+        ));
+    }
+
+    // Runs evaluated per worker: each worker's objective, and the best worker's.
+    let per_worker = |r: &Run| {
+        r.main_evals()
+            .is_some_and(|e| e.values().any(|s| !s.per_worker.is_empty()))
+    };
+    if runs.iter().any(per_worker) {
+        let mut series = Vec::new();
+        for (i, r) in runs.iter().enumerate().filter(|(_, r)| per_worker(r)) {
+            let evals = r.main_evals().expect("checked");
+            let workers: BTreeSet<usize> = evals
+                .values()
+                .flat_map(|s| s.per_worker.keys().copied())
+                .collect();
+            for (k, w) in workers.into_iter().enumerate() {
+                series.push(Series {
+                    label: if k == 0 {
+                        r.label.clone()
+                    } else {
+                        String::new()
+                    },
+                    color: color(i),
+                    points: evals
+                        .iter()
+                        .filter_map(|(&step, s)| s.per_worker.get(&w).map(|v| (step as f64, v.0)))
+                        .collect(),
+                });
+            }
+        }
+        emit(
+            plot(
+                "worker_error_vs_steps.svg",
+                "Every worker's evaluation against steps (one line per worker)",
+                "step",
+                error_desc,
+                Mark::Line,
+                true,
+            ),
+            series,
+            "each worker's test error (or objective) against steps, one color per run",
+        )?;
+        let best = |by_time: bool| -> Vec<Series> {
+            runs.iter()
+                .enumerate()
+                .filter(|(_, r)| per_worker(r))
+                .map(|(i, r)| Series {
+                    label: r.label.clone(),
+                    color: color(i),
+                    points: r
+                        .main_evals()
+                        .expect("checked")
+                        .iter()
+                        .filter_map(|(&step, s)| {
+                            s.best_worker()
+                                .map(|b| (if by_time { s.seconds } else { step as f64 }, b.1))
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        emit(
+            plot(
+                "best_worker_vs_steps.svg",
+                "The best worker's evaluation against steps",
+                "step",
+                error_desc,
+                Mark::LineDots,
+                true,
+            ),
+            best(false),
+            "the best worker's test error (or objective) against steps",
+        )?;
+        emit(
+            plot(
+                "best_worker_vs_time.svg",
+                "The best worker's evaluation against time",
+                time_desc,
+                error_desc,
+                Mark::LineDots,
+                false,
+            ),
+            best(true),
+            "the best worker's test error (or objective) against time",
+        )?;
+    }
+
+    if runs.iter().any(|r| !r.trajectories.is_empty()) {
+        let double_well = runs.iter().all(|r| r.task == "double-well");
+        draw_trajectories(&out.join("trajectories.svg"), runs, double_well)?;
+        extra.push((
+            "trajectories.svg",
+            "every worker's trajectory in the first two coordinates (hollow: start, filled: end)"
+                .into(),
+        ));
+    }
+
+    if let Some(axis) = sweep {
+        sweep_plots(runs, axis, error_desc, &mut emit)?;
+    }
+    written.extend(extra);
     Ok(written)
+}
+
+/// Draws one overlay plot and lists it.
+type Emit<'a> = dyn FnMut(Plot, Vec<Series>, &str) -> Result<()> + 'a;
+
+/// The final metrics of a sweep's runs against one of its settings: one series per group of
+/// runs that differ only in that setting; runs without it are horizontal reference lines.
+fn sweep_plots(
+    runs: &[Run],
+    axis: &SweepAxis,
+    error_desc: &str,
+    emit: &mut Emit<'_>,
+) -> Result<()> {
+    let lo = axis
+        .values
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let hi = axis
+        .values
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut names: Vec<&str> = Vec::new();
+    for s in &axis.series {
+        if !names.contains(&s.as_str()) {
+            names.push(s);
+        }
+    }
+    let series_of = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<Series> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let mut points: Vec<(f64, f64)> = Vec::new();
+                for (i, r) in runs.iter().enumerate() {
+                    if axis.series.get(i).map(String::as_str) != Some(*name) {
+                        continue;
+                    }
+                    if let Some(v) = f(r) {
+                        match axis.values.get(i).copied().flatten() {
+                            Some(x) => points.push((x, v)),
+                            None => points.extend([(lo, v), (hi, v)]),
+                        }
+                    }
+                }
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    label: name.to_string(),
+                    color: COLORS[k % COLORS.len()],
+                    points,
+                }
+            })
+            .collect()
+    };
+    let sweep_plot = |file: &'static str, title: String, y_desc: String| Plot {
+        file,
+        title,
+        x_desc: axis.name.clone(),
+        y_desc,
+        mark: Mark::LineDots,
+        integer_x: false,
+        integer_y: false,
+        y_from_zero: false,
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    let final_error = |r: &Run| {
+        r.main_evals()
+            .and_then(|e| e.values().next_back())
+            .map(EvalStep::error)
+    };
+    emit(
+        sweep_plot(
+            "sweep_error.svg",
+            format!("Final evaluation against {}", axis.name),
+            format!("final {error_desc}"),
+        ),
+        series_of(&final_error),
+        &format!("final test error (or loss) against {}", axis.name),
+    )?;
+    let per_epoch = runs.iter().all(|r| r.epochs.is_some());
+    emit(
+        sweep_plot(
+            "sweep_time.svg",
+            format!(
+                "{} against {}",
+                if per_epoch {
+                    "Time per epoch"
+                } else {
+                    "Run time"
+                },
+                axis.name
+            ),
+            if per_epoch {
+                "seconds per epoch (run's clock)".into()
+            } else {
+                "seconds (run's clock)".into()
+            },
+        ),
+        series_of(&|r: &Run| {
+            let t = r.seconds?;
+            Some(if per_epoch { t / r.epochs? } else { t })
+        }),
+        &format!(
+            "{} against {}",
+            if per_epoch {
+                "time per epoch"
+            } else {
+                "run time"
+            },
+            axis.name
+        ),
+    )?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -801,11 +1293,12 @@ fn summary_md(
     accuracy_target: Option<(f64, bool)>,
     loss_target: Option<(f64, bool)>,
     plots: &[(&'static str, String)],
+    sweep: Option<&SweepAxis>,
 ) -> String {
     let dash = || "—".to_string();
     let mut md = String::from("# peloton report\n\n");
-    md += "| Run | Algorithm | Task | Transport | Workers | Steps | Final test error | Final accuracy | Best accuracy | Time to target (s) | Sent per worker | Time (s) | Status |\n";
-    md += "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n";
+    md += "| Run | Algorithm | Task | Transport | Workers | Steps | Final test error | Best worker, final | Final ‖∇f‖ | Final accuracy | Best accuracy | Time to target (s) | Sent per worker | Time (s) | Status |\n";
+    md += "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n";
     for r in runs {
         let last = r.main_evals().and_then(|e| e.values().next_back());
         let target = if r.has_accuracy() {
@@ -827,6 +1320,10 @@ fn summary_md(
             r.workers.map_or_else(dash, |w| w.to_string()),
             r.steps.map_or_else(dash, |s| s.to_string()),
             last.map_or_else(dash, |s| num(s.error())),
+            last.and_then(EvalStep::best_worker)
+                .map_or_else(dash, |(w, e, _)| format!("{} (worker {w})", num(e))),
+            last.and_then(EvalStep::reported_grad_norm)
+                .map_or_else(dash, num),
             last.and_then(EvalStep::accuracy).map_or_else(dash, percent),
             r.best_accuracy().map_or_else(dash, percent),
             time_to,
@@ -867,10 +1364,71 @@ fn summary_md(
             num(t)
         );
     }
+    md += "- Best worker, final: with every worker evaluated (model \"worker\"), the lowest \
+           final test error (or objective) and its worker. Final ‖∇f‖: the norm of the full \
+           gradient of the original objective at the evaluated model (the best worker's when \
+           every worker is evaluated), where the problem computes it: a stationarity check.\n";
     md += "- Times are in each run's own clock: simulated seconds for `sim` runs, wall-clock \
            seconds for `threads` runs.\n";
     md += "- Sent per worker: the algorithm's bytes sent (diagnostics excluded) over the whole \
            run, mean over workers.\n";
+    let leading: Vec<&Run> = runs
+        .iter()
+        .filter(|r| !r.leader_counts().is_empty())
+        .collect();
+    if !leading.is_empty() {
+        md += "\n## Leaders\n\nShare of log points at which each worker was leader.\n\n";
+        for r in leading {
+            let counts = r.leader_counts();
+            let total: usize = counts.values().sum();
+            let shares: Vec<String> = counts
+                .iter()
+                .map(|(w, c)| format!("{w}: {:.0}%", 100.0 * *c as f64 / total as f64))
+                .collect();
+            let changes = r
+                .worker_steps
+                .values()
+                .filter_map(|s| s.leaders.iter().next().copied())
+                .collect::<Vec<_>>()
+                .windows(2)
+                .filter(|w| w[0] != w[1])
+                .count();
+            let _ = writeln!(
+                md,
+                "- **{}**: {} ({} leader changes over {} log points)",
+                cell(&r.label),
+                shares.join(", "),
+                changes,
+                total
+            );
+        }
+    }
+    if let Some(axis) = sweep {
+        let _ = writeln!(
+            md,
+            "\n## Against {}\n\n| Series | {} | Final test error | Time (s) | Time per epoch (s) |\n|---|--:|--:|--:|--:|",
+            cell(&axis.name),
+            cell(&axis.name)
+        );
+        for (i, r) in runs.iter().enumerate() {
+            let last = r.main_evals().and_then(|e| e.values().next_back());
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                cell(axis.series.get(i).map_or("", String::as_str)),
+                axis.values
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map_or_else(|| "—".into(), num),
+                last.map_or_else(dash, |s| num(s.error())),
+                r.seconds.map_or_else(dash, num),
+                r.seconds
+                    .zip(r.epochs)
+                    .map_or_else(dash, |(t, e)| num(t / e)),
+            );
+        }
+    }
     md += "\n## Runs\n\n";
     for r in runs {
         let models: Vec<&str> = r.evals.iter().map(|(m, _)| m.as_str()).collect();
@@ -971,11 +1529,24 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             .map(|t| (t, false)),
     };
 
-    let written = plots(&runs, &out)?;
+    if let Some(axis) = &args.sweep {
+        ensure!(
+            axis.values.len() == runs.len() && axis.series.len() == runs.len(),
+            "the sweep axis needs one value per run"
+        );
+    }
+    let written = plots(&runs, &out, args.sweep.as_ref())?;
     let summary = out.join("summary.md");
     crate::run_folder::write_atomic(
         &summary,
-        summary_md(&runs, accuracy_target, loss_target, &written).as_bytes(),
+        summary_md(
+            &runs,
+            accuracy_target,
+            loss_target,
+            &written,
+            args.sweep.as_ref(),
+        )
+        .as_bytes(),
     )?;
     println!(
         "wrote {} and {} plots to {}",

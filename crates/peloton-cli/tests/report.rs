@@ -183,7 +183,7 @@ fn report_reads_a_minimal_run_folder() {
     assert!(!out.join("consensus_vs_steps.svg").exists());
     let md = read(&out.join("summary.md"));
     assert!(
-        md.contains("| hand | ? | ? | threads | 2 | 3 | 0.3333 | — | — | 1.5000 | 300 bytes | 1.5000 | incomplete |"),
+        md.contains("| hand | ? | ? | threads | 2 | 3 | 0.3333 | — | — | — | — | 1.5000 | 300 bytes | 1.5000 | incomplete |"),
         "{md}"
     );
     assert!(!md.contains("leader_vs_steps"), "{md}");

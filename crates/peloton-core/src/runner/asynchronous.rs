@@ -153,6 +153,7 @@ pub(super) fn run_async_worker(
                 staleness: staleness.map(|s| s.0),
                 staleness_max: staleness.map(|s| s.1),
                 leader_changes: algorithm.leader_changes(),
+                params: (len <= super::RECORD_PARAMS_MAX).then(|| params.clone()),
             }));
             (interval_sum, interval_count, logged_at) = (0.0, 0, step);
         }
@@ -184,6 +185,7 @@ pub(super) fn run_async_worker(
             staleness: staleness.map(|s| s.0),
             staleness_max: staleness.map(|s| s.1),
             leader_changes: algorithm.leader_changes(),
+            params: (len <= super::RECORD_PARAMS_MAX).then(|| params.clone()),
         }));
     }
     if stopped_at.is_none() && config.eval_model == EvalModel::Workers {

@@ -166,7 +166,15 @@ pub struct WorkerRecord {
     /// Leader-based algorithms: rounds so far in which the global leader changed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub leader_changes: Option<u64>,
+    /// The worker's parameters, for models of at most [`RECORD_PARAMS_MAX`] parameters
+    /// (toy problems: the report draws every worker's trajectory from them).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub params: Option<Vec<f32>>,
 }
+
+/// Models this small have their parameters in every worker record: a 2-D toy objective's
+/// trajectories cost a few bytes per record, while a network's would be megabytes.
+pub const RECORD_PARAMS_MAX: usize = 4;
 
 /// Point-to-point traffic between a worker and one peer over the whole run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +421,7 @@ pub fn run_worker(
             staleness: None,
             staleness_max: None,
             leader_changes: algorithm.leader_changes(),
+            params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.clone()),
         }));
         interval_sum = 0.0;
         interval_count = 0;
