@@ -63,8 +63,9 @@ pub struct ExperimentConfig {
     pub transport: TransportConfig,
 }
 
-/// `[transport]`: `kind = "threads"` (the default) or `kind = "sim"` with the cluster model in
-/// `[transport.cluster]` (see `peloton_sim::ClusterConfig`).
+/// `[transport]`: `kind = "threads"` (the default), `kind = "sim"` with the cluster model in
+/// `[transport.cluster]` (see `peloton_sim::ClusterConfig`), or `kind = "mpi"` (one worker per
+/// MPI process, started by `mpirun`; needs the `mpi` feature).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 #[allow(clippy::large_enum_variant)] // one per experiment
@@ -77,6 +78,9 @@ pub enum TransportConfig {
         #[serde(default)]
         cluster: peloton_sim::ClusterConfig,
     },
+    /// One MPI process per worker (`mpirun -n N peloton train --transport mpi`), wall-clock
+    /// time. Parsed by every build so that a build without the `mpi` feature can say so.
+    Mpi,
 }
 
 impl TransportConfig {
@@ -84,6 +88,7 @@ impl TransportConfig {
         match self {
             TransportConfig::Threads => "threads",
             TransportConfig::Sim { .. } => "sim",
+            TransportConfig::Mpi => "mpi",
         }
     }
 }
