@@ -63,8 +63,9 @@ pub struct ExperimentConfig {
     pub transport: TransportConfig,
 }
 
-/// `[transport]`: `kind = "threads"` (the default) or `kind = "sim"` with the cluster model in
-/// `[transport.cluster]` (see `peloton_sim::ClusterConfig`).
+/// `[transport]`: `kind = "threads"` (the default), `kind = "sim"` with the cluster model in
+/// `[transport.cluster]` (see `peloton_sim::ClusterConfig`), or `kind = "mpi"` (one worker per
+/// MPI process, started by `mpirun`; needs the `mpi` feature).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 #[allow(clippy::large_enum_variant)] // one per experiment
@@ -80,6 +81,9 @@ pub enum TransportConfig {
         #[serde(default)]
         cluster: peloton_sim::ClusterConfig,
     },
+    /// One MPI process per worker (`mpirun -n N peloton train --transport mpi`), wall-clock
+    /// time. Parsed by every build so that a build without the `mpi` feature can say so.
+    Mpi,
 }
 
 impl Default for TransportConfig {
@@ -89,9 +93,9 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
-    /// Adds a `slow` fault from the start of the run (`--slowdown worker=factor`), on either
-    /// transport.
-    pub fn slow_down(&mut self, worker: usize, factor: f64) {
+    /// Adds a `slow` fault from the start of the run (`--slowdown worker=factor`) on threads
+    /// or the simulator.
+    pub fn slow_down(&mut self, worker: usize, factor: f64) -> Result<()> {
         let fault = peloton_core::transport::Fault {
             worker,
             at: 0.0,
@@ -101,13 +105,18 @@ impl TransportConfig {
         match self {
             TransportConfig::Threads { faults } => faults.push(fault),
             TransportConfig::Sim { cluster } => cluster.faults.push(fault),
+            TransportConfig::Mpi => anyhow::bail!(
+                "--slowdown works on the threads and sim transports, not on mpi (slow a rank down with the machine itself)"
+            ),
         }
+        Ok(())
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             TransportConfig::Threads { .. } => "threads",
             TransportConfig::Sim { .. } => "sim",
+            TransportConfig::Mpi => "mpi",
         }
     }
 }
@@ -252,6 +261,14 @@ impl ExperimentConfig {
                     f.validate(self.workers).map_err(|e| {
                         peloton_core::Error::Config(format!("transport.faults: {e}"))
                     })?;
+                }
+            }
+            TransportConfig::Mpi => {
+                if self.algorithm.is_async() {
+                    bail!(
+                        "{} needs the asynchronous services (shared counters, parameter server, polling) that the mpi transport does not provide yet; run it on threads or the simulator",
+                        self.algorithm.name()
+                    );
                 }
             }
         }

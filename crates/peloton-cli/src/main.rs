@@ -6,6 +6,7 @@ mod run_folder;
 mod sweep;
 mod topology;
 mod train;
+mod train_mpi;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,7 +108,8 @@ struct TrainArgs {
     /// Which parameters to evaluate: average, leader, center or workers.
     #[arg(long, value_name = "MODEL")]
     eval_model: Option<String>,
-    /// Transport: threads (real time) or sim (the simulator: virtual time).
+    /// Transport: threads (real time), sim (the simulator: virtual time) or mpi (one worker per
+    /// MPI process: `mpirun -n 4 peloton train --transport mpi`; feature `mpi`).
     #[arg(long, value_name = "KIND")]
     transport: Option<String>,
     /// Simulated cluster (implies --transport sim): a preset (see `peloton list`) or a TOML
@@ -161,6 +163,11 @@ struct BenchArgs {
     /// Measure the simulator's message rate instead (against the threads transport).
     #[arg(long)]
     sim: bool,
+    /// Measure the MPI transport instead, under mpirun (`mpirun -n 4 peloton bench --mpi`):
+    /// all-reduce, broadcast and all-gather through peloton against bare rsmpi calls and the
+    /// threads transport, at 64 KiB, 1 MiB and --size-mib (feature `mpi`).
+    #[arg(long)]
+    mpi: bool,
     /// Messages each worker sends in the simulator measurement.
     #[arg(long, default_value_t = 100_000)]
     messages: usize,
@@ -276,6 +283,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
         args.workers.iter().all(|&w| w >= 1),
         "--workers must be at least 1"
     );
+    if args.mpi {
+        return mpi_bench(args);
+    }
     if args.sim {
         anyhow::ensure!(args.messages >= 1, "--messages must be at least 1");
         for &w in &args.workers {
@@ -342,13 +352,42 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+#[cfg(not(feature = "mpi"))]
+fn mpi_bench(_args: &BenchArgs) -> Result<()> {
+    anyhow::bail!("this peloton was built without MPI support: rebuild with --features mpi")
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_bench(args: &BenchArgs) -> Result<()> {
+    let mpi = peloton_mpi::Mpi::init()?;
+    let rows = {
+        let mut world = mpi.world();
+        let sizes = [64 << 10, 1 << 20, args.size_mib << 20];
+        let mut sizes: Vec<usize> = sizes
+            .into_iter()
+            .filter(|&s| s <= args.size_mib << 20)
+            .collect();
+        sizes.dedup();
+        peloton_mpi::bench::measure(&mut world, &sizes, args.repeats)?
+    };
+    if mpi.world_rank() == 0 {
+        println!(
+            "MPI transport, {} ranks, median of {} (ratio = time / bare rsmpi time: 1.00 = no overhead):",
+            mpi.world_size(),
+            args.repeats
+        );
+        println!("{}", peloton_mpi::bench::format_table(&rows));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => {
             let mut config = config::load(args.config.as_deref(), &overrides(&args)?)?;
             for spec in &args.slowdown {
                 let (worker, factor) = parse_slowdown(spec)?;
-                config.transport.slow_down(worker, factor);
+                config.transport.slow_down(worker, factor)?;
             }
             if args.print_config {
                 config.validate()?;

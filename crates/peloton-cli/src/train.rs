@@ -7,12 +7,13 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use peloton_core::runner::{run_threads_with_faults, EvalRecord, Event, RunReport};
+use peloton_core::runner::{run_threads_with_faults, EvalRecord, Event, RunReport, WorkerRecord};
 use peloton_sim::SimReport;
 use serde_json::json;
 
 use crate::config::{ExperimentConfig, TransportConfig};
 use crate::run_folder::{default_path, write_atomic, RunFolder};
+use crate::train_mpi::train_mpi;
 
 /// What `train` prints and writes.
 pub struct TrainOptions {
@@ -50,7 +51,7 @@ fn calibrate(
     Ok(times[times.len() / 2])
 }
 
-fn describe_eval(e: &EvalRecord) -> String {
+pub(crate) fn describe_eval(e: &EvalRecord) -> String {
     let mut s = format!("step {:>6}  eval[{}", e.step, e.model);
     if let Some(w) = e.worker {
         s += &format!(" {w}");
@@ -67,6 +68,9 @@ fn describe_eval(e: &EvalRecord) -> String {
 
 /// Runs the experiment; returns the run folder.
 pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBuf> {
+    if config.transport == TransportConfig::Mpi {
+        return train_mpi(config, options);
+    }
     config.validate()?;
     let run = config.run_config();
     let path = options
@@ -91,67 +95,24 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
             }
             &calibrated
         }
-        (Some(_), TransportConfig::Threads { .. }) => {
+        (Some(_), TransportConfig::Threads { .. } | TransportConfig::Mpi) => {
             anyhow::bail!("--calibrate only applies to the simulator (--transport sim)")
         }
     };
-    let mut folder = RunFolder::create(&path, &config.to_toml()?)?;
-
-    let bar = if options.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(run.steps.unwrap_or(0))
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
-        )
-        .expect("valid template"),
-    );
-    let mut leader_counts: BTreeMap<usize, u64> = BTreeMap::new();
-    let mut last_records = BTreeMap::new();
-    let mut write_error = None;
-    let transport = config.transport.name();
+    let folder = RunFolder::create(&path, &config.to_toml()?)?;
+    let bar = progress_bar(options.quiet, run.steps);
+    let mut recorder = Recorder::new(folder);
+    let header = Header::new(config, &path);
     let mut on_event = |event: &Event| {
-        if write_error.is_none() {
-            if let Err(e) = folder.record(event) {
-                write_error = Some(e);
-            }
-        }
-        match event {
-            Event::Started {
-                workers,
-                params,
-                steps,
-            } => {
-                if let Some(s) = steps {
-                    bar.set_length(*s);
-                }
-                bar.println(format!(
-                    "{} on {} · {workers} workers ({transport}) · {params} parameters · run folder {}",
-                    config.algorithm.name(),
-                    config.task_name(),
-                    path.display()
-                ));
-            }
-            Event::Worker(r) => {
-                bar.set_position(r.step);
-                if r.worker == 0 {
-                    if let Some(l) = r.leader {
-                        *leader_counts.entry(l).or_default() += 1;
-                    }
-                    bar.set_message(format!("loss {:.4}", r.loss));
-                }
-                last_records.insert(r.worker, r.clone());
-            }
-            Event::Eval(e) => bar.println(describe_eval(e)),
-        }
+        recorder.record(event);
+        display(&bar, &header, event);
     };
     let mut sim = None;
     let result = match &config.transport {
         TransportConfig::Threads { faults } => {
             run_threads_with_faults(&run, faults, factory.as_ref(), &mut on_event)
         }
+        TransportConfig::Mpi => unreachable!("MPI runs return above"),
         TransportConfig::Sim { cluster } => {
             peloton_sim::run_sim(&run, cluster, factory.as_ref(), &mut on_event).map(
                 |(report, sim_report, trace)| {
@@ -171,14 +132,7 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
             write_atomic(&path.join("trace.json"), trace.as_bytes())?;
         }
     }
-    if let Some(e) = write_error {
-        return Err(e.context("the run folder could not be written"));
-    }
-    let summary = match &result {
-        Ok(report) => summary_json(config, report, &leader_counts, &last_records),
-        Err(e) => json!({"status": "failed", "error": e.to_string()}),
-    };
-    folder.finish(&summary)?;
+    let last_records = recorder.finish(config, result.as_ref().map_err(|e| e.to_string()))?;
     let report = result?;
     if !options.quiet {
         print_summary(sim.is_some(), &report, &last_records, &path);
@@ -187,6 +141,134 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
         }
     }
     Ok(path)
+}
+
+/// The progress bar of a run (hidden when quiet, or when the output is not a terminal).
+pub(crate) fn progress_bar(quiet: bool, steps: Option<u64>) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps.unwrap_or(0))
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// What the first line of a run says.
+pub(crate) struct Header {
+    algorithm: &'static str,
+    task: String,
+    transport: &'static str,
+    path: PathBuf,
+}
+
+impl Header {
+    pub(crate) fn new(config: &ExperimentConfig, path: &std::path::Path) -> Self {
+        Self {
+            algorithm: config.algorithm.name(),
+            task: config.task_name(),
+            transport: config.transport.name(),
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+/// Shows an event on the progress bar.
+pub(crate) fn display(bar: &ProgressBar, header: &Header, event: &Event) {
+    match event {
+        Event::Started {
+            workers,
+            params,
+            steps,
+        } => {
+            if let Some(s) = steps {
+                bar.set_length(*s);
+            }
+            bar.println(format!(
+                "{} on {} · {workers} workers ({}) · {params} parameters · run folder {}",
+                header.algorithm,
+                header.task,
+                header.transport,
+                header.path.display()
+            ));
+        }
+        Event::Worker(r) => {
+            bar.set_position(r.step);
+            if r.worker == 0 {
+                bar.set_message(format!("loss {:.4}", r.loss));
+            }
+        }
+        Event::Eval(e) => bar.println(describe_eval(e)),
+    }
+}
+
+/// Writes a run's events into its folder and keeps what the summary needs.
+pub(crate) struct Recorder {
+    folder: RunFolder,
+    leader_counts: BTreeMap<usize, u64>,
+    last_records: BTreeMap<usize, WorkerRecord>,
+    write_error: Option<anyhow::Error>,
+}
+
+impl Recorder {
+    pub(crate) fn new(folder: RunFolder) -> Self {
+        Self {
+            folder,
+            leader_counts: BTreeMap::new(),
+            last_records: BTreeMap::new(),
+            write_error: None,
+        }
+    }
+
+    pub(crate) fn record(&mut self, event: &Event) {
+        if self.write_error.is_none() {
+            if let Err(e) = self.folder.record(event) {
+                self.write_error = Some(e);
+            }
+        }
+        if let Event::Worker(r) = event {
+            if r.worker == 0 {
+                if let Some(l) = r.leader {
+                    *self.leader_counts.entry(l).or_default() += 1;
+                }
+            }
+            self.last_records.insert(r.worker, r.clone());
+        }
+    }
+
+    /// Writes `summary.json` (the run's report, or its error) and returns the last worker
+    /// records.
+    pub(crate) fn finish(
+        self,
+        config: &ExperimentConfig,
+        result: std::result::Result<&RunReport, String>,
+    ) -> Result<BTreeMap<usize, WorkerRecord>> {
+        if let Some(e) = self.write_error {
+            return Err(e.context("the run folder could not be written"));
+        }
+        let summary = match result {
+            Ok(report) => summary_json(config, report, &self.leader_counts, &self.last_records),
+            Err(e) => json!({"status": "failed", "error": e}),
+        };
+        self.folder.finish(&summary)?;
+        Ok(self.last_records)
+    }
+}
+
+/// FNV-1a over the bit patterns of `values`: two runs ended with the same parameters, bit for
+/// bit, exactly when their checksums match (up to a 2⁻⁶⁴ accident).
+pub(crate) fn checksum(values: &[f32]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in values.iter().flat_map(|v| v.to_bits().to_le_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 fn summary_json(
@@ -220,6 +302,8 @@ fn summary_json(
             "bytes_received": w.stats.bytes_received,
             "consensus": last.get(&w.rank).and_then(|r| r.consensus),
             "links": w.links,
+            "params_checksum": checksum(&w.params),
+            "center_checksum": w.center.as_deref().map(checksum),
         })).collect::<Vec<_>>(),
     })
 }
@@ -240,7 +324,7 @@ fn print_sim(sim: &SimReport) {
     );
 }
 
-fn print_summary(
+pub(crate) fn print_summary(
     virtual_time: bool,
     report: &RunReport,
     last: &BTreeMap<usize, peloton_core::runner::WorkerRecord>,

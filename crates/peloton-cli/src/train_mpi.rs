@@ -1,0 +1,235 @@
+//! `peloton train --transport mpi`: this process is one worker of an MPI job
+//! (`mpirun -n 4 peloton train --transport mpi ...`; world rank = worker rank).
+//!
+//! Before training, every rank checks that it can start (config valid, data readable, rank 0's
+//! run folder created) and the ranks agree on the resolved experiment and the seed; any
+//! failure there is reported by every rank, which then finalizes MPI and exits with code 1.
+//! A failure during training on one rank (an error, a panic) ends the whole job through
+//! `MPI_Abort` with a line naming the rank. Only rank 0 writes the run folder; the events and
+//! results of all ranks are gathered to it at the end, so the folder reads like a threads run.
+
+#[cfg(not(feature = "mpi"))]
+pub fn train_mpi(
+    _config: &crate::config::ExperimentConfig,
+    _options: &crate::train::TrainOptions,
+) -> anyhow::Result<std::path::PathBuf> {
+    anyhow::bail!(
+        "this peloton was built without MPI support: rebuild with `cargo build --release -p peloton-cli --features mpi` (needs libopenmpi-dev openmpi-bin libclang-dev) and start it with mpirun"
+    )
+}
+
+#[cfg(feature = "mpi")]
+pub use imp::train_mpi;
+
+#[cfg(feature = "mpi")]
+mod imp {
+    use std::path::PathBuf;
+
+    use anyhow::{anyhow, Result};
+    use peloton_core::algorithms::AlgorithmConfig;
+    use peloton_core::learner::LearnerFactory;
+    use peloton_core::runner::Event;
+    use peloton_core::transport::{Communicator, CommunicatorExt};
+    use peloton_mpi::{abort_job, is_shared_error, Mpi, MpiComm, NodeLayout};
+
+    use crate::config::ExperimentConfig;
+    use crate::run_folder::{default_path, RunFolder};
+    use crate::train::{display, print_summary, progress_bar, Header, Recorder, TrainOptions};
+
+    /// Test hook: `PELOTON_MPI_TEST_PANIC=RANK:STEP` makes that rank panic at its first worker
+    /// record at or after STEP (the tests check that the job then ends within seconds).
+    const PANIC_HOOK_VAR: &str = "PELOTON_MPI_TEST_PANIC";
+
+    /// How a rank's attempt ended when it did not succeed.
+    enum Failure {
+        /// Every rank stops here together: finalize MPI and exit with code 1.
+        Shared(anyhow::Error),
+        /// This rank alone failed while the others may be waiting for it: abort the job.
+        Local(anyhow::Error),
+    }
+
+    pub fn train_mpi(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBuf> {
+        let mpi = Mpi::init()?;
+        let rank = mpi.world_rank();
+        let outcome = {
+            // The checks before training talk on their own communicator, whose traffic
+            // counters are not the workers': byte counts then match a threads run.
+            let mut setup = mpi.world();
+            let mut world = mpi.world();
+            train_rank(&mpi, &mut setup, &mut world, config, options)
+        };
+        match outcome {
+            Ok(path) => Ok(path),
+            // Dropping `mpi` finalizes MPI on every rank: a clean exit.
+            Err(Failure::Shared(e)) => Err(e.context(format!("rank {rank}"))),
+            Err(Failure::Local(e)) => abort_job(rank, &format!("{e:#}"), 1),
+        }
+    }
+
+    /// FNV-1a of a string: the ranks compare their resolved configs through it.
+    fn fingerprint(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    /// Applies the MPI job's shape to the config: one worker per rank, and for multi-leader
+    /// LSGD without an explicit `group_size` one group per node. Returns notes for rank 0.
+    fn adapt(config: &mut ExperimentConfig, world: &MpiComm) -> Vec<String> {
+        let mut notes = Vec::new();
+        let ranks = world.size();
+        if config.workers != ranks {
+            notes.push(format!(
+                "MPI started {ranks} ranks: running {ranks} workers (one per rank) instead of the config's {}",
+                config.workers
+            ));
+            config.workers = ranks;
+        }
+        let layout = NodeLayout::detect(world);
+        if let AlgorithmConfig::Lsgd(lsgd) = &mut config.algorithm {
+            if lsgd.group_size.is_none() && layout.nodes() > 1 {
+                match layout.uniform_group_size() {
+                    Some(g) => {
+                        lsgd.group_size = Some(g);
+                        notes.push(format!(
+                            "{} nodes of {g} ranks: multi-leader LSGD with one group per node (algorithm.group_size = {g}; set it to override)",
+                            layout.nodes()
+                        ));
+                    }
+                    None => notes.push(format!(
+                        "{} nodes, but not as equal blocks of consecutive ranks: LSGD keeps one group (set algorithm.group_size to form groups)",
+                        layout.nodes()
+                    )),
+                }
+            }
+        }
+        notes
+    }
+
+    /// Everything a rank checks before training; an error here is this rank's alone.
+    fn prepare(
+        config: &ExperimentConfig,
+        rank: usize,
+        options: &TrainOptions,
+    ) -> Result<(Box<dyn LearnerFactory>, Option<(RunFolder, PathBuf)>)> {
+        config.validate()?;
+        let factory = config.factory()?;
+        let folder = if rank == 0 {
+            let path = options
+                .out
+                .clone()
+                .unwrap_or_else(|| default_path(config.algorithm.name(), &config.task_name()));
+            Some((RunFolder::create(&path, &config.to_toml()?)?, path))
+        } else {
+            None
+        };
+        Ok((factory, folder))
+    }
+
+    fn train_rank(
+        mpi: &Mpi,
+        setup: &mut MpiComm,
+        world: &mut MpiComm,
+        config: &ExperimentConfig,
+        options: &TrainOptions,
+    ) -> std::result::Result<PathBuf, Failure> {
+        let rank = world.rank();
+        let shared = |e: peloton_core::Error| Failure::Shared(e.into());
+        let mut config = config.clone();
+        let notes = adapt(&mut config, setup);
+        let quiet = options.quiet || rank != 0;
+
+        // Every rank learns which ranks could not start, so that all of them stop together.
+        let prepared = prepare(&config, rank, options);
+        let failed = setup
+            .gather_scalar(if prepared.is_ok() { 0.0 } else { 1.0 })
+            .map_err(shared)?;
+        let (factory, folder) = match prepared {
+            Err(e) => return Err(Failure::Shared(e)),
+            Ok(p) => p,
+        };
+        if let Some(first) = failed.iter().position(|&f| f != 0.0) {
+            return Err(Failure::Shared(anyhow!(
+                "rank {first} could not start (its error is above); stopping"
+            )));
+        }
+        let text = config.to_toml().map_err(Failure::Shared)?;
+        let agreed = setup
+            .agree(
+                "the experiment (a hash of the resolved config.toml)",
+                fingerprint(&text),
+            )
+            .and_then(|_| setup.agree("the seed", config.seed));
+        let folder = match (agreed, folder) {
+            (Ok(()), folder) => folder,
+            (Err(e), Some((folder, _))) => {
+                // Best effort: the run folder says why nothing ran.
+                let _ = Recorder::new(folder).finish(&config, Err(e.to_string()));
+                return Err(shared(e));
+            }
+            (Err(e), None) => return Err(shared(e)),
+        };
+        if !quiet {
+            for note in &notes {
+                println!("note: {note}");
+            }
+            println!(
+                "MPI: {} ranks, rank 0 on {}",
+                world.size(),
+                mpi.processor_name()
+            );
+        }
+
+        let run = config.run_config();
+        let panic_at = std::env::var(PANIC_HOOK_VAR).ok().and_then(|v| {
+            let (r, s) = v.split_once(':')?;
+            Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?))
+        });
+        let bar = progress_bar(quiet, run.steps);
+        let header = folder.as_ref().map(|(_, path)| Header::new(&config, path));
+        let live = |event: &Event| {
+            if let (Some((r, s)), Event::Worker(w)) = (panic_at, event) {
+                if r == rank && w.step >= s {
+                    panic!("injected by {PANIC_HOOK_VAR} at step {}", w.step);
+                }
+            }
+            if let Some(header) = &header {
+                display(&bar, header, event);
+            }
+        };
+        let mut recorder = folder.map(|(f, path)| (Recorder::new(f), path));
+        let result = peloton_mpi::run(world, &run, factory.as_ref(), &live, &mut |event| {
+            if let Some((r, _)) = &mut recorder {
+                r.record(event);
+            }
+        });
+        bar.finish_and_clear();
+        let failure = |e: peloton_core::Error| {
+            if is_shared_error(&e) {
+                Failure::Shared(e.into())
+            } else {
+                Failure::Local(e.into())
+            }
+        };
+        let Some((recorder, path)) = recorder else {
+            // Ranks other than 0 write nothing.
+            return result.map(|_| PathBuf::new()).map_err(failure);
+        };
+        let report = match result {
+            Ok(Some(report)) => report,
+            Ok(None) => return Err(Failure::Local(anyhow!("rank 0 received no results"))),
+            Err(e) => {
+                // Best effort: the folder says why the run failed before the job ends.
+                let _ = recorder.finish(&config, Err(e.to_string()));
+                return Err(failure(e));
+            }
+        };
+        let last = recorder
+            .finish(&config, Ok(&report))
+            .map_err(Failure::Local)?;
+        if !options.quiet {
+            print_summary(false, &report, &last, &path);
+        }
+        Ok(path)
+    }
+}

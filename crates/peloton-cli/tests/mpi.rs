@@ -1,0 +1,366 @@
+//! End-to-end tests of `--transport mpi` under `mpirun` (feature `mpi`). Skipped, with a note,
+//! when `mpirun` is not installed; `.ci/run` installs Open MPI so that they run in CI.
+//!
+//! Every `mpirun` runs under `timeout`, so a hang fails the test instead of stalling CI.
+#![cfg(feature = "mpi")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The environment every Open MPI run here needs: root allowed, shared memory only, ranks
+/// that yield instead of spinning when oversubscribed.
+const MPI_ENV: [(&str, &str); 4] = [
+    ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
+    ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+    ("OMPI_MCA_mpi_yield_when_idle", "1"),
+    ("OMPI_MCA_btl", "self,vader"),
+];
+
+fn have_mpirun() -> bool {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("note: mpirun not found: skipping the MPI test (apt-get install openmpi-bin libopenmpi-dev)");
+    }
+    found
+}
+
+fn peloton() -> &'static str {
+    env!("CARGO_BIN_EXE_peloton")
+}
+
+/// `timeout 300 mpirun -n N [--oversubscribe] peloton ARGS...`.
+fn mpirun(n: usize, args: &[String]) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["300", "mpirun", "-n", &n.to_string()]);
+    if n > 2 {
+        cmd.arg("--oversubscribe");
+    }
+    cmd.arg(peloton())
+        .args(args)
+        .envs(MPI_ENV)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peloton-mpi-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--problem",
+        "softmax",
+        "--steps",
+        "40",
+        "--quiet",
+        "--set",
+        "log_every=10",
+        "--eval-every",
+        "20",
+        "--seed",
+        "3",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(out.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn summary(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// metrics.jsonl without wall-clock fields (the only fields allowed to differ).
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+/// What must be identical between a threads run and an MPI run: the final parameters of
+/// every worker (checksums of their bits), the centers, the final evaluations, the traffic
+/// and every metric record.
+fn fingerprint(dir: &Path) -> (Vec<Value>, Value, Vec<Value>) {
+    let s = summary(dir);
+    assert_eq!(s["status"], "ok", "{}: {s}", dir.display());
+    let mut evals = s["final_evals"].clone();
+    for e in evals.as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("seconds");
+    }
+    (
+        s["per_worker"].as_array().unwrap().clone(),
+        evals,
+        metrics(dir),
+    )
+}
+
+/// Every synchronous algorithm: a 4-rank MPI run ends bit-identical to a 4-thread run.
+#[test]
+fn mpi_runs_match_threads_bit_for_bit() {
+    if !have_mpirun() {
+        return;
+    }
+    let cases: &[(&str, &[&str])] = &[
+        ("all-reduce", &["--algorithm", "all-reduce"]),
+        ("lsgd", &["--algorithm", "lsgd"]),
+        (
+            "lsgd-multi-leader",
+            &[
+                "--algorithm",
+                "lsgd",
+                "--set",
+                "algorithm.group_size=2",
+                "--set",
+                "algorithm.lambda_global=0.2",
+                "--set",
+                "algorithm.tau_global=8",
+            ],
+        ),
+        ("easgd", &["--algorithm", "easgd", "--eval-model", "center"]),
+        (
+            "eamsgd",
+            &[
+                "--algorithm",
+                "eamsgd",
+                "--set",
+                "optimizer.momentum=0.9",
+                "--set",
+                "optimizer.nesterov=true",
+            ],
+        ),
+        (
+            "local-sgd",
+            &["--algorithm", "local-sgd", "--set", "algorithm.period=4"],
+        ),
+        (
+            "post-local-sgd",
+            &[
+                "--algorithm",
+                "local-sgd",
+                "--set",
+                "algorithm.warmup_steps=10",
+                "--set",
+                "algorithm.group_size=2",
+            ],
+        ),
+        (
+            "independent",
+            &["--algorithm", "independent", "--eval-model", "workers"],
+        ),
+        (
+            "d-psgd",
+            &["--algorithm", "d-psgd", "--eval-model", "workers"],
+        ),
+        (
+            "d-psgd-cwc",
+            &[
+                "--algorithm",
+                "d-psgd",
+                "--set",
+                "algorithm.variant=combine-while-computing",
+            ],
+        ),
+        ("sgp", &["--algorithm", "sgp", "--eval-model", "workers"]),
+        (
+            "sgp-overlap",
+            &["--algorithm", "sgp", "--set", "algorithm.overlap=true"],
+        ),
+        (
+            "matcha",
+            &["--algorithm", "matcha", "--eval-model", "leader"],
+        ),
+        ("al-dsgd", &["--algorithm", "al-dsgd"]),
+        ("layered-sgd", &["--algorithm", "layered-sgd"]),
+        (
+            "slowmo",
+            &["--algorithm", "slowmo", "--set", "algorithm.frequency=8"],
+        ),
+        (
+            "slowmo-sgp-sharded",
+            &[
+                "--algorithm",
+                "slowmo",
+                "--set",
+                "algorithm.base=sgp",
+                "--set",
+                "algorithm.frequency=8",
+                "--set",
+                "algorithm.sharded=true",
+            ],
+        ),
+    ];
+    let dir = scratch("match");
+    let mut failures = Vec::new();
+    for (name, extra) in cases {
+        let threads_dir = dir.join(format!("{name}-threads"));
+        let mpi_dir = dir.join(format!("{name}-mpi"));
+        let out = Command::new(peloton())
+            .args(train_args(&threads_dir, extra))
+            .args(["--workers", "4"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} threads: {}", text(&out));
+        let out = mpirun(4, &train_args(&mpi_dir, extra))
+            .args(["--transport", "mpi"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} mpi: {}", text(&out));
+        let (t, m) = (fingerprint(&threads_dir), fingerprint(&mpi_dir));
+        if t != m {
+            failures.push(format!(
+                "{name}: threads {:?} vs mpi {:?}",
+                t.0.iter()
+                    .map(|w| w["params_checksum"].clone())
+                    .collect::<Vec<_>>(),
+                m.0.iter()
+                    .map(|w| w["params_checksum"].clone())
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Two ranks without oversubscription; the MPI run folder says "mpi" and reads like a threads
+/// run (records of both workers, in step order).
+#[test]
+fn two_ranks_write_one_run_folder() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = scratch("two");
+    let out = mpirun(2, &train_args(&dir.join("run"), &["--algorithm", "lsgd"]))
+        .args(["--transport", "mpi"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = dir.join("run");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("kind = \"mpi\"") && config.contains("workers = 2"),
+        "{config}"
+    );
+    let s = summary(&run);
+    assert_eq!(s["workers"], 2);
+    assert_eq!(s["per_worker"].as_array().unwrap().len(), 2);
+    let workers: Vec<u64> = metrics(&run)
+        .iter()
+        .filter(|r| r["type"] == "worker")
+        .map(|r| r["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers, [0, 1, 0, 1, 0, 1, 0, 1]);
+}
+
+/// A rank that panics mid-run ends the whole job within seconds, with a line naming it.
+#[test]
+fn a_panicking_rank_ends_the_job_quickly() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = scratch("panic");
+    let args = train_args(&dir.join("run"), &["--set", "steps=1000000"]);
+    let mut child = mpirun(4, &args)
+        .args(["--transport", "mpi"])
+        .env("PELOTON_MPI_TEST_PANIC", "2:20")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = None;
+    let mut lines = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if seen.is_none() && line.contains("rank 2 aborts the MPI job") {
+            seen = Some(Instant::now());
+        }
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    let after = seen.map(|t| t.elapsed());
+    let all = lines.join("\n");
+    assert!(!status.success(), "{all}");
+    assert!(all.contains("injected by PELOTON_MPI_TEST_PANIC"), "{all}");
+    let after = after.unwrap_or_else(|| panic!("no line naming rank 2: {all}"));
+    // MPI_Abort takes well under a second here; 5 s is the acceptance bound.
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the panic: {all}"
+    );
+}
+
+/// Ranks that disagree on the experiment (here: the seed, through mpirun's per-rank command
+/// lines) stop cleanly with the same error on every rank instead of training or hanging.
+#[test]
+fn ranks_that_disagree_stop_cleanly() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = scratch("disagree");
+    let run = dir.join("run");
+    let base = train_args(&run, &[]);
+    let mut cmd = Command::new("timeout");
+    cmd.args(["120", "mpirun", "-n", "1", peloton()])
+        .args(&base)
+        .args([
+            "--transport",
+            "mpi",
+            "--set",
+            "seed=1",
+            ":",
+            "-n",
+            "1",
+            peloton(),
+        ])
+        .args(&base)
+        .args(["--transport", "mpi", "--set", "seed=2"])
+        .envs(MPI_ENV)
+        .stdin(Stdio::null());
+    let out = cmd.output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    for rank in 0..2 {
+        assert!(
+            all.contains(&format!(
+                "error: rank {rank}: transport: workers disagree on the experiment"
+            )),
+            "rank {rank}: {all}"
+        );
+    }
+    assert!(
+        !all.contains("panicked") && !all.contains("MPI_ABORT"),
+        "{all}"
+    );
+    assert_eq!(summary(&run)["status"], "failed");
+}

@@ -1,0 +1,501 @@
+//! [`MpiComm`]: peloton's [`Communicator`] over an MPI communicator.
+
+use std::mem::ManuallyDrop;
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mpi::datatype::{Partition, PartitionMut};
+use mpi::ffi;
+use mpi::point_to_point::MatchedReceiveVec;
+use mpi::raw::AsRaw;
+use mpi::topology::Communicator as _;
+use mpi::topology::{Color, SimpleCommunicator};
+use mpi::traits::*;
+use mpi::Count;
+use peloton_core::transport::{
+    check_rank, check_request_len, CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag,
+};
+use peloton_core::{Error, Result};
+
+/// The largest tag every MPI implementation accepts (the standard's minimum `MPI_TAG_UB`).
+pub const MAX_TAG: Tag = 32767;
+
+/// The phrase that starts every error that all members of a collective return together (a
+/// length mismatch found by the pre-collective check, a failed [`CommunicatorExt::agree`]):
+/// such an error needs no abort, every rank can stop cleanly.
+///
+/// [`CommunicatorExt::agree`]: peloton_core::transport::CommunicatorExt::agree
+pub const SHARED_ERROR_MARK: &str = "(every rank)";
+
+/// Traffic counters shared by a rank's world communicator and every group split from it.
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    operations: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, sent: u64, received: u64) {
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.received.fetch_add(received, Ordering::Relaxed);
+        self.operations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A non-blocking send in flight: MPI reads `data` until the request completes.
+struct PendingSend {
+    request: ffi::MPI_Request,
+    data: Vec<f32>,
+}
+
+/// One rank's handle on a group of MPI processes.
+///
+/// * Sum and mean reductions are computed by peloton, not by `MPI_Allreduce` (whose summation
+///   order is unspecified): an `MPI_Alltoallv` hands rank r chunk r of every member's buffer,
+///   rank r sums the chunks in rank order 0, 1, …, p−1 exactly as the threads transport does,
+///   and an `MPI_Allgatherv` (`MPI_Gatherv` for [`Communicator::reduce`]) returns the reduced
+///   chunks. That is a reduce-scatter + all-gather, bandwidth-optimal like a ring (each rank
+///   sends and receives 2(p−1)/p·n values), and the result is bit-identical to the threads
+///   transport's for every group size.
+/// * Sends are buffered as the trait requires: the data is copied into an owned buffer and
+///   handed to `MPI_Isend`; completed sends are reaped by later operations. `wait_send` does not
+///   block (waiting for the receiver there could deadlock two ranks that both wait for their
+///   sends before receiving), it leaves the request to be reaped.
+/// * Receives are matched when they are waited for (`MPI_Mprobe` + `MPI_Mrecv`), the threads
+///   transport's semantics; the probe lets a length mismatch be an error instead of an MPI
+///   truncation abort.
+/// * Every collective first all-gathers the members' lengths (8 bytes each), so a mismatch is
+///   the same error on every member instead of undefined behaviour inside MPI.
+pub struct MpiComm {
+    comm: ManuallyDrop<SimpleCommunicator>,
+    rank: usize,
+    size: usize,
+    world_rank: usize,
+    stats: Arc<Counters>,
+    pending: Vec<PendingSend>,
+    next_request: u64,
+    scratch: Vec<f32>,
+}
+
+// SAFETY: the fields that are not `Send` are MPI handles (`MPI_Comm`, `MPI_Request`: pointers
+// into the MPI library under Open MPI, integers under MPICH) and the buffers they refer to,
+// which this value owns. MPI is initialized at `MPI_THREAD_MULTIPLE` before any `MpiComm`
+// exists (`Mpi::init` refuses lower levels), so MPI may be called on these handles from any
+// thread; `MpiComm` is not `Sync` and every method that uses a handle takes `&mut self` (or
+// only calls `MPI_Abort`, which is thread-safe at that level), so one thread at a time uses
+// it. Moving it to another thread therefore moves ownership only.
+unsafe impl Send for MpiComm {}
+
+fn transport(message: String) -> Error {
+    Error::Transport(message)
+}
+
+fn count(n: usize, what: &str) -> Result<Count> {
+    Count::try_from(n).map_err(|_| {
+        transport(format!(
+            "{what}: {n} values is more than MPI's {} per operation",
+            Count::MAX
+        ))
+    })
+}
+
+/// The first element of chunk `r` when `n` values are split over `p` members (the threads
+/// transport's split).
+fn chunk_start(r: usize, n: usize, p: usize) -> usize {
+    r * n / p
+}
+
+/// `acc ⊕= src`, element-wise, with the threads transport's arithmetic.
+fn combine(acc: &mut [f32], src: &[f32], op: ReduceOp) {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => acc.iter_mut().zip(src).for_each(|(a, b)| *a += *b),
+        ReduceOp::Max => acc.iter_mut().zip(src).for_each(|(a, b)| *a = a.max(*b)),
+        ReduceOp::Min => acc.iter_mut().zip(src).for_each(|(a, b)| *a = a.min(*b)),
+    }
+}
+
+impl MpiComm {
+    /// Wraps `comm` (a communicator this value now owns and frees) for world rank
+    /// `world_rank`.
+    pub(crate) fn new(comm: SimpleCommunicator, world_rank: usize) -> Self {
+        let rank = comm.rank() as usize;
+        let size = comm.size() as usize;
+        Self {
+            comm: ManuallyDrop::new(comm),
+            rank,
+            size,
+            world_rank,
+            stats: Arc::new(Counters::default()),
+            pending: Vec::new(),
+            next_request: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// This process's rank in `MPI_COMM_WORLD`.
+    pub fn world_rank(&self) -> usize {
+        self.world_rank
+    }
+
+    /// The underlying MPI communicator (for measurements against bare MPI calls).
+    pub fn raw(&self) -> &SimpleCommunicator {
+        &self.comm
+    }
+
+    /// Every member's length, after checking that they agree; `Err` (the same on every member)
+    /// otherwise. Not counted in the statistics: the threads transport's check is free.
+    fn check_lengths(&self, what: &str, len: usize) -> Result<()> {
+        let mut lens = vec![0u64; self.size];
+        self.comm.all_gather_into(&(len as u64), &mut lens[..]);
+        if let Some(other) = lens.iter().position(|&l| l != lens[0]) {
+            return Err(transport(format!(
+                "{what}: worker 0 passed {} values but worker {other} passed {} (do the workers build the same model?) {SHARED_ERROR_MARK}",
+                lens[0], lens[other]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts and displacements of the p chunks of an n-value buffer.
+    fn chunks(&self, n: usize) -> (Vec<Count>, Vec<Count>) {
+        let p = self.size;
+        let displs: Vec<Count> = (0..p).map(|r| chunk_start(r, n, p) as Count).collect();
+        let counts = (0..p)
+            .map(|r| (chunk_start(r + 1, n, p) - chunk_start(r, n, p)) as Count)
+            .collect();
+        (counts, displs)
+    }
+
+    /// Reduce-scatter: leaves this member's reduced chunk in `self.scratch[..chunk]` and
+    /// returns the chunk layout.
+    fn reduce_scatter(
+        &mut self,
+        buf: &[f32],
+        op: ReduceOp,
+    ) -> Result<(usize, Vec<Count>, Vec<Count>)> {
+        let p = self.size;
+        let n = buf.len();
+        let (counts, displs) = self.chunks(n);
+        let mine = counts[self.rank] as usize;
+        // Member j's copy of chunk `rank` lands at j·mine: the p copies in rank order.
+        self.scratch.resize(p * mine, 0.0);
+        let recv_counts = vec![mine as Count; p];
+        let recv_displs: Vec<Count> = (0..p).map(|j| (j * mine) as Count).collect();
+        {
+            let send = Partition::new(buf, &counts[..], &displs[..]);
+            let mut recv =
+                PartitionMut::new(&mut self.scratch[..], &recv_counts[..], &recv_displs[..]);
+            self.comm.all_to_all_varcount_into(&send, &mut recv);
+        }
+        let (acc, rest) = self.scratch.split_at_mut(mine);
+        for j in 1..p {
+            combine(acc, &rest[(j - 1) * mine..j * mine], op);
+        }
+        if op == ReduceOp::Mean {
+            let pf = p as f32;
+            acc.iter_mut().for_each(|a| *a /= pf);
+        }
+        Ok((mine, counts, displs))
+    }
+
+    /// Completes the sends MPI has finished with, freeing their buffers.
+    fn reap_sends(&mut self) {
+        self.pending.retain_mut(|s| {
+            let mut done: c_int = 0;
+            // SAFETY: `s.request` is a live request started by `MPI_Isend` on a buffer that
+            // `s.data` keeps alive; `MPI_Test` frees it (sets it to MPI_REQUEST_NULL) when done.
+            unsafe {
+                ffi::MPI_Test(&mut s.request, &mut done, ffi::RSMPI_STATUS_IGNORE);
+            }
+            done == 0
+        });
+    }
+
+    fn check_tag(tag: Tag) -> Result<c_int> {
+        if tag > MAX_TAG {
+            return Err(transport(format!(
+                "tag {tag} is above {MAX_TAG}, the largest tag every MPI accepts"
+            )));
+        }
+        Ok(tag as c_int)
+    }
+
+    fn receive(&mut self, src: usize, tag: Tag, buf: &mut [f32]) -> Result<()> {
+        let tag = Self::check_tag(tag)?;
+        let (message, status) = self
+            .comm
+            .process_at_rank(src as c_int)
+            .matched_probe_with_tag(tag);
+        let got = status.count(f32::equivalent_datatype()) as usize;
+        if got != buf.len() {
+            // Take the message anyway, as the threads transport does, so it cannot be matched
+            // by a later receive.
+            let _: (Vec<f32>, _) = (message, status).matched_receive_vec();
+            return Err(transport(format!(
+                "message from rank {src} (tag {tag}) has {got} values, the receiver expected {}",
+                buf.len()
+            )));
+        }
+        message.matched_receive_into(buf);
+        self.stats.add(0, 4 * buf.len() as u64);
+        Ok(())
+    }
+}
+
+impl Drop for MpiComm {
+    fn drop(&mut self) {
+        if mpi::environment::is_finalized() {
+            // MPI is gone: its handles cannot be freed any more, and buffers of sends it never
+            // completed must not be freed while it might still read them. The process is
+            // ending; leak both.
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .for_each(std::mem::forget);
+            return;
+        }
+        self.reap_sends();
+        for mut s in std::mem::take(&mut self.pending) {
+            // A send nobody received: let MPI finish (or drop) it on its own and never free the
+            // buffer it may still read.
+            // SAFETY: `s.request` is a live request; after `MPI_Request_free` it is not used
+            // again, and `s.data` is leaked so the memory stays valid.
+            unsafe {
+                ffi::MPI_Request_free(&mut s.request);
+            }
+            std::mem::forget(s.data);
+        }
+        // SAFETY: `comm` is dropped exactly once, here, and never used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.comm) };
+    }
+}
+
+impl Communicator for MpiComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<()> {
+        let p = self.size;
+        if p == 1 {
+            return Ok(());
+        }
+        self.check_lengths("all-reduce", buf.len())?;
+        count(buf.len(), "all-reduce")?;
+        let (mine, counts, displs) = self.reduce_scatter(buf, op)?;
+        {
+            let mut recv = PartitionMut::new(buf, &counts[..], &displs[..]);
+            self.comm
+                .all_gather_varcount_into(&self.scratch[..mine], &mut recv);
+        }
+        let bytes = (2 * (p - 1) * 4 * buf.len() / p) as u64;
+        self.stats.add(bytes, bytes);
+        Ok(())
+    }
+
+    fn reduce(&mut self, buf: &mut [f32], root: usize, op: ReduceOp) -> Result<()> {
+        let p = self.size;
+        check_rank("reduce root", root, p)?;
+        if p == 1 {
+            return Ok(());
+        }
+        self.check_lengths("reduce", buf.len())?;
+        count(buf.len(), "reduce")?;
+        let (mine, counts, displs) = self.reduce_scatter(buf, op)?;
+        let root_process = self.comm.process_at_rank(root as c_int);
+        if self.rank == root {
+            let mut recv = PartitionMut::new(buf, &counts[..], &displs[..]);
+            root_process.gather_varcount_into_root(&self.scratch[..mine], &mut recv);
+        } else {
+            root_process.gather_varcount_into(&self.scratch[..mine]);
+        }
+        let bytes = 4 * buf.len() as u64;
+        if self.rank == root {
+            self.stats.add(0, bytes);
+        } else {
+            self.stats.add(bytes, 0);
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
+        let p = self.size;
+        check_rank("broadcast root", root, p)?;
+        if p == 1 {
+            return Ok(());
+        }
+        self.check_lengths("broadcast", buf.len())?;
+        count(buf.len(), "broadcast")?;
+        self.comm
+            .process_at_rank(root as c_int)
+            .broadcast_into(&mut *buf);
+        let bytes = 4 * buf.len() as u64;
+        if self.rank == root {
+            self.stats.add(bytes, 0);
+        } else {
+            self.stats.add(0, bytes);
+        }
+        Ok(())
+    }
+
+    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        gather(self, send, recv)
+    }
+
+    fn all_gather_f64(&mut self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        gather(self, send, recv)
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        // Not counted, as on the threads transport: a barrier moves no data.
+        self.comm.barrier();
+        Ok(())
+    }
+
+    fn send(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<()> {
+        self.isend(dest, tag, data).map(|_| ())
+    }
+
+    fn recv(&mut self, src: usize, tag: Tag, buf: &mut [f32]) -> Result<()> {
+        check_rank("receive source", src, self.size)?;
+        self.receive(src, tag, buf)
+    }
+
+    fn isend(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<SendRequest> {
+        check_rank("send destination", dest, self.size)?;
+        let mpi_tag = Self::check_tag(tag)?;
+        let n = count(data.len(), "send")?;
+        self.reap_sends();
+        let mut pending = PendingSend {
+            // SAFETY: MPI_REQUEST_NULL is a plain constant handle.
+            request: unsafe { ffi::RSMPI_REQUEST_NULL },
+            data: data.to_vec(),
+        };
+        // SAFETY: the buffer holds `n` f32 values and lives in `pending.data` (a heap
+        // allocation that does not move when `pending` does) until the request completes or is
+        // freed with the buffer leaked (`reap_sends`, `Drop`); the communicator is live.
+        unsafe {
+            ffi::MPI_Isend(
+                pending.data.as_ptr().cast(),
+                n,
+                f32::equivalent_datatype().as_raw(),
+                dest as c_int,
+                mpi_tag,
+                self.comm.as_raw(),
+                &mut pending.request,
+            );
+        }
+        self.pending.push(pending);
+        self.stats.add(4 * data.len() as u64, 0);
+        self.next_request += 1;
+        Ok(SendRequest {
+            id: self.next_request,
+        })
+    }
+
+    fn irecv(&mut self, src: usize, tag: Tag, len: usize) -> Result<RecvRequest> {
+        check_rank("receive source", src, self.size)?;
+        Self::check_tag(tag)?;
+        self.next_request += 1;
+        Ok(RecvRequest {
+            id: self.next_request,
+            src,
+            tag,
+            len,
+        })
+    }
+
+    fn wait_send(&mut self, _req: SendRequest) -> Result<()> {
+        // Buffered semantics: the data is ours until MPI is done with it (see the type docs).
+        self.reap_sends();
+        Ok(())
+    }
+
+    fn wait_recv(&mut self, req: RecvRequest, buf: &mut [f32]) -> Result<()> {
+        check_request_len(&req, buf)?;
+        self.receive(req.src, req.tag, buf)
+    }
+
+    fn test_recv(&mut self, req: &RecvRequest) -> Result<bool> {
+        let tag = Self::check_tag(req.tag)?;
+        self.reap_sends();
+        Ok(self
+            .comm
+            .process_at_rank(req.src as c_int)
+            .immediate_probe_with_tag(tag)
+            .is_some())
+    }
+
+    fn split(&mut self, color: usize, key: usize) -> Result<Box<dyn Communicator>> {
+        // Every member learns every (color, key) first, as on the threads transport (whose
+        // byte counts this reproduces), so a value MPI cannot take is the same error on all.
+        let p = self.size;
+        let mut all = vec![0.0f64; 2 * p];
+        self.all_gather_f64(&[color as f64, key as f64], &mut all)?;
+        if let Some(bad) = all.iter().find(|v| **v > c_int::MAX as f64) {
+            return Err(transport(format!(
+                "split: color or key {bad} is above MPI's limit {} {SHARED_ERROR_MARK}",
+                c_int::MAX
+            )));
+        }
+        let sub = self
+            .comm
+            .split_by_color_with_key(Color::with_value(color as c_int), key as c_int)
+            .ok_or_else(|| transport("split: MPI returned no communicator".into()))?;
+        let mut comm = MpiComm::new(sub, self.world_rank);
+        comm.stats = self.stats.clone();
+        Ok(Box::new(comm))
+    }
+
+    fn abort(&self, reason: &str) {
+        crate::abort_job(self.world_rank, reason, 1);
+    }
+
+    fn stats(&self) -> CommStats {
+        CommStats {
+            bytes_sent: self.stats.sent.load(Ordering::Relaxed),
+            bytes_received: self.stats.received.load(Ordering::Relaxed),
+            operations: self.stats.operations.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// All-gather of `f32` or `f64` values, with the threads transport's checks and counts.
+fn gather<T>(c: &mut MpiComm, send: &[T], recv: &mut [T]) -> Result<()>
+where
+    T: Equivalence + Copy,
+{
+    let p = c.size;
+    let k = send.len();
+    if recv.len() != p * k {
+        return Err(transport(format!(
+            "all-gather: receive buffer holds {} values, expected {p}·{k}",
+            recv.len()
+        )));
+    }
+    if p == 1 {
+        recv.copy_from_slice(send);
+    } else {
+        c.check_lengths("all-gather", k)?;
+        count(p * k, "all-gather")?;
+        c.comm.all_gather_into(send, recv);
+    }
+    let bytes = ((p - 1) * k * std::mem::size_of::<T>()) as u64;
+    c.stats.add(bytes, bytes);
+    Ok(())
+}
+
+impl std::fmt::Debug for MpiComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MpiComm(rank {} of {}, world rank {})",
+            self.rank, self.size, self.world_rank
+        )
+    }
+}

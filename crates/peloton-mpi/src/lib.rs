@@ -1,0 +1,158 @@
+//! # peloton-mpi
+//!
+//! The MPI transport of peloton: every MPI process is one worker (world rank = worker rank),
+//! talking through the system's MPI library (Open MPI or MPICH) via rsmpi, the `mpi` crate.
+//! The same algorithm code that runs on threads and in the simulator runs here unchanged, and
+//! a run ends with the same parameters, bit for bit, as on the threads transport.
+//!
+//! ```text
+//! mpirun -n 4 peloton train --transport mpi ...     (peloton-cli built with --features mpi)
+//!
+//! Mpi::init ── MPI_Init_thread(MULTIPLE), panic hook → MPI_Abort
+//!   └ Mpi::world() ── MpiComm (Communicator) ── MPI_Comm_dup(MPI_COMM_WORLD)
+//!        └ split() ── MPI_Comm_split        node_layout() ── MPI_Comm_split_type(SHARED)
+//! run() ── run_worker on this rank, then every rank's events and results gathered to rank 0
+//! ```
+//!
+//! Everything but this documentation sits behind the crate feature `mpi` (enabled by
+//! `peloton-cli/mpi`): building it needs MPI's headers and libclang
+//! (`apt-get install libopenmpi-dev openmpi-bin libclang-dev`), and the workspace's default
+//! build must not.
+//!
+//! Design decisions (see [`MpiComm`] for the operations):
+//! * **Deterministic reductions.** `MPI_Allreduce` may sum in any order, so sums would differ
+//!   from the threads transport in the last bits. Peloton reduces itself: reduce-scatter through
+//!   `MPI_Alltoallv`, a rank-order sum of each chunk, all-gather through `MPI_Allgatherv`.
+//! * **`Send`.** rsmpi's communicator is `!Send` under Open MPI (its handle is a pointer). MPI is
+//!   initialized at `MPI_THREAD_MULTIPLE`, where handles may be used from any thread, and
+//!   [`MpiComm`] is used by one thread at a time (`&mut self`), so it is declared `Send` with
+//!   that justification.
+//! * **Failures.** A panic on any rank prints the rank and the message and calls `MPI_Abort`, so
+//!   the job ends in well under a second instead of hanging in the next collective; so does
+//!   [`Communicator::abort`](peloton_core::transport::Communicator::abort). Errors that every
+//!   rank returns together (a disagreement before training) need no abort: see
+//!   [`is_shared_error`].
+
+#[cfg(feature = "mpi")]
+pub mod bench;
+#[cfg(feature = "mpi")]
+mod comm;
+#[cfg(feature = "mpi")]
+mod run;
+
+#[cfg(feature = "mpi")]
+pub use comm::{MpiComm, MAX_TAG, SHARED_ERROR_MARK};
+#[cfg(feature = "mpi")]
+pub use run::{run, NodeLayout};
+
+#[cfg(feature = "mpi")]
+pub use imp::*;
+
+#[cfg(feature = "mpi")]
+mod imp {
+    use std::io::Write;
+
+    use mpi::environment::{Threading, Universe};
+    use mpi::ffi;
+    use mpi::traits::*;
+    use peloton_core::{Error, Result};
+
+    use crate::MpiComm;
+
+    /// An initialized MPI library. Dropping it finalizes MPI: drop every [`MpiComm`] first.
+    pub struct Mpi {
+        universe: Universe,
+        world_rank: usize,
+        world_size: usize,
+    }
+
+    impl Mpi {
+        /// Initializes MPI at `MPI_THREAD_MULTIPLE` and installs the panic hook that aborts the
+        /// whole job. Fails when MPI was already initialized or cannot run threads freely.
+        pub fn init() -> Result<Mpi> {
+            let (universe, level) = mpi::initialize_with_threading(Threading::Multiple)
+                .ok_or_else(|| Error::Transport("MPI is already initialized".into()))?;
+            let world = universe.world();
+            let world_rank = world.rank() as usize;
+            let world_size = world.size() as usize;
+            if level != Threading::Multiple {
+                return Err(Error::Transport(format!(
+                    "the MPI library provides thread level {level:?}; peloton needs MPI_THREAD_MULTIPLE"
+                )));
+            }
+            install_panic_hook(world_rank);
+            Ok(Mpi {
+                universe,
+                world_rank,
+                world_size,
+            })
+        }
+
+        pub fn world_rank(&self) -> usize {
+            self.world_rank
+        }
+
+        pub fn world_size(&self) -> usize {
+            self.world_size
+        }
+
+        /// This host's name as MPI sees it.
+        pub fn processor_name(&self) -> String {
+            mpi::environment::processor_name().unwrap_or_else(|_| "?".into())
+        }
+
+        /// A communicator over every process (a duplicate of `MPI_COMM_WORLD`, so peloton's
+        /// traffic never matches anybody else's messages).
+        pub fn world(&self) -> MpiComm {
+            MpiComm::new(self.universe.world().duplicate(), self.world_rank)
+        }
+    }
+
+    /// Prints `error: rank R ...: reason` and ends every process of the job through
+    /// `MPI_Abort` (exit code `code`).
+    pub fn abort_job(world_rank: usize, reason: &str, code: i32) -> ! {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: rank {world_rank} aborts the MPI job: {reason}"
+        );
+        let _ = std::io::stdout().flush();
+        if mpi::environment::is_initialized() && !mpi::environment::is_finalized() {
+            // SAFETY: MPI is initialized and not finalized (checked above), MPI_COMM_WORLD is a
+            // valid communicator, and MPI_Abort may be called from any thread at
+            // MPI_THREAD_MULTIPLE.
+            unsafe {
+                ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, code);
+            }
+        }
+        std::process::exit(code)
+    }
+
+    /// A panic on one rank would otherwise unwind into `MPI_Finalize` on that rank alone and
+    /// leave every other rank waiting forever in its next collective.
+    fn install_panic_hook(world_rank: usize) {
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let place = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            abort_job(world_rank, &format!("panicked{place}: {message}"), 101);
+        }));
+    }
+
+    /// True for errors that every rank returns at the same point (failed agreement checks,
+    /// mismatched collective lengths): the ranks can stop cleanly, without `MPI_Abort`.
+    pub fn is_shared_error(e: &Error) -> bool {
+        match e {
+            Error::Transport(m) => {
+                m.contains(crate::SHARED_ERROR_MARK) || m.starts_with("workers disagree on")
+            }
+            _ => false,
+        }
+    }
+}

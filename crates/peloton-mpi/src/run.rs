@@ -1,0 +1,309 @@
+//! One rank's run, the gathering of every rank's events and results on rank 0, and the
+//! detection of which ranks share a node.
+
+use std::collections::BTreeMap;
+use std::os::raw::c_int;
+use std::sync::Mutex;
+
+use mpi::datatype::PartitionMut;
+use mpi::topology::Communicator as _;
+use mpi::traits::*;
+use mpi::Count;
+use peloton_core::learner::LearnerFactory;
+use peloton_core::runner::{
+    run_worker, EvalRecord, Event, LinkTraffic, RunConfig, RunReport, WorkerOutcome, WorkerRecord,
+};
+use peloton_core::transport::{CommStats, Communicator};
+use peloton_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{MpiComm, SHARED_ERROR_MARK};
+
+/// Which node (shared-memory domain, as `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)` sees it)
+/// each rank runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLayout {
+    /// Node index of every rank; nodes are numbered in order of their lowest rank.
+    pub node_of_rank: Vec<usize>,
+}
+
+impl NodeLayout {
+    /// Collective over `comm`: every member learns the layout.
+    pub fn detect(comm: &MpiComm) -> NodeLayout {
+        let raw = comm.raw();
+        let shared = raw.split_shared(raw.rank());
+        // The lowest rank of each node names it.
+        let mut leader = raw.rank() as u64;
+        shared.process_at_rank(0).broadcast_into(&mut leader);
+        let mut leaders = vec![0u64; raw.size() as usize];
+        raw.all_gather_into(&leader, &mut leaders[..]);
+        let mut index = BTreeMap::new();
+        let node_of_rank = leaders
+            .iter()
+            .map(|l| {
+                let next = index.len();
+                *index.entry(*l).or_insert(next)
+            })
+            .collect();
+        NodeLayout { node_of_rank }
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.node_of_rank.iter().max().map_or(0, |m| m + 1)
+    }
+
+    /// The ranks per node when every node holds the same number of consecutive ranks (the
+    /// groups multi-leader LSGD forms: ranks `k·g .. (k+1)·g`), else `None`.
+    pub fn uniform_group_size(&self) -> Option<usize> {
+        let n = self.node_of_rank.len();
+        let nodes = self.nodes();
+        if nodes == 0 || !n.is_multiple_of(nodes) {
+            return None;
+        }
+        let g = n / nodes;
+        self.node_of_rank
+            .iter()
+            .enumerate()
+            .all(|(r, &node)| node == r / g)
+            .then_some(g)
+    }
+}
+
+/// An event as it travels to rank 0.
+#[derive(Serialize, Deserialize)]
+enum WireEvent {
+    Started {
+        workers: usize,
+        params: usize,
+        steps: Option<u64>,
+    },
+    Worker(WorkerRecord),
+    Eval(EvalRecord),
+}
+
+impl From<&Event> for WireEvent {
+    fn from(e: &Event) -> Self {
+        match e {
+            Event::Started {
+                workers,
+                params,
+                steps,
+            } => WireEvent::Started {
+                workers: *workers,
+                params: *params,
+                steps: *steps,
+            },
+            Event::Worker(r) => WireEvent::Worker(r.clone()),
+            Event::Eval(e) => WireEvent::Eval(e.clone()),
+        }
+    }
+}
+
+impl From<WireEvent> for Event {
+    fn from(e: WireEvent) -> Self {
+        match e {
+            WireEvent::Started {
+                workers,
+                params,
+                steps,
+            } => Event::Started {
+                workers,
+                params,
+                steps,
+            },
+            WireEvent::Worker(r) => Event::Worker(r),
+            WireEvent::Eval(e) => Event::Eval(e),
+        }
+    }
+}
+
+/// A rank's outcome without its long vectors (they travel as raw bytes after it).
+#[derive(Serialize, Deserialize)]
+struct WireOutcome {
+    rank: usize,
+    final_evals: Vec<EvalRecord>,
+    stats: CommStats,
+    links: Vec<LinkTraffic>,
+    steps: u64,
+    seconds: f64,
+    params: usize,
+    center: Option<usize>,
+    losses: usize,
+    events: Vec<WireEvent>,
+}
+
+/// `[json length: u64][json][params: f32…][center: f32…][losses: f64…]`, little-endian.
+fn encode(outcome: &WorkerOutcome, events: &[Event]) -> Result<Vec<u8>> {
+    let head = WireOutcome {
+        rank: outcome.rank,
+        final_evals: outcome.final_evals.clone(),
+        stats: outcome.stats,
+        links: outcome.links.clone(),
+        steps: outcome.steps,
+        seconds: outcome.seconds,
+        params: outcome.params.len(),
+        center: outcome.center.as_ref().map(Vec::len),
+        losses: outcome.losses.len(),
+        events: events.iter().map(WireEvent::from).collect(),
+    };
+    let json = serde_json::to_vec(&head)
+        .map_err(|e| Error::Transport(format!("cannot encode the results: {e}")))?;
+    let mut out =
+        Vec::with_capacity(8 + json.len() + 4 * outcome.params.len() + 8 * outcome.losses.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    let center = outcome.center.as_deref().unwrap_or(&[]);
+    for v in outcome.params.iter().chain(center) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in &outcome.losses {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(out)
+}
+
+fn decode(bytes: &[u8], rank: usize) -> Result<(WorkerOutcome, Vec<Event>)> {
+    let bad = |what: &str| Error::Transport(format!("the results of rank {rank} are {what}"));
+    let take = |at: usize, n: usize| bytes.get(at..at + n).ok_or_else(|| bad("truncated"));
+    let json_len = u64::from_le_bytes(take(0, 8)?.try_into().expect("8 bytes")) as usize;
+    let head: WireOutcome = serde_json::from_slice(take(8, json_len)?)
+        .map_err(|e| bad(&format!("unreadable ({e})")))?;
+    let mut at = 8 + json_len;
+    let mut floats = |n: usize| -> Result<Vec<f32>> {
+        let raw = take(at, 4 * n)?;
+        at += 4 * n;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    };
+    let params = floats(head.params)?;
+    let center = head.center.map(&mut floats).transpose()?;
+    let losses = take(at, 8 * head.losses)?
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let outcome = WorkerOutcome {
+        rank: head.rank,
+        params,
+        losses,
+        final_evals: head.final_evals,
+        stats: head.stats,
+        links: head.links,
+        center,
+        steps: head.steps,
+        seconds: head.seconds,
+    };
+    Ok((outcome, head.events.into_iter().map(Event::from).collect()))
+}
+
+/// Gathers every member's `bytes` on `root` (in rank order); `None` elsewhere.
+fn gather_bytes(comm: &MpiComm, bytes: &[u8], root: usize) -> Result<Option<Vec<Vec<u8>>>> {
+    let raw = comm.raw();
+    let p = raw.size() as usize;
+    let mut lens = vec![0u64; p];
+    raw.all_gather_into(&(bytes.len() as u64), &mut lens[..]);
+    let total: u64 = lens.iter().sum();
+    if total > Count::MAX as u64 {
+        return Err(Error::Transport(format!(
+            "the ranks' results take {total} bytes, more than one MPI message holds {SHARED_ERROR_MARK}"
+        )));
+    }
+    let process = raw.process_at_rank(root as c_int);
+    if raw.rank() as usize != root {
+        process.gather_varcount_into(bytes);
+        return Ok(None);
+    }
+    let counts: Vec<Count> = lens.iter().map(|&l| l as Count).collect();
+    let displs: Vec<Count> = counts
+        .iter()
+        .scan(0, |acc, &c| {
+            let d = *acc;
+            *acc += c;
+            Some(d)
+        })
+        .collect();
+    let mut all = vec![0u8; total as usize];
+    {
+        let mut recv = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+        process.gather_varcount_into_root(bytes, &mut recv);
+    }
+    Ok(Some(
+        (0..p)
+            .map(|r| {
+                let d = displs[r] as usize;
+                all[d..d + counts[r] as usize].to_vec()
+            })
+            .collect(),
+    ))
+}
+
+/// Orders the events of all ranks as the threads runner delivers them: `Started`, then by
+/// step the evaluations (by worker) and the worker records (by worker).
+fn deliver(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) {
+    let mut steps: BTreeMap<u64, (Vec<EvalRecord>, Vec<WorkerRecord>)> = BTreeMap::new();
+    for event in per_rank.into_iter().flatten() {
+        match event {
+            Event::Started { .. } => on_event(&event),
+            Event::Worker(r) => steps.entry(r.step).or_default().1.push(r),
+            Event::Eval(e) => steps.entry(e.step).or_default().0.push(e),
+        }
+    }
+    for (_, (mut evals, mut records)) in steps {
+        evals.sort_by_key(|e| e.worker);
+        records.sort_by_key(|r| r.worker);
+        evals.into_iter().for_each(|e| on_event(&Event::Eval(e)));
+        records
+            .into_iter()
+            .for_each(|r| on_event(&Event::Worker(r)));
+    }
+}
+
+/// Runs this rank's worker of `config` on `comm` (the world: rank = worker), then gathers
+/// every rank's events and results on rank 0, which delivers the events to `on_event` in the
+/// threads runner's order and returns the whole run's report; other ranks return `None`.
+/// `live` sees this rank's own events as they happen (progress display). `config` must be
+/// validated, with `workers` equal to the number of ranks.
+pub fn run(
+    comm: &mut MpiComm,
+    config: &RunConfig,
+    factory: &dyn LearnerFactory,
+    live: &(dyn Fn(&Event) + Sync),
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Option<RunReport>> {
+    if config.workers != comm.size() {
+        return Err(Error::Config(format!(
+            "the config has {} workers but MPI started {} ranks (one worker per rank) {SHARED_ERROR_MARK}",
+            config.workers,
+            comm.size()
+        )));
+    }
+    let events = Mutex::new(Vec::new());
+    let emit = |e: Event| {
+        live(&e);
+        events.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+    };
+    let outcome = run_worker(comm, factory, config, &emit)?;
+    let events = events.into_inner().unwrap_or_else(|e| e.into_inner());
+    let bytes = encode(&outcome, &events)?;
+    let Some(all) = gather_bytes(comm, &bytes, 0)? else {
+        return Ok(None);
+    };
+    let mut outcomes = Vec::with_capacity(all.len());
+    let mut per_rank = Vec::with_capacity(all.len());
+    for (rank, bytes) in all.iter().enumerate() {
+        let (o, e) = decode(bytes, rank)?;
+        outcomes.push(o);
+        per_rank.push(e);
+    }
+    deliver(per_rank, on_event);
+    Ok(Some(RunReport {
+        steps: outcomes.iter().map(|o| o.steps).max().unwrap_or(0),
+        seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),
+        final_evals: outcomes
+            .iter()
+            .flat_map(|o| o.final_evals.clone())
+            .collect(),
+        workers: outcomes,
+    }))
+}

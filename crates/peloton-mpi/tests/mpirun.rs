@@ -1,0 +1,50 @@
+//! Runs `peloton-mpi-check` (every collective, group and message against the threads
+//! transport, bit for bit) under `mpirun` with 1 to 4 ranks. Skipped, with a note, when
+//! `mpirun` is not installed.
+#![cfg(feature = "mpi")]
+
+use std::process::{Command, Stdio};
+
+#[test]
+fn the_mpi_transport_matches_the_threads_transport() {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("note: mpirun not found: skipping (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    }
+    for n in [1usize, 2, 3, 4] {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["120", "mpirun", "-n", &n.to_string()]);
+        if n > 2 {
+            cmd.arg("--oversubscribe");
+        }
+        let out = cmd
+            .arg(env!("CARGO_BIN_EXE_peloton-mpi-check"))
+            .envs([
+                ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
+                ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+                ("OMPI_MCA_mpi_yield_when_idle", "1"),
+                ("OMPI_MCA_btl", "self,vader"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{n} ranks: {text}");
+        for rank in 0..n {
+            assert!(
+                text.contains(&format!("check ok: rank {rank} of {n}")),
+                "{n} ranks: {text}"
+            );
+        }
+    }
+}
