@@ -130,11 +130,20 @@ struct WireOutcome {
     center: Option<usize>,
     losses: usize,
     events: Vec<WireEvent>,
+    /// The final leader metric; `None` stands for a non-finite one (JSON has no ∞).
+    metric: Option<f64>,
+    shared_state: Vec<f32>,
+    stopped_at: Option<f64>,
+    leader_changes: Option<u64>,
 }
 
 /// `[json length: u64][json][params: f32…][center: f32…][losses: f64…]`, little-endian.
 fn encode(outcome: &WorkerOutcome, events: &[Event]) -> Result<Vec<u8>> {
     let head = WireOutcome {
+        metric: outcome.metric.is_finite().then_some(outcome.metric),
+        shared_state: outcome.shared_state.clone(),
+        stopped_at: outcome.stopped_at,
+        leader_changes: outcome.leader_changes,
         rank: outcome.rank,
         final_evals: outcome.final_evals.clone(),
         stats: outcome.stats,
@@ -193,6 +202,10 @@ fn decode(bytes: &[u8], rank: usize) -> Result<(WorkerOutcome, Vec<Event>)> {
         center,
         steps: head.steps,
         seconds: head.seconds,
+        metric: head.metric.unwrap_or(f64::INFINITY),
+        shared_state: head.shared_state,
+        stopped_at: head.stopped_at,
+        leader_changes: head.leader_changes,
     };
     Ok((outcome, head.events.into_iter().map(Event::from).collect()))
 }
