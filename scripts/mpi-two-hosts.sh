@@ -11,10 +11,12 @@
 # Needs root, iproute2, util-linux (unshare), Open MPI and a peloton built with the `mpi`
 # feature:  cargo build --release -p peloton-cli --features mpi
 # Usage:    sudo scripts/mpi-two-hosts.sh [extra peloton train flags]
+#           (PELOTON=path/to/peloton picks another binary, e.g. target/debug/peloton;
+#            OUT=DIR keeps the run folder there instead of a temporary folder)
 # Exit code: peloton's (0 when the run finished and the summary says ok).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-peloton="$(pwd)/${CARGO_TARGET_DIR:-target}/release/peloton"
+peloton="$(realpath "${PELOTON:-${CARGO_TARGET_DIR:-target}/release/peloton}")"
 [ -x "$peloton" ] || { echo "error: $peloton not found: build with --features mpi first" >&2; exit 1; }
 command -v mpirun >/dev/null || { echo "error: mpirun not found (apt-get install openmpi-bin libopenmpi-dev)" >&2; exit 1; }
 
@@ -54,7 +56,7 @@ EOF
 chmod +x "$work/agent.sh"
 printf 'nodeA slots=2\nnodeB slots=2\n' > "$work/hosts"
 
-out="$work/run"
+out="${OUT:-$work/run}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 set +e
 ip netns exec pelA unshare --uts sh -c "hostname nodeA; exec timeout 300 mpirun -n 4 \

@@ -106,11 +106,15 @@ mod imp {
         notes
     }
 
-    /// The learners, and on rank 0 the run folder and its path.
-    type Prepared = (Box<dyn LearnerFactory>, Option<(RunFolder, PathBuf)>);
+    /// Rank 0's run folder and its path.
+    type Folder = Option<(RunFolder, PathBuf)>;
 
     /// Everything a rank checks before training; an error here is this rank's alone.
-    fn prepare(config: &ExperimentConfig, rank: usize, options: &TrainOptions) -> Result<Prepared> {
+    fn prepare(
+        config: &ExperimentConfig,
+        rank: usize,
+        options: &TrainOptions,
+    ) -> Result<(Box<dyn LearnerFactory>, Folder)> {
         config.validate()?;
         let factory = config.factory()?;
         let folder = if rank == 0 {
