@@ -37,11 +37,12 @@ fn peloton() -> &'static str {
     env!("CARGO_BIN_EXE_peloton")
 }
 
-/// `timeout 300 mpirun -n N [--oversubscribe] peloton ARGS...`.
+/// `timeout 300 mpirun -n N [--oversubscribe] peloton ARGS...` (oversubscribed when there are
+/// more ranks than cores: Open MPI refuses that otherwise).
 fn mpirun(n: usize, args: &[String]) -> Command {
     let mut cmd = Command::new("timeout");
     cmd.args(["300", "mpirun", "-n", &n.to_string()]);
-    if n > 2 {
+    if n > std::thread::available_parallelism().map_or(1, |c| c.get()) {
         cmd.arg("--oversubscribe");
     }
     cmd.arg(peloton())
