@@ -165,7 +165,7 @@ struct BenchArgs {
     sim: bool,
     /// Measure the MPI transport instead, under mpirun (`mpirun -n 4 peloton bench --mpi`):
     /// all-reduce, broadcast and all-gather through peloton against bare rsmpi calls and the
-    /// threads transport, at 64 KiB, 1 MiB and --size-mib (feature `mpi`).
+    /// threads transport, at 64 KiB, 1 MiB, 16 MiB and --size-mib (feature `mpi`).
     #[arg(long)]
     mpi: bool,
     /// Messages each worker sends in the simulator measurement.
@@ -362,7 +362,7 @@ fn mpi_bench(args: &BenchArgs) -> Result<()> {
     let mpi = peloton_mpi::Mpi::init()?;
     let rows = {
         let mut world = mpi.world();
-        let sizes = [64 << 10, 1 << 20, args.size_mib << 20];
+        let sizes = [64 << 10, 1 << 20, 16 << 20, args.size_mib << 20];
         let mut sizes: Vec<usize> = sizes
             .into_iter()
             .filter(|&s| s <= args.size_mib << 20)

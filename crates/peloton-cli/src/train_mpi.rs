@@ -114,19 +114,20 @@ mod imp {
         config: &ExperimentConfig,
         rank: usize,
         options: &TrainOptions,
-    ) -> Result<(Box<dyn LearnerFactory>, Folder)> {
+    ) -> Result<(Box<dyn LearnerFactory>, Folder, u64)> {
         config.validate()?;
+        let text = config.to_toml()?;
         let factory = config.factory()?;
         let folder = if rank == 0 {
             let path = options
                 .out
                 .clone()
                 .unwrap_or_else(|| default_path(config.algorithm.name(), &config.task_name()));
-            Some((RunFolder::create(&path, &config.to_toml()?)?, path))
+            Some((RunFolder::create(&path, &text)?, path))
         } else {
             None
         };
-        Ok((factory, folder))
+        Ok((factory, folder, fingerprint(&text)))
     }
 
     fn train_rank(
@@ -147,22 +148,18 @@ mod imp {
         let failed = setup
             .gather_scalar(if prepared.is_ok() { 0.0 } else { 1.0 })
             .map_err(shared)?;
-        let (factory, folder) = match prepared {
+        let (factory, folder, hash) = match prepared {
             Err(e) => return Err(Failure::Shared(e)),
             Ok(p) => p,
         };
-        if let Some(first) = failed.iter().position(|&f| f != 0.0) {
-            return Err(Failure::Shared(anyhow!(
+        let agreed = match failed.iter().position(|&f| f != 0.0) {
+            Some(first) => Err(peloton_core::Error::Transport(format!(
                 "rank {first} could not start (its error is above); stopping"
-            )));
-        }
-        let text = config.to_toml().map_err(Failure::Shared)?;
-        let agreed = setup
-            .agree(
-                "the experiment (a hash of the resolved config.toml)",
-                fingerprint(&text),
-            )
-            .and_then(|_| setup.agree("the seed", config.seed));
+            ))),
+            None => setup
+                .agree("the experiment (a hash of the resolved config.toml)", hash)
+                .and_then(|_| setup.agree("the seed", config.seed)),
+        };
         let folder = match (agreed, folder) {
             (Ok(()), folder) => folder,
             (Err(e), Some((folder, _))) => {

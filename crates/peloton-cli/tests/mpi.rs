@@ -37,11 +37,12 @@ fn peloton() -> &'static str {
     env!("CARGO_BIN_EXE_peloton")
 }
 
-/// `timeout 300 mpirun -n N [--oversubscribe] peloton ARGS...`.
+/// `timeout 300 mpirun -n N [--oversubscribe] peloton ARGS...` (oversubscribed when there are
+/// more ranks than cores: Open MPI refuses that otherwise).
 fn mpirun(n: usize, args: &[String]) -> Command {
     let mut cmd = Command::new("timeout");
     cmd.args(["300", "mpirun", "-n", &n.to_string()]);
-    if n > 2 {
+    if n > std::thread::available_parallelism().map_or(1, |c| c.get()) {
         cmd.arg("--oversubscribe");
     }
     cmd.arg(peloton())
@@ -362,5 +363,39 @@ fn ranks_that_disagree_stop_cleanly() {
         !all.contains("panicked") && !all.contains("MPI_ABORT"),
         "{all}"
     );
+    assert_eq!(summary(&run)["status"], "failed");
+}
+
+/// A rank that cannot start (here: an invalid setting on rank 1 only) stops every rank
+/// cleanly: its own error on that rank, a pointer to it on the others.
+#[test]
+fn a_rank_that_cannot_start_stops_every_rank() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = scratch("cannot-start");
+    let run = dir.join("run");
+    let base = train_args(&run, &[]);
+    let out = Command::new("timeout")
+        .args(["120", "mpirun", "-n", "1", peloton()])
+        .args(&base)
+        .args(["--transport", "mpi", ":", "-n", "1", peloton()])
+        .args(&base)
+        .args(["--transport", "mpi", "--set", "steps=0"])
+        .envs(MPI_ENV)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("error: rank 1: invalid config: steps must be at least 1"),
+        "{all}"
+    );
+    assert!(
+        all.contains("error: rank 0: transport: rank 1 could not start"),
+        "{all}"
+    );
+    assert!(!all.contains("MPI_ABORT"), "{all}");
     assert_eq!(summary(&run)["status"], "failed");
 }

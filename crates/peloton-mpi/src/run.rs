@@ -320,3 +320,78 @@ pub fn run(
         workers: outcomes,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(nodes: &[usize]) -> NodeLayout {
+        NodeLayout {
+            node_of_rank: nodes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn node_groups_need_equal_blocks_of_consecutive_ranks() {
+        assert_eq!(layout(&[0, 0, 1, 1]).uniform_group_size(), Some(2));
+        assert_eq!(layout(&[0, 0, 0, 0]).uniform_group_size(), Some(4));
+        assert_eq!(layout(&[0, 1, 2]).uniform_group_size(), Some(1));
+        // Round-robin placement (mpirun --map-by node) and uneven nodes form no groups.
+        assert_eq!(layout(&[0, 1, 0, 1]).uniform_group_size(), None);
+        assert_eq!(layout(&[0, 0, 0, 1]).uniform_group_size(), None);
+        assert_eq!(layout(&[0, 0, 1, 1]).nodes(), 2);
+    }
+
+    #[test]
+    fn events_are_delivered_in_the_threads_runners_order() {
+        let record = |step, worker| {
+            Event::Worker(WorkerRecord {
+                step,
+                worker,
+                loss: 0.0,
+                metric: 0.0,
+                lr: 0.1,
+                leader: None,
+                consensus: None,
+                peers: None,
+                bytes_sent: 0,
+                bytes_received: 0,
+                seconds: 0.0,
+            })
+        };
+        let eval = |step, worker| {
+            Event::Eval(EvalRecord {
+                step,
+                model: "worker".into(),
+                worker: Some(worker),
+                eval: Default::default(),
+                seconds: 0.0,
+            })
+        };
+        let per_rank = vec![
+            vec![
+                Event::Started {
+                    workers: 2,
+                    params: 3,
+                    steps: Some(2),
+                },
+                record(1, 0),
+                eval(2, 0),
+                record(2, 0),
+            ],
+            vec![record(1, 1), eval(2, 1), record(2, 1)],
+        ];
+        let mut seen = Vec::new();
+        deliver(per_rank, &mut |e| {
+            seen.push(match e {
+                Event::Started { .. } => "start".to_string(),
+                Event::Worker(r) => format!("w{}@{}", r.worker, r.step),
+                Event::Eval(e) => format!("e{}@{}", e.worker.unwrap_or(9), e.step),
+            })
+        });
+        assert_eq!(
+            seen,
+            ["start", "w0@1", "w1@1", "e0@2", "e1@2", "w0@2", "w1@2"]
+        );
+    }
+}
