@@ -357,6 +357,11 @@ mod tests {
                 bytes_sent: 0,
                 bytes_received: 0,
                 seconds: 0.0,
+                work: None,
+                staleness: None,
+                staleness_max: None,
+                leader_changes: None,
+                params: None,
             })
         };
         let eval = |step, worker| {
