@@ -420,7 +420,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, outermost first.
-            eprintln!("error: {e:#}");
+            // One write of the whole line: MPI ranks share stderr, and a line written in
+            // pieces interleaves with other ranks' lines.
+            let line = format!("error: {e:#}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
             ExitCode::FAILURE
         }
     }

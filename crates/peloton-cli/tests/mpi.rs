@@ -389,11 +389,11 @@ fn a_rank_that_cannot_start_stops_every_rank() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains("error: rank 1: invalid config: steps must be at least 1"),
+        all.contains("rank 1: invalid config: steps must be at least 1"),
         "{all}"
     );
     assert!(
-        all.contains("error: rank 0: transport: rank 1 could not start"),
+        all.contains("rank 0: transport: rank 1 could not start"),
         "{all}"
     );
     assert!(!all.contains("MPI_ABORT"), "{all}");
