@@ -21,6 +21,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Deserialize;
 
@@ -560,76 +561,55 @@ fn draw(path: &Path, plot: &Plot, series: &[Series]) -> Result<()> {
         padded(y_lo, y_hi, plot.y_from_zero)
     };
     let fail = || format!("cannot draw {}", path.display());
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).with_context(fail)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(&plot.title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .build_cartesian_2d(x.0..x.1, y.0..y.1)
-        .with_context(fail)?;
-    let integer = |v: &f64| {
-        if (v - v.round()).abs() < 1e-9 {
-            format!("{v:.0}")
-        } else {
-            String::new()
+    let legend = plot.legend.clone();
+    draw_chart(path, &plot.title, (x, y), legend, |chart| {
+        let integer = integer_label;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(plot.x_desc.as_str())
+            .y_desc(plot.y_desc.as_str())
+            .axis_desc_style(("sans-serif", 17))
+            .label_style(("sans-serif", 14))
+            .light_line_style(WHITE.mix(0.0));
+        if plot.integer_x {
+            mesh.x_label_formatter(&integer);
         }
-    };
-    let mut mesh = chart.configure_mesh();
-    mesh.x_desc(plot.x_desc.as_str())
-        .y_desc(plot.y_desc.as_str())
-        .axis_desc_style(("sans-serif", 17))
-        .label_style(("sans-serif", 14))
-        .light_line_style(WHITE.mix(0.0));
-    if plot.integer_x {
-        mesh.x_label_formatter(&integer);
-    }
-    if plot.integer_y {
-        let span = (y.1 - y.0).round() as usize;
-        mesh.y_label_formatter(&integer).y_labels(span + 1);
-    }
-    mesh.draw().with_context(fail)?;
-    for s in series {
-        let color = s.color;
-        let anno = match plot.mark {
-            Mark::Line | Mark::LineDots => chart
-                .draw_series(
-                    LineSeries::new(s.points.iter().copied(), color.filled().stroke_width(2))
-                        .point_size(if plot.mark == Mark::LineDots { 3 } else { 0 }),
-                )
-                .with_context(fail)?,
-            Mark::Points => chart
-                .draw_series(
-                    s.points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, color.mix(0.8).filled())),
-                )
-                .with_context(fail)?,
-        };
-        if s.label.is_empty() {
-            // One legend entry per run when a run draws several lines (one per worker).
-            continue;
+        if plot.integer_y {
+            let span = (y.1 - y.0).round() as usize;
+            mesh.y_label_formatter(&integer).y_labels(span + 1);
         }
-        let anno = anno.label(s.label.as_str());
-        if plot.mark == Mark::Points {
-            anno.legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
-        } else {
-            anno.legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            });
+        mesh.draw().with_context(fail)?;
+        for s in series {
+            let color = s.color;
+            let anno = match plot.mark {
+                Mark::Line | Mark::LineDots => chart
+                    .draw_series(
+                        LineSeries::new(s.points.iter().copied(), color.filled().stroke_width(2))
+                            .point_size(if plot.mark == Mark::LineDots { 3 } else { 0 }),
+                    )
+                    .with_context(fail)?,
+                Mark::Points => chart
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .map(|&p| Circle::new(p, 3, color.mix(0.8).filled())),
+                    )
+                    .with_context(fail)?,
+            };
+            if s.label.is_empty() {
+                // One legend entry per run when a run draws several lines (one per worker).
+                continue;
+            }
+            let anno = anno.label(s.label.as_str());
+            if plot.mark == Mark::Points {
+                anno.legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+            } else {
+                anno.legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            }
         }
-    }
-    chart
-        .configure_series_labels()
-        .position(plot.legend.clone())
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font(("sans-serif", 17))
-        .draw()
-        .with_context(fail)?;
-    root.present().with_context(fail)?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Every worker's path through (x₀, x₁), one color per run: a hollow circle at the first
@@ -653,71 +633,94 @@ fn draw_trajectories(path: &Path, runs: &[Run], double_well: bool) -> Result<()>
     let x = padded(x_lo, x_hi, false);
     let y = padded(y_lo, y_hi, false);
     let fail = || format!("cannot draw {}", path.display());
+    let title = "Trajectories of every worker (x₀, x₁)";
+    draw_chart(
+        path,
+        title,
+        (x, y),
+        SeriesLabelPosition::UpperRight,
+        |chart| {
+            chart
+                .configure_mesh()
+                .x_desc("x₀")
+                .y_desc("x₁")
+                .axis_desc_style(("sans-serif", 17))
+                .label_style(("sans-serif", 14))
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .with_context(fail)?;
+            if double_well {
+                let marks = [(-1.0, 0.0), (1.0, 0.0)];
+                chart
+                    .draw_series(
+                        marks
+                            .iter()
+                            .map(|&p| Cross::new(p, 8, BLACK.stroke_width(2))),
+                    )
+                    .with_context(fail)?
+                    .label("minima (±1, 0)")
+                    .legend(|(x, y)| Cross::new((x + 10, y), 6, BLACK.stroke_width(2)));
+                chart
+                    .draw_series(std::iter::once(TriangleMarker::new(
+                        (0.0, 0.0),
+                        8,
+                        BLACK.filled(),
+                    )))
+                    .with_context(fail)?
+                    .label("saddle (0, 0)")
+                    .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, BLACK.filled()));
+            }
+            for (i, r) in runs.iter().enumerate() {
+                let color = COLORS[i % COLORS.len()];
+                for (k, t) in r.trajectories.values().enumerate() {
+                    let t: Vec<(f64, f64)> = t.iter().copied().filter(|p| finite(&p)).collect();
+                    let (Some(&first), Some(&last)) = (t.first(), t.last()) else {
+                        continue;
+                    };
+                    let line = chart
+                        .draw_series(LineSeries::new(t, color.mix(0.8).stroke_width(2)))
+                        .with_context(fail)?;
+                    if k == 0 {
+                        line.label(r.label.as_str()).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                        });
+                    }
+                    chart
+                        .draw_series([
+                            Circle::new(first, 5, color.stroke_width(2)),
+                            Circle::new(last, 5, color.filled()),
+                        ])
+                        .with_context(fail)?;
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The chart every plot of a report draws on: a 960×600 SVG with the title, axes over the
+/// ranges `x` × `y`, and the legend at `legend`. `draw` adds the mesh and the series.
+fn draw_chart(
+    path: &Path,
+    title: &str,
+    (x, y): ((f64, f64), (f64, f64)),
+    legend: SeriesLabelPosition,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> Result<()>,
+) -> Result<()> {
+    let fail = || format!("cannot draw {}", path.display());
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).with_context(fail)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Trajectories of every worker (x₀, x₁)", ("sans-serif", 24))
+        .caption(title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(80)
         .build_cartesian_2d(x.0..x.1, y.0..y.1)
         .with_context(fail)?;
-    chart
-        .configure_mesh()
-        .x_desc("x₀")
-        .y_desc("x₁")
-        .axis_desc_style(("sans-serif", 17))
-        .label_style(("sans-serif", 14))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .with_context(fail)?;
-    if double_well {
-        let marks = [(-1.0, 0.0), (1.0, 0.0)];
-        chart
-            .draw_series(
-                marks
-                    .iter()
-                    .map(|&p| Cross::new(p, 8, BLACK.stroke_width(2))),
-            )
-            .with_context(fail)?
-            .label("minima (±1, 0)")
-            .legend(|(x, y)| Cross::new((x + 10, y), 6, BLACK.stroke_width(2)));
-        chart
-            .draw_series(std::iter::once(TriangleMarker::new(
-                (0.0, 0.0),
-                8,
-                BLACK.filled(),
-            )))
-            .with_context(fail)?
-            .label("saddle (0, 0)")
-            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, BLACK.filled()));
-    }
-    for (i, r) in runs.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        for (k, t) in r.trajectories.values().enumerate() {
-            let t: Vec<(f64, f64)> = t.iter().copied().filter(|p| finite(&p)).collect();
-            let (Some(&first), Some(&last)) = (t.first(), t.last()) else {
-                continue;
-            };
-            let line = chart
-                .draw_series(LineSeries::new(t, color.mix(0.8).stroke_width(2)))
-                .with_context(fail)?;
-            if k == 0 {
-                line.label(r.label.as_str()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-                });
-            }
-            chart
-                .draw_series([
-                    Circle::new(first, 5, color.stroke_width(2)),
-                    Circle::new(last, 5, color.filled()),
-                ])
-                .with_context(fail)?;
-        }
-    }
+    draw(&mut chart)?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 17))
@@ -725,6 +728,18 @@ fn draw_trajectories(path: &Path, runs: &[Run], double_well: bool) -> Result<()>
         .with_context(fail)?;
     root.present().with_context(fail)?;
     Ok(())
+}
+
+/// A plot's drawing context.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Tick labels at whole numbers only (worker indices, counts).
+fn integer_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
 }
 
 /// How often each worker was leader: one bar per (run, worker), the share of log points.
@@ -736,61 +751,49 @@ fn draw_leader_counts(path: &Path, runs: &[(usize, &Run)]) -> Result<()> {
         .unwrap_or(0)
         + 1;
     let fail = || format!("cannot draw {}", path.display());
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).with_context(fail)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("How often each worker was leader", ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .build_cartesian_2d(-0.5..workers as f64 - 0.5, 0.0..1.05)
-        .with_context(fail)?;
-    let integer = |v: &f64| {
-        if (v - v.round()).abs() < 1e-9 {
-            format!("{v:.0}")
-        } else {
-            String::new()
-        }
-    };
-    chart
-        .configure_mesh()
-        .x_desc("worker")
-        .y_desc("share of log points as leader")
-        .x_label_formatter(&integer)
-        .x_labels(workers.min(32) + 1)
-        .axis_desc_style(("sans-serif", 17))
-        .label_style(("sans-serif", 14))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .with_context(fail)?;
-    let width = 0.8 / runs.len().max(1) as f64;
-    for (k, &(i, r)) in runs.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let counts = r.leader_counts();
-        let total: usize = counts.values().sum();
-        let left = -0.4 + k as f64 * width;
-        chart
-            .draw_series(counts.iter().map(|(&w, &c)| {
-                let x0 = w as f64 + left;
-                Rectangle::new(
-                    [(x0, 0.0), (x0 + width, c as f64 / total.max(1) as f64)],
-                    color.filled(),
-                )
-            }))
-            .with_context(fail)?
-            .label(r.label.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font(("sans-serif", 17))
-        .draw()
-        .with_context(fail)?;
-    root.present().with_context(fail)?;
-    Ok(())
+    let title = "How often each worker was leader";
+    let x = (-0.5, workers as f64 - 0.5);
+    draw_chart(
+        path,
+        title,
+        (x, (0.0, 1.05)),
+        SeriesLabelPosition::UpperRight,
+        |chart| {
+            let integer = integer_label;
+            chart
+                .configure_mesh()
+                .x_desc("worker")
+                .y_desc("share of log points as leader")
+                .x_label_formatter(&integer)
+                .x_labels(workers.min(32) + 1)
+                .axis_desc_style(("sans-serif", 17))
+                .label_style(("sans-serif", 14))
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .with_context(fail)?;
+            let width = 0.8 / runs.len().max(1) as f64;
+            for (k, &(i, r)) in runs.iter().enumerate() {
+                let color = COLORS[i % COLORS.len()];
+                let counts = r.leader_counts();
+                let total: usize = counts.values().sum();
+                let left = -0.4 + k as f64 * width;
+                chart
+                    .draw_series(counts.iter().map(|(&w, &c)| {
+                        let x0 = w as f64 + left;
+                        Rectangle::new(
+                            [(x0, 0.0), (x0 + width, c as f64 / total.max(1) as f64)],
+                            color.filled(),
+                        )
+                    }))
+                    .with_context(fail)?
+                    .label(r.label.as_str())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                    });
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Objectives that fall over more than three decades (exact-gradient problems converging

@@ -25,6 +25,10 @@ pub enum Error {
     /// A learner (model + data) failed.
     #[error("learner on worker {worker}: {message}")]
     Learner { worker: usize, message: String },
+    /// A worker this one waits for (a collective's member, a message's sender) has left the
+    /// run: finished, stopped or failed. Asynchronous algorithms go on without it.
+    #[error("transport: worker {worker} left the run while others were waiting for it")]
+    Left { worker: usize },
     /// A worker was stopped by an injected fault at `at` seconds (virtual on the simulator).
     #[error("worker {worker} stopped at {at:.3} s (injected fault)")]
     Stopped { worker: usize, at: f64 },

@@ -672,10 +672,9 @@ impl SimComm {
             }
             if st.status[self.members[src]] == Status::Done {
                 // A finished worker sends nothing more (exact in virtual time too).
-                return Err(Error::Transport(format!(
-                    "worker {} left the run while others were waiting for it",
-                    self.members[src]
-                )));
+                return Err(Error::Left {
+                    worker: self.members[src],
+                });
             }
             let what = format!("a message from worker {} (tag {tag})", self.members[src]);
             st.waiting[me] = Some((self.group, src, tag));

@@ -148,7 +148,7 @@ impl AdPsgd {
                     return Ok(());
                 }
                 // The partner stopped: never pick it again, try another one.
-                Err(Error::Transport(m)) if m.contains("left the run") => {
+                Err(Error::Left { .. }) => {
                     self.neighbours.retain(|&w| w != partner);
                 }
                 Err(e) => return Err(e),

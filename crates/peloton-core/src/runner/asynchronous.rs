@@ -28,7 +28,7 @@ use super::{
 };
 use crate::algorithms::asynchronous::{Ticket, TicketPlan, DONE};
 use crate::algorithms::leader::{elect, LossWindow};
-use crate::algorithms::{AsyncSchedule, StepContext};
+use crate::algorithms::{Algorithm, AsyncSchedule};
 use crate::learner::{LearnerContext, LearnerFactory};
 use crate::transport::{Communicator, CounterOp};
 use crate::{Error, Result};
@@ -63,13 +63,15 @@ pub(super) fn run_async_worker(
     let mut optimizer = config.optimizer.init(learner.layout());
     let mut window = LossWindow::new(config.leader_window);
     let mut losses = Vec::new();
-    let (mut interval_sum, mut interval_count) = (0.0f64, 0u64);
     let start = std::time::Instant::now();
     let clock =
         |comm: &dyn Communicator| comm.now().unwrap_or_else(|| start.elapsed().as_secs_f64());
-    let (mut step, mut work, mut lr) = (0u64, 0u64, config.optimizer.lr);
+    let mut progress = Progress {
+        rank,
+        lr: config.optimizer.lr,
+        ..Default::default()
+    };
     let mut stopped_at = None;
-    let mut logged_at = 0u64;
     let mut final_evals = Vec::new();
 
     loop {
@@ -82,8 +84,9 @@ pub(super) fn run_async_worker(
             }
             Ticket::Step { global } => global,
         };
-        work = global + 1;
-        lr = config.optimizer.lr_at(global / n, clock(comm));
+        progress.work = global + 1;
+        progress.lr = config.optimizer.lr_at(global / n, clock(comm));
+        let step = progress.step;
         algorithm.before_compute(comm, &mut params, step)?;
         match comm.compute(step) {
             // Without collective rounds the others can go on: leave the run.
@@ -93,31 +96,20 @@ pub(super) fn run_async_worker(
             }
             other => other?,
         }
-        let loss = learner.loss_and_grad(&params, &mut grad)?;
-        if !loss.is_finite() {
-            return Err(Error::Diverged {
-                worker: rank,
-                step,
-                loss,
-            });
-        }
-        window.push(loss);
-        losses.push(loss);
-        interval_sum += loss;
-        interval_count += 1;
-        let mut ctx = StepContext {
-            comm: &mut *comm,
-            params: &mut params,
-            grad: &mut grad,
+        let loss = super::local_step(
+            comm,
+            learner.as_mut(),
+            algorithm.as_mut(),
+            &mut optimizer,
+            (&mut params, &mut grad),
+            &mut window,
             step,
-            loss,
-            metric: window.mean(),
-            lr,
-        };
-        algorithm.before_step(&mut ctx)?;
-        optimizer.step(ctx.params, ctx.grad, lr);
-        algorithm.after_step(&mut ctx)?;
-        step += 1;
+            progress.lr,
+        )?;
+        losses.push(loss);
+        progress.add_loss(loss);
+        let step = step + 1;
+        progress.step = step;
 
         if config.eval_every > 0 && step.is_multiple_of(config.eval_every) {
             let seconds = clock(comm);
@@ -135,27 +127,15 @@ pub(super) fn run_async_worker(
             }
         }
         if step.is_multiple_of(config.log_every) {
-            let staleness = algorithm.staleness();
-            let traffic = comm.stats().since(&diag.0);
-            emit(Event::Worker(WorkerRecord {
-                step,
-                worker: rank,
-                loss: interval_sum / interval_count.max(1) as f64,
-                metric: window.mean(),
-                lr,
-                leader: algorithm.leader(),
-                consensus: None,
-                peers: algorithm.links().map(|l| l.take_window()),
-                bytes_sent: traffic.bytes_sent,
-                bytes_received: traffic.bytes_received,
-                seconds: clock(comm),
-                work: Some(work),
-                staleness: staleness.map(|s| s.0),
-                staleness_max: staleness.map(|s| s.1),
-                leader_changes: algorithm.leader_changes(),
-                params: (len <= super::RECORD_PARAMS_MAX).then(|| params.clone()),
-            }));
-            (interval_sum, interval_count, logged_at) = (0.0, 0, step);
+            let seconds = clock(comm);
+            emit(Event::Worker(progress.record(
+                comm,
+                algorithm.as_mut(),
+                &diag,
+                &window,
+                &params,
+                seconds,
+            )));
         }
     }
 
@@ -166,27 +146,16 @@ pub(super) fn run_async_worker(
         algorithm.finish(comm, &mut params)?;
     }
     let seconds = clock(comm);
-    if step > logged_at || step == 0 {
-        let staleness = algorithm.staleness();
-        let traffic = comm.stats().since(&diag.0);
-        emit(Event::Worker(WorkerRecord {
-            step,
-            worker: rank,
-            loss: interval_sum / interval_count.max(1) as f64,
-            metric: window.mean(),
-            lr,
-            leader: algorithm.leader(),
-            consensus: None,
-            peers: algorithm.links().map(|l| l.take_window()),
-            bytes_sent: traffic.bytes_sent,
-            bytes_received: traffic.bytes_received,
+    let step = progress.step;
+    if step > progress.logged_at || step == 0 {
+        emit(Event::Worker(progress.record(
+            comm,
+            algorithm.as_mut(),
+            &diag,
+            &window,
+            &params,
             seconds,
-            work: Some(work),
-            staleness: staleness.map(|s| s.0),
-            staleness_max: staleness.map(|s| s.1),
-            leader_changes: algorithm.leader_changes(),
-            params: (len <= super::RECORD_PARAMS_MAX).then(|| params.clone()),
-        }));
+        )));
     }
     if stopped_at.is_none() && config.eval_model == EvalModel::Workers {
         let eval = learner.evaluate(&params)?;
@@ -221,6 +190,62 @@ pub(super) fn run_async_worker(
         stopped_at,
         leader_changes: algorithm.leader_changes(),
     })
+}
+
+/// A worker's counters between two log records of an asynchronous run.
+#[derive(Default)]
+struct Progress {
+    rank: usize,
+    /// Local steps this worker took.
+    step: u64,
+    /// Local steps of the whole run handed out so far.
+    work: u64,
+    lr: f32,
+    interval_sum: f64,
+    interval_count: u64,
+    /// The step of the latest record.
+    logged_at: u64,
+}
+
+impl Progress {
+    fn add_loss(&mut self, loss: f64) {
+        self.interval_sum += loss;
+        self.interval_count += 1;
+    }
+
+    /// This worker's record now (no collective), and a new interval.
+    fn record(
+        &mut self,
+        comm: &dyn Communicator,
+        algorithm: &mut dyn Algorithm,
+        diag: &DiagnosticTraffic,
+        window: &LossWindow,
+        params: &[f32],
+        seconds: f64,
+    ) -> WorkerRecord {
+        let staleness = algorithm.staleness();
+        let traffic = comm.stats().since(&diag.0);
+        let record = WorkerRecord {
+            step: self.step,
+            worker: self.rank,
+            loss: self.interval_sum / self.interval_count.max(1) as f64,
+            metric: window.mean(),
+            lr: self.lr,
+            leader: algorithm.leader(),
+            consensus: None,
+            peers: algorithm.links().map(|l| l.take_window()),
+            bytes_sent: traffic.bytes_sent,
+            bytes_received: traffic.bytes_received,
+            seconds,
+            work: Some(self.work),
+            staleness: staleness.map(|s| s.0),
+            staleness_max: staleness.map(|s| s.1),
+            leader_changes: algorithm.leader_changes(),
+            params: (params.len() <= super::RECORD_PARAMS_MAX).then(|| params.to_vec()),
+        };
+        (self.interval_sum, self.interval_count, self.logged_at) = (0.0, 0, self.step);
+        record
+    }
 }
 
 /// Evaluations during an asynchronous run, without any collective: the worker's own model, or

@@ -300,31 +300,20 @@ pub fn run_worker(
         // Charged before the real work: the simulator then knows this worker's next virtual
         // time while the gradient is being computed, so other workers need not wait for it.
         comm.compute(step)?;
-        let loss = learner.loss_and_grad(&params, &mut grad)?;
-        if !loss.is_finite() {
-            return Err(Error::Diverged {
-                worker: rank,
-                step,
-                loss,
-            });
-        }
-        window.push(loss);
+        let loss = local_step(
+            comm,
+            learner.as_mut(),
+            algorithm.as_mut(),
+            &mut optimizer,
+            (&mut params, &mut grad),
+            &mut window,
+            step,
+            lr,
+        )?;
         losses.push(loss);
         interval_sum += loss;
         interval_count += 1;
         let metric = window.mean();
-        let mut ctx = StepContext {
-            comm: &mut *comm,
-            params: &mut params,
-            grad: &mut grad,
-            step,
-            loss,
-            metric,
-            lr,
-        };
-        algorithm.before_step(&mut ctx)?;
-        optimizer.step(ctx.params, ctx.grad, lr);
-        algorithm.after_step(&mut ctx)?;
         step += 1;
 
         let last = total_steps == Some(step);
@@ -444,6 +433,43 @@ pub fn run_worker(
         stopped_at: None,
         leader_changes: algorithm.leader_changes(),
     })
+}
+
+/// One local step once its compute is charged: the mini-batch gradient (a NaN/∞ loss stops the
+/// run naming the worker), the leader metric, and the algorithm's hooks around the local
+/// optimizer. Returns the mini-batch loss. Shared by the synchronous and asynchronous loops.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn local_step(
+    comm: &mut dyn Communicator,
+    learner: &mut dyn crate::learner::Learner,
+    algorithm: &mut dyn crate::algorithms::Algorithm,
+    optimizer: &mut crate::optim::Sgd,
+    (params, grad): (&mut [f32], &mut [f32]),
+    window: &mut LossWindow,
+    step: u64,
+    lr: f32,
+) -> Result<f64> {
+    let loss = learner.loss_and_grad(params, grad)?;
+    if !loss.is_finite() {
+        return Err(Error::Diverged {
+            worker: comm.rank(),
+            step,
+            loss,
+        });
+    }
+    window.push(loss);
+    let mut ctx = StepContext {
+        comm,
+        params,
+        grad,
+        step,
+        loss,
+        metric: window.mean(),
+        lr,
+    };
+    algorithm.before_step(&mut ctx)?;
+    optimizer.step(ctx.params, ctx.grad, lr);
+    algorithm.after_step(&mut ctx).map(|()| loss)
 }
 
 /// One worker's state after the collective preparation shared by every algorithm.
@@ -628,10 +654,7 @@ impl Reorder {
 /// The error that explains a failed run: the first worker's own error, not the "aborted"
 /// errors it caused on the others.
 pub fn root_cause(errors: Vec<Error>) -> Error {
-    let is_consequence = |e: &Error| {
-        matches!(e, Error::Aborted { .. })
-            || matches!(e, Error::Transport(m) if m.contains("left the run"))
-    };
+    let is_consequence = |e: &Error| matches!(e, Error::Aborted { .. } | Error::Left { .. });
     let first = errors.iter().position(|e| !is_consequence(e)).unwrap_or(0);
     errors.into_iter().nth(first).expect("at least one error")
 }

@@ -150,11 +150,7 @@ impl World {
         members
             .iter()
             .find(|&&w| self.departed[w].load(Ordering::SeqCst))
-            .map(|&w| {
-                Error::Transport(format!(
-                    "worker {w} left the run while others were waiting for it"
-                ))
-            })
+            .map(|&w| Error::Left { worker: w })
     }
 }
 
