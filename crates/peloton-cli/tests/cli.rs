@@ -3,14 +3,8 @@
 
 mod common;
 
-use common::{fails, peloton};
+use common::{fails, peloton, scratch};
 use std::path::PathBuf;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("peloton-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 #[test]
 fn bad_inputs_end_with_one_clear_line() {

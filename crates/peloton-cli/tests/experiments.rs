@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{fails, peloton};
+use common::{fails, peloton, scratch};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -18,12 +18,6 @@ fn experiment(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../experiments")
         .join(format!("{name}.toml"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("peloton-exp-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 /// `peloton run experiments/NAME.toml --out DIR --set …`; returns stdout.

@@ -5,6 +5,13 @@
 mod common;
 
 use common::{fails, peloton};
+
+/// A fresh, existing scratch folder.
+fn scratch(name: &str) -> PathBuf {
+    let dir = common::scratch(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 use std::path::{Path, PathBuf};
 
 /// Runs `peloton` and asserts success.
@@ -16,13 +23,6 @@ fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("peloton-report-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn read(path: &Path) -> String {

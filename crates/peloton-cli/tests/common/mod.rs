@@ -4,6 +4,19 @@ use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::process::{Command, Output};
 
+/// A fresh (removed, not created) scratch path for test `name`, unique per test binary and
+/// process.
+#[allow(dead_code)] // not every test binary uses it
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "peloton-{}-{}-{name}",
+        env!("CARGO_CRATE_NAME"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// Runs the built `peloton` binary.
 pub fn peloton<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_peloton"))
