@@ -415,15 +415,33 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Prints `e` as the run's one error line: the error and its causes, outermost first, in a
+/// single write (MPI ranks share stderr, and a line written in pieces interleaves with other
+/// ranks' lines).
+fn print_error(e: &anyhow::Error) {
+    let line = format!("error: {e:#}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+}
+
+/// An error whose line was already printed (an MPI rank prints before MPI finalizes).
+#[derive(Debug)]
+struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the error was reported above")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes, outermost first.
-            // One write of the whole line: MPI ranks share stderr, and a line written in
-            // pieces interleaves with other ranks' lines.
-            let line = format!("error: {e:#}\n");
-            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+            if e.downcast_ref::<AlreadyReported>().is_none() {
+                print_error(&e);
+            }
             ExitCode::FAILURE
         }
     }

@@ -60,8 +60,14 @@ mod imp {
         };
         match outcome {
             Ok(path) => Ok(path),
-            // Dropping `mpi` finalizes MPI on every rank: a clean exit.
-            Err(Failure::Shared(e)) => Err(e.context(format!("rank {rank}"))),
+            // Every rank prints its line, then dropping `mpi` finalizes MPI, which every rank
+            // reaches: no rank exits (making mpirun end the job) before the others have
+            // written their line.
+            Err(Failure::Shared(e)) => {
+                crate::print_error(&e.context(format!("rank {rank}")));
+                drop(mpi);
+                Err(crate::AlreadyReported.into())
+            }
             Err(Failure::Local(e)) => abort_job(rank, &format!("{e:#}"), 1),
         }
     }
