@@ -13,6 +13,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
+use peloton_core::checkpoint::StateDict;
 use peloton_core::layout::ParamLayout;
 use peloton_core::learner::{Evaluation, Learner, LearnerContext, LearnerFactory};
 use peloton_core::seed::{self, Rng};
@@ -391,6 +392,24 @@ impl Learner for NetworkLearner {
 
     fn read_shared_state(&mut self, out: &mut [f32]) {
         self.read_buffers(out);
+    }
+
+    // The parameters are the runner's; the model keeps its BatchNorm statistics (every
+    // policy), the loader its position, and dropout its stream.
+    fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
+        state.put_f32s("buffers", &self.buffers());
+        state.put_dict("loader", self.loader.save_state());
+        state.put_rng("dropout", &self.dropout_rng);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        let mut buffers = vec![0.0; self.flat.buffers.len()];
+        state.f32s_into("buffers", &mut buffers)?;
+        self.write_shared_state(&buffers);
+        self.loader.load_state(state.dict("loader")?)?;
+        self.dropout_rng = state.rng("dropout")?;
+        Ok(())
     }
 
     fn write_shared_state(&mut self, state: &[f32]) {

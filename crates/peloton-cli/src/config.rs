@@ -61,6 +61,25 @@ pub struct ExperimentConfig {
     /// Where the workers run: threads (real time) or the simulator (virtual time).
     #[serde(default)]
     pub transport: TransportConfig,
+    /// Checkpoints for `peloton train --resume` (off unless `every` is set).
+    #[serde(default, skip_serializing_if = "CheckpointSection::is_off")]
+    pub checkpoint: CheckpointSection,
+}
+
+/// `[checkpoint]`: every worker's full state is written to `RUN_DIR/checkpoints/` every
+/// `every` local steps, so that `peloton train --resume RUN_DIR` continues a killed run exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Local steps between checkpoints; 0 (the default) takes none.
+    #[serde(default)]
+    pub every: u64,
+}
+
+impl CheckpointSection {
+    pub fn is_off(&self) -> bool {
+        self.every == 0
+    }
 }
 
 /// `[transport]`: `kind = "threads"` (the default), `kind = "sim"` with the cluster model in
@@ -219,6 +238,8 @@ impl ExperimentConfig {
             consensus: self.consensus,
             optimizer: self.optimizer.clone(),
             algorithm: self.algorithm.clone(),
+            // Set by `peloton train`, which knows the run folder.
+            checkpoint: None,
         }
     }
 
@@ -254,6 +275,20 @@ impl ExperimentConfig {
     /// read, and the model fitted to them, when the run starts).
     pub fn validate(&self) -> Result<()> {
         self.run_config().validate()?;
+        if !self.checkpoint.is_off() {
+            if !matches!(self.transport, TransportConfig::Threads { .. }) {
+                bail!(
+                    "checkpoint.every: checkpoints are supported on the threads transport, not on {} yet",
+                    self.transport.name()
+                );
+            }
+            if self.algorithm.is_async() {
+                bail!(
+                    "checkpoint.every: checkpoints of asynchronous algorithms ({}) are not supported yet",
+                    self.algorithm.name()
+                );
+            }
+        }
         match &self.transport {
             TransportConfig::Sim { cluster } => cluster.validate(self.workers)?,
             TransportConfig::Threads { faults } => {

@@ -131,6 +131,14 @@ struct TrainArgs {
     /// Run folder (default: runs/<algorithm>-<problem>-<time>); must not exist or be empty.
     #[arg(short, long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Continue the interrupted run in RUN_DIR from its last checkpoint, exactly as if it had
+    /// never stopped (its config.toml has `[checkpoint] every = N`; threads transport).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
+        "config", "algorithm", "problem", "model", "dataset", "data_dir", "device", "batch_size",
+        "workers", "steps", "epochs", "time_budget", "seed", "lr", "eval_every", "eval_model",
+        "transport", "cluster", "calibrate", "slowdown", "set", "out", "print_config",
+    ])]
+    resume: Option<PathBuf>,
     /// Print the resolved experiment as TOML and exit without training.
     #[arg(long)]
     print_config: bool,
@@ -384,6 +392,15 @@ fn mpi_bench(args: &BenchArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => {
+            if let Some(run_dir) = &args.resume {
+                let options = train::TrainOptions {
+                    out: None,
+                    quiet: args.quiet,
+                    calibrate: None,
+                };
+                train::resume(run_dir, &options)?;
+                return Ok(());
+            }
             let mut config = config::load(args.config.as_deref(), &overrides(&args)?)?;
             for spec in &args.slowdown {
                 let (worker, factor) = parse_slowdown(spec)?;

@@ -17,6 +17,53 @@ pub struct RunFolder {
     metrics: BufWriter<File>,
 }
 
+/// `checkpoints/latest.json`: the checkpoint a resume starts from. Written (atomically) only
+/// once every worker's file of that step is on disk and the metrics up to that step are
+/// flushed, so it never points at a half-written checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointManifest {
+    pub format_version: u32,
+    pub step: u64,
+    /// Length of `metrics.jsonl` when the checkpoint was committed: a resume cuts the file
+    /// back to it, so records written after the checkpoint are not doubled.
+    pub metrics_bytes: u64,
+    /// FNV-1a of `config.toml`, as in every worker file.
+    pub config_fingerprint: String,
+}
+
+/// FNV-1a of a config file's bytes: the fingerprint every checkpoint file carries.
+pub fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The folder of a run's checkpoints.
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// Reads a run's checkpoint manifest (`None` before the first checkpoint was committed).
+pub fn read_manifest(run: &Path) -> Result<Option<CheckpointManifest>> {
+    let path = checkpoints_dir(run).join("latest.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let manifest: CheckpointManifest =
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupted", path.display()))?;
+    if manifest.format_version != peloton_core::checkpoint::FORMAT_VERSION {
+        bail!(
+            "{}: checkpoint format version {}, this build reads version {}",
+            path.display(),
+            manifest.format_version,
+            peloton_core::checkpoint::FORMAT_VERSION
+        );
+    }
+    Ok(Some(manifest))
+}
+
 /// Writes `contents` to `path` atomically: a temporary file in the same folder, flushed to
 /// disk, then renamed over the target.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
@@ -61,6 +108,68 @@ impl RunFolder {
         })
     }
 
+    /// Opens an interrupted run's folder to continue it: `metrics.jsonl` is cut back to
+    /// `metrics_bytes` (what was written up to the checkpoint) and appended to.
+    pub fn reopen(path: &Path, metrics_bytes: u64) -> Result<Self> {
+        let metrics_path = path.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&metrics_path)
+            .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+        let len = file.metadata()?.len();
+        if len < metrics_bytes {
+            bail!(
+                "{} is shorter ({len} bytes) than at the checkpoint ({metrics_bytes} bytes): it was damaged",
+                metrics_path.display()
+            );
+        }
+        file.set_len(metrics_bytes)
+            .and_then(|_| file.sync_all())
+            .with_context(|| format!("cannot truncate {}", metrics_path.display()))?;
+        let mut file = file;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            metrics: BufWriter::new(file),
+        })
+    }
+
+    /// Commits the checkpoint of `step`, whose worker files are all written: flushes the
+    /// metrics, writes the manifest atomically, then removes every older checkpoint.
+    pub fn commit_checkpoint(&mut self, step: u64, config_fingerprint: u64) -> Result<()> {
+        self.metrics.flush().context("cannot write metrics.jsonl")?;
+        let file = self.metrics.get_ref();
+        file.sync_data().context("cannot write metrics.jsonl")?;
+        let manifest = CheckpointManifest {
+            format_version: peloton_core::checkpoint::FORMAT_VERSION,
+            step,
+            metrics_bytes: file.metadata()?.len(),
+            config_fingerprint: format!("{config_fingerprint:016x}"),
+        };
+        let dir = checkpoints_dir(&self.path);
+        write_atomic(
+            &dir.join("latest.json"),
+            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        )?;
+        // Older checkpoints are superseded; newer ones may be being written right now.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let older = name
+                .to_str()
+                .and_then(peloton_core::checkpoint::parse_step_dir)
+                .is_some_and(|s| s < step);
+            if older {
+                std::fs::remove_dir_all(entry.path()).with_context(|| {
+                    format!(
+                        "cannot remove the old checkpoint {}",
+                        entry.path().display()
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Appends one event to `metrics.jsonl`.
     pub fn record(&mut self, event: &Event) -> Result<()> {
         // Records are serialized directly (not through serde_json::Value) so that f32 fields
@@ -76,6 +185,8 @@ impl RunFolder {
             ),
             Event::Worker(r) => ("worker", serde_json::to_string(r)?),
             Event::Eval(e) => ("eval", serde_json::to_string(e)?),
+            // Checkpoints are committed by the caller, not recorded as metrics.
+            Event::Checkpoint { .. } => return Ok(()),
         };
         let fields = body.strip_prefix('{').unwrap_or(&body);
         writeln!(self.metrics, "{{\"type\":\"{kind}\",{fields}")

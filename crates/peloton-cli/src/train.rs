@@ -5,14 +5,17 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use peloton_core::checkpoint::CheckpointConfig;
 use peloton_core::runner::{run_threads_with_faults, EvalRecord, Event, RunReport, WorkerRecord};
 use peloton_sim::SimReport;
 use serde_json::json;
 
 use crate::config::{ExperimentConfig, TransportConfig};
-use crate::run_folder::{default_path, write_atomic, RunFolder};
+use crate::run_folder::{
+    checkpoints_dir, default_path, fingerprint, read_manifest, write_atomic, RunFolder,
+};
 use crate::train_mpi::train_mpi;
 
 /// What `train` prints and writes.
@@ -72,7 +75,6 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
         return train_mpi(config, options);
     }
     config.validate()?;
-    let run = config.run_config();
     let path = options
         .out
         .clone()
@@ -99,9 +101,119 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
             anyhow::bail!("--calibrate only applies to the simulator (--transport sim)")
         }
     };
-    let folder = RunFolder::create(&path, &config.to_toml()?)?;
+    let text = config.to_toml()?;
+    let folder = RunFolder::create(&path, &text)?;
+    let folder = Folder {
+        path: &path,
+        folder,
+        fingerprint: fingerprint(&text),
+    };
+    run_in_folder(config, factory.as_ref(), options, folder, None)
+}
+
+/// Continues the interrupted run in `run_dir` from its last committed checkpoint (or from
+/// the start when it was killed before the first one), with the folder's own `config.toml`.
+pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathBuf> {
+    let config_path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "cannot read {}: --resume needs a run folder",
+            config_path.display()
+        )
+    })?;
+    let config = crate::config::load(Some(&config_path), &[])?;
+    anyhow::ensure!(
+        !config.checkpoint.is_off(),
+        "{} was run without checkpoints ([checkpoint] every = N), so it cannot be resumed",
+        run_dir.display()
+    );
+    config.validate()?;
+    if let Ok(summary) = std::fs::read_to_string(run_dir.join("summary.json")) {
+        let finished = serde_json::from_str::<serde_json::Value>(&summary)
+            .ok()
+            .is_some_and(|v| v["status"] == "ok");
+        anyhow::ensure!(
+            !finished,
+            "{} finished already (summary.json says ok): nothing to resume",
+            run_dir.display()
+        );
+    }
+    let fp = fingerprint(&text);
+    let manifest = read_manifest(run_dir)?;
+    if let Some(m) = &manifest {
+        anyhow::ensure!(
+            m.config_fingerprint == format!("{fp:016x}"),
+            "{} changed since the checkpoint of step {} was written (fingerprint {} then, {fp:016x} now); restore it or start a new run",
+            config_path.display(),
+            m.step,
+            m.config_fingerprint
+        );
+    }
+    let folder = RunFolder::reopen(run_dir, manifest.as_ref().map_or(0, |m| m.metrics_bytes))?;
+    if !options.quiet {
+        match &manifest {
+            Some(m) => println!(
+                "resuming {} from the checkpoint of step {}",
+                run_dir.display(),
+                m.step
+            ),
+            None => println!(
+                "{}: no checkpoint was committed yet; starting over",
+                run_dir.display()
+            ),
+        }
+    }
+    let factory = config.factory()?;
+    let folder = Folder {
+        path: run_dir,
+        folder,
+        fingerprint: fp,
+    };
+    run_in_folder(
+        &config,
+        factory.as_ref(),
+        options,
+        folder,
+        Some(manifest.map(|m| m.step)),
+    )
+}
+
+/// An open run folder, where it is, and the fingerprint of its `config.toml`.
+struct Folder<'a> {
+    path: &'a std::path::Path,
+    folder: RunFolder,
+    fingerprint: u64,
+}
+
+/// Runs `config` into an open run folder. `resume` is `Some(step)` for a resumed run: the
+/// checkpoint to start from (`None`: from the start, the folder's metrics cut to nothing).
+fn run_in_folder(
+    config: &ExperimentConfig,
+    factory: &dyn peloton_core::learner::LearnerFactory,
+    options: &TrainOptions,
+    folder: Folder<'_>,
+    resume: Option<Option<u64>>,
+) -> Result<PathBuf> {
+    let Folder {
+        path,
+        folder,
+        fingerprint: config_fingerprint,
+    } = folder;
+    let path = path.to_path_buf();
+    let mut run = config.run_config();
+    if !config.checkpoint.is_off() {
+        run.checkpoint = Some(CheckpointConfig {
+            every: config.checkpoint.every,
+            dir: checkpoints_dir(&path),
+            fingerprint: config_fingerprint,
+            resume: resume.flatten(),
+        });
+    }
     let bar = progress_bar(options.quiet, run.steps);
-    let mut recorder = Recorder::new(folder);
+    let mut recorder = Recorder::new(folder).with_checkpoints(config_fingerprint);
+    if resume.is_some() {
+        recorder.replay(&path.join("metrics.jsonl"))?;
+    }
     let header = Header::new(config, &path);
     let mut on_event = |event: &Event| {
         recorder.record(event);
@@ -110,11 +222,11 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
     let mut sim = None;
     let result = match &config.transport {
         TransportConfig::Threads { faults } => {
-            run_threads_with_faults(&run, faults, factory.as_ref(), &mut on_event)
+            run_threads_with_faults(&run, faults, factory, &mut on_event)
         }
         TransportConfig::Mpi => unreachable!("MPI runs return above"),
         TransportConfig::Sim { cluster } => {
-            peloton_sim::run_sim(&run, cluster, factory.as_ref(), &mut on_event).map(
+            peloton_sim::run_sim(&run, cluster, factory, &mut on_event).map(
                 |(report, sim_report, trace)| {
                     sim = Some((sim_report, trace));
                     report
@@ -204,6 +316,7 @@ pub(crate) fn display(bar: &ProgressBar, header: &Header, event: &Event) {
             }
         }
         Event::Eval(e) => bar.println(describe_eval(e)),
+        Event::Checkpoint { .. } => {}
     }
 }
 
@@ -213,6 +326,10 @@ pub(crate) struct Recorder {
     leader_counts: BTreeMap<usize, u64>,
     last_records: BTreeMap<usize, WorkerRecord>,
     write_error: Option<anyhow::Error>,
+    /// The config's fingerprint, when the run takes checkpoints (they are committed here).
+    checkpoints: Option<u64>,
+    /// A resumed run's metrics already start with the original run's `start` line.
+    skip_start: bool,
 }
 
 impl Recorder {
@@ -222,22 +339,64 @@ impl Recorder {
             leader_counts: BTreeMap::new(),
             last_records: BTreeMap::new(),
             write_error: None,
+            checkpoints: None,
+            skip_start: false,
         }
     }
 
-    pub(crate) fn record(&mut self, event: &Event) {
-        if self.write_error.is_none() {
-            if let Err(e) = self.folder.record(event) {
-                self.write_error = Some(e);
+    pub(crate) fn with_checkpoints(mut self, config_fingerprint: u64) -> Self {
+        self.checkpoints = Some(config_fingerprint);
+        self
+    }
+
+    /// A resumed run: counts the records kept from before the checkpoint, as if they had
+    /// just been recorded, so the summary covers the whole run.
+    pub(crate) fn replay(&mut self, metrics: &std::path::Path) -> Result<()> {
+        let text = std::fs::read_to_string(metrics)
+            .with_context(|| format!("cannot read {}", metrics.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {} is not JSON", metrics.display(), i + 1))?;
+            match value["type"].as_str() {
+                Some("start") => self.skip_start = true,
+                Some("worker") => {
+                    let r: WorkerRecord = serde_json::from_value(value).with_context(|| {
+                        format!(
+                            "{} line {} is not a worker record",
+                            metrics.display(),
+                            i + 1
+                        )
+                    })?;
+                    self.count(&r);
+                }
+                _ => {}
             }
         }
-        if let Event::Worker(r) = event {
-            if r.worker == 0 {
-                if let Some(l) = r.leader {
-                    *self.leader_counts.entry(l).or_default() += 1;
-                }
+        Ok(())
+    }
+
+    fn count(&mut self, r: &WorkerRecord) {
+        if r.worker == 0 {
+            if let Some(l) = r.leader {
+                *self.leader_counts.entry(l).or_default() += 1;
             }
-            self.last_records.insert(r.worker, r.clone());
+        }
+        self.last_records.insert(r.worker, r.clone());
+    }
+
+    pub(crate) fn record(&mut self, event: &Event) {
+        if self.write_error.is_some() {
+            // Nothing more is written once the folder failed; the error ends the run's report.
+        } else if let (Event::Checkpoint { step, .. }, Some(fp)) = (event, self.checkpoints) {
+            if let Err(e) = self.folder.commit_checkpoint(*step, fp) {
+                self.write_error = Some(e);
+            }
+        } else if matches!(event, Event::Started { .. }) && self.skip_start {
+        } else if let Err(e) = self.folder.record(event) {
+            self.write_error = Some(e);
+        }
+        if let Event::Worker(r) = event {
+            self.count(r);
         }
     }
 

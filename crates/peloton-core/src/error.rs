@@ -22,6 +22,9 @@ pub enum Error {
     /// where it applies, the byte offset).
     #[error("data: {0}")]
     Data(String),
+    /// A checkpoint is missing, damaged, of another run, or cannot be written.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A learner (model + data) failed.
     #[error("learner on worker {worker}: {message}")]
     Learner { worker: usize, message: String },

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::StateDict;
 use crate::layout::ParamLayout;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Where a learner sits in the run; passed to the factory that builds each worker's learner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,22 @@ pub trait Learner: Send {
 
     /// Replaces that state by `state`.
     fn write_shared_state(&mut self, _state: &[f32]) {}
+
+    /// Writes what this learner needs to continue exactly from here: its random streams, the
+    /// position of its data iterator, non-trainable model state (not the parameters, which the
+    /// runner saves). A learner that keeps the default cannot be checkpointed, and says so.
+    fn save_state(&mut self, _state: &mut StateDict) -> Result<()> {
+        Err(Error::Checkpoint(
+            "this learner cannot be checkpointed".into(),
+        ))
+    }
+
+    /// Restores what [`Learner::save_state`] wrote, on a freshly built learner.
+    fn load_state(&mut self, _state: &StateDict) -> Result<()> {
+        Err(Error::Checkpoint(
+            "this learner cannot be checkpointed".into(),
+        ))
+    }
 }
 
 /// Builds the learner of each worker. Called once per worker, on that worker's thread.

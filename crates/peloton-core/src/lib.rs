@@ -16,6 +16,7 @@
 
 pub mod algorithms;
 pub mod bench;
+pub mod checkpoint;
 mod error;
 pub mod kernels;
 pub mod layout;

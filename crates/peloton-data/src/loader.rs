@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use peloton_core::checkpoint::StateDict;
 use peloton_core::seed::Rng;
-use peloton_core::{ensure_config, Result};
+use peloton_core::{ensure_config, Error, Result};
 use rand::seq::SliceRandom;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -269,6 +270,41 @@ impl ShardLoader {
 
     pub fn tables(&self) -> &[[f32; 256]] {
         &self.tables
+    }
+
+    /// The iterator's position, for a checkpoint: this epoch's order, the next index, the
+    /// epoch count and the shuffling/augmentation stream.
+    pub fn save_state(&self) -> StateDict {
+        let mut state = StateDict::new();
+        let order: Vec<u64> = self.order.iter().map(|&i| i as u64).collect();
+        state.put_u64s("order", &order);
+        state.put_u64s("position", &[self.position as u64, self.epoch]);
+        state.put_rng("rng", &self.rng);
+        state
+    }
+
+    pub fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        let order: Vec<u32> = state.u64s("order")?.iter().map(|&i| i as u32).collect();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        let mut shard = self.order.clone();
+        shard.sort_unstable();
+        // The saved order must be a permutation of this worker's shard, or it is another run's.
+        let &[position, epoch] = state.u64s("position")? else {
+            return Err(Error::Checkpoint(
+                "the loader position must be two numbers".into(),
+            ));
+        };
+        if sorted != shard || position as usize > order.len() {
+            return Err(Error::Checkpoint(
+                "the data loader's saved order does not match this worker's shard".into(),
+            ));
+        }
+        self.order = order;
+        self.position = position as usize;
+        self.epoch = epoch;
+        self.rng = state.rng("rng")?;
+        Ok(())
     }
 
     /// Writes the next training batch into `batch`.

@@ -79,6 +79,10 @@ enum WireEvent {
     },
     Worker(WorkerRecord),
     Eval(EvalRecord),
+    Checkpoint {
+        step: u64,
+        worker: usize,
+    },
 }
 
 impl From<&Event> for WireEvent {
@@ -95,6 +99,7 @@ impl From<&Event> for WireEvent {
             },
             Event::Worker(r) => WireEvent::Worker(r.clone()),
             Event::Eval(e) => WireEvent::Eval(e.clone()),
+            &Event::Checkpoint { step, worker } => WireEvent::Checkpoint { step, worker },
         }
     }
 }
@@ -113,6 +118,7 @@ impl From<WireEvent> for Event {
             },
             WireEvent::Worker(r) => Event::Worker(r),
             WireEvent::Eval(e) => Event::Eval(e),
+            WireEvent::Checkpoint { step, worker } => Event::Checkpoint { step, worker },
         }
     }
 }
@@ -260,6 +266,8 @@ fn deliver(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) {
             Event::Started { .. } => on_event(&event),
             Event::Worker(r) => steps.entry(r.step).or_default().1.push(r),
             Event::Eval(e) => steps.entry(e.step).or_default().0.push(e),
+            // MPI runs take no checkpoints yet (the CLI refuses them): nothing to commit.
+            Event::Checkpoint { .. } => {}
         }
     }
     for (_, (mut evals, mut records)) in steps {
@@ -392,6 +400,7 @@ mod tests {
                 Event::Started { .. } => "start".to_string(),
                 Event::Worker(r) => format!("w{}@{}", r.worker, r.step),
                 Event::Eval(e) => format!("e{}@{}", e.worker.unwrap_or(9), e.step),
+                Event::Checkpoint { step, .. } => format!("c@{step}"),
             })
         });
         assert_eq!(

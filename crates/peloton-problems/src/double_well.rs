@@ -11,6 +11,7 @@
 //! the shared seed, so every pair straddles the saddle exactly; `random` draws each worker's
 //! start independently from [−1.5·spread, 1.5·spread].
 
+use peloton_core::checkpoint::StateDict;
 use peloton_core::layout::ParamLayout;
 use peloton_core::learner::{Evaluation, Learner, LearnerContext};
 use peloton_core::{ensure_config, seed, Result};
@@ -96,6 +97,16 @@ pub struct DoubleWell {
 }
 
 impl Learner for DoubleWell {
+    fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
+        state.put_rng("noise", &self.noise);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.noise = state.rng("noise")?;
+        Ok(())
+    }
+
     fn layout(&self) -> &ParamLayout {
         &self.layout
     }

@@ -8,6 +8,7 @@
 //! averaging methods. A mini-batch samples `batch_size` observed pairs (0 = all: the exact
 //! gradient, LGD).
 
+use peloton_core::checkpoint::StateDict;
 use peloton_core::layout::ParamLayout;
 use peloton_core::learner::{Evaluation, Learner, LearnerContext};
 use peloton_core::{ensure_config, seed, Result};
@@ -174,6 +175,18 @@ impl MatrixCompletion {
 }
 
 impl Learner for MatrixCompletion {
+    fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
+        state.put_rng("sampler", &self.sampler);
+        state.put_rng("init", &self.init);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.sampler = state.rng("sampler")?;
+        self.init = state.rng("init")?;
+        Ok(())
+    }
+
     fn layout(&self) -> &ParamLayout {
         &self.layout
     }

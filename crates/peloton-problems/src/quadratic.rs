@@ -6,6 +6,7 @@
 //! gradient `A(x − z̄)`, an unbiased estimate with variance shrinking as σ²/b; σ = 0 gives the
 //! exact gradient.
 
+use peloton_core::checkpoint::StateDict;
 use peloton_core::layout::ParamLayout;
 use peloton_core::learner::{Evaluation, Learner, LearnerContext};
 use peloton_core::{ensure_config, seed, Result};
@@ -116,6 +117,18 @@ impl Quadratic {
 }
 
 impl Learner for Quadratic {
+    fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
+        state.put_rng("samples", &self.samples);
+        state.put_rng("init", &self.init);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.samples = state.rng("samples")?;
+        self.init = state.rng("init")?;
+        Ok(())
+    }
+
     fn layout(&self) -> &ParamLayout {
         &self.layout
     }

@@ -6,6 +6,7 @@
 //! shard in a fresh seeded permutation every epoch. Objective on a batch B:
 //! `(1/|B|)·Σ_{i∈B} −log p(y_i | x_i) + (l2/2)·‖W‖²` (the bias is not regularized).
 
+use peloton_core::checkpoint::StateDict;
 use peloton_core::layout::ParamLayout;
 use peloton_core::learner::{Evaluation, Learner, LearnerContext};
 use peloton_core::{ensure_config, seed, Result};
@@ -239,6 +240,34 @@ impl SoftmaxRegression {
 }
 
 impl Learner for SoftmaxRegression {
+    fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
+        let order: Vec<u64> = self.order.iter().map(|&i| i as u64).collect();
+        state.put_u64s("order", &order);
+        state.put_u64("cursor", self.cursor as u64);
+        state.put_rng("sampler", &self.sampler);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        let order = state.u64s("order")?;
+        let cursor = state.usize("cursor")?;
+        // The epoch order is a permutation of this worker's shard: anything else is another run.
+        // (A cursor past the end just means "reshuffle before the next batch".)
+        let mut sorted: Vec<usize> = order.iter().map(|&i| i as usize).collect();
+        sorted.sort_unstable();
+        let mut shard = self.shard.clone();
+        shard.sort_unstable();
+        if sorted != shard {
+            return Err(peloton_core::Error::Checkpoint(
+                "the softmax data order does not match this worker's shard".into(),
+            ));
+        }
+        self.order = order.iter().map(|&i| i as usize).collect();
+        self.cursor = cursor;
+        self.sampler = state.rng("sampler")?;
+        Ok(())
+    }
+
     fn layout(&self) -> &ParamLayout {
         &self.layout
     }

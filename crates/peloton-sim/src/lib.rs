@@ -41,6 +41,11 @@ pub fn run_sim(
 ) -> Result<(RunReport, SimReport, Option<String>)> {
     config.validate()?;
     cluster.validate(config.workers)?;
+    // The simulator's clocks, link queues and in-flight messages are not saved yet.
+    peloton_core::ensure_config!(
+        config.checkpoint.is_none(),
+        "checkpoints are not supported on the simulator yet (use the threads transport)"
+    );
     let world = std::sync::Mutex::new(None);
     let report = run_with(config, factory, on_event, &|work| match run_workers(
         config.workers,

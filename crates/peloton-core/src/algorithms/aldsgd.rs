@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::dpsgd::build_checked;
 use super::gossip::{Gossip, LinkStats, TAG_GOSSIP};
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::SendRequest;
@@ -160,6 +161,14 @@ pub struct AlDsgd {
 }
 
 impl Algorithm for AlDsgd {
+    // `averaged`, `best` and `busiest` are rewritten every step: only the link counters persist.
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_dict("links", self.gossip.links.save_state());
+        Ok(())
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.gossip.links.load_state(state.dict("links")?)
+    }
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         let node = self.schedule.node(ctx.step, ctx.comm.rank());
         if node.recv.is_empty() {

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::transport::ReduceOp;
 use crate::Result;
 
@@ -20,6 +21,13 @@ pub struct AllReduceConfig {}
 pub struct AllReduceSgd;
 
 impl Algorithm for AllReduceSgd {
+    // Stateless between steps: nothing to save.
+    fn save_state(&self, _state: &mut StateDict) -> Result<()> {
+        Ok(())
+    }
+    fn load_state(&mut self, _state: &StateDict) -> Result<()> {
+        Ok(())
+    }
     fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         ctx.comm.all_reduce(ctx.grad, ReduceOp::Mean)
     }

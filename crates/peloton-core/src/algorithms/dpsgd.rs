@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gossip::{Gossip, LinkStats};
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::transport::Communicator;
 use crate::Result;
 
@@ -128,6 +129,13 @@ pub struct Dpsgd {
 }
 
 impl Algorithm for Dpsgd {
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_dict("links", self.gossip.links.save_state());
+        Ok(())
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.gossip.links.load_state(state.dict("links")?)
+    }
     fn before_compute(
         &mut self,
         comm: &mut dyn Communicator,

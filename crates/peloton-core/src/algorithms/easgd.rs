@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, ReduceOp};
@@ -98,6 +99,14 @@ pub struct Easgd {
 }
 
 impl Algorithm for Easgd {
+    // `delta` and `delta_sum` live within one communication step (`pending`), never across one.
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_f32s("center", &self.center);
+        Ok(())
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        state.f32s_into("center", &mut self.center)
+    }
     fn setup(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
         // The center starts at the workers' average: worker 0's parameters when the run
         // synchronizes the initialization (the default, like the author's server initialized

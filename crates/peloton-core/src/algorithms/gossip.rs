@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use peloton_topology::NodeRound;
 
+use crate::checkpoint::StateDict;
 use crate::kernels;
 use crate::transport::{Communicator, SendRequest, Tag};
 use crate::Result;
@@ -59,6 +60,35 @@ impl LinkStats {
         let peers = self.window.len();
         self.window.clear();
         peers
+    }
+
+    /// The counters, for a checkpoint: (peer, bytes) pairs flattened, and the window's peers.
+    pub fn save_state(&self) -> StateDict {
+        let pairs = |m: &BTreeMap<usize, u64>| -> Vec<u64> {
+            m.iter().flat_map(|(&p, &b)| [p as u64, b]).collect()
+        };
+        let mut state = StateDict::new();
+        state.put_u64s("sent", &pairs(&self.sent));
+        state.put_u64s("received", &pairs(&self.received));
+        let window: Vec<u64> = self.window.iter().map(|&p| p as u64).collect();
+        state.put_u64s("window", &window);
+        state
+    }
+
+    pub fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        let map = |key: &str| -> Result<BTreeMap<usize, u64>> {
+            let v = state.u64s(key)?;
+            if !v.len().is_multiple_of(2) {
+                return Err(crate::Error::Checkpoint(format!(
+                    "entry '{key}' must hold (peer, bytes) pairs"
+                )));
+            }
+            Ok(v.chunks_exact(2).map(|c| (c[0] as usize, c[1])).collect())
+        };
+        self.sent = map("sent")?;
+        self.received = map("received")?;
+        self.window = state.u64s("window")?.iter().map(|&p| p as usize).collect();
+        Ok(())
     }
 }
 

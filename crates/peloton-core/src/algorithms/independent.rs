@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::Algorithm;
+use crate::checkpoint::StateDict;
+use crate::Result;
 
 /// `name = "independent"`; no keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -13,4 +15,12 @@ pub struct IndependentConfig {}
 /// The state of a worker that never communicates.
 pub struct Independent;
 
-impl Algorithm for Independent {}
+impl Algorithm for Independent {
+    // Stateless between steps: nothing to save.
+    fn save_state(&self, _state: &mut StateDict) -> Result<()> {
+        Ok(())
+    }
+    fn load_state(&mut self, _state: &StateDict) -> Result<()> {
+        Ok(())
+    }
+}

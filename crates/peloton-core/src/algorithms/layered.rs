@@ -23,6 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, ReduceOp};
@@ -79,6 +80,13 @@ pub struct LayeredSgd {
 }
 
 impl Algorithm for LayeredSgd {
+    // Stateless between steps (the groups are rebuilt by `setup`): nothing to save.
+    fn save_state(&self, _state: &mut StateDict) -> Result<()> {
+        Ok(())
+    }
+    fn load_state(&mut self, _state: &StateDict) -> Result<()> {
+        Ok(())
+    }
     fn setup(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
         let rank = comm.rank();
         self.subgroup = Some(comm.split(rank / self.group_size, rank)?);

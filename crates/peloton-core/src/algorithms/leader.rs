@@ -35,6 +35,40 @@ impl LossWindow {
         self.filled = (self.filled + 1).min(self.values.len());
     }
 
+    /// The window's slots and position, for a checkpoint.
+    pub fn save_state(&self) -> crate::checkpoint::StateDict {
+        let mut state = crate::checkpoint::StateDict::new();
+        state.put_f64s("values", &self.values);
+        state.put_u64s("position", &[self.next as u64, self.filled as u64]);
+        state
+    }
+
+    pub fn load_state(&mut self, state: &crate::checkpoint::StateDict) -> crate::Result<()> {
+        state.f64s("values").and_then(|v| {
+            if v.len() != self.values.len() {
+                return Err(crate::Error::Checkpoint(format!(
+                    "the leader window held {} losses, this run keeps {}",
+                    v.len(),
+                    self.values.len()
+                )));
+            }
+            self.values.copy_from_slice(v);
+            Ok(())
+        })?;
+        match state.u64s("position")? {
+            &[next, filled]
+                if (next as usize) < self.values.len() && filled as usize <= self.values.len() =>
+            {
+                self.next = next as usize;
+                self.filled = filled as usize;
+                Ok(())
+            }
+            _ => Err(crate::Error::Checkpoint(
+                "the leader window's position is out of range".into(),
+            )),
+        }
+    }
+
     /// Mean of the stored losses (in slot order, so it is deterministic); +∞ before any loss.
     pub fn mean(&self) -> f64 {
         if self.filled == 0 {

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::transport::{Communicator, ReduceOp};
 use crate::Result;
@@ -69,6 +70,13 @@ pub struct LocalSgd {
 }
 
 impl Algorithm for LocalSgd {
+    // Stateless between steps (the groups are rebuilt by `setup`): nothing to save.
+    fn save_state(&self, _state: &mut StateDict) -> Result<()> {
+        Ok(())
+    }
+    fn load_state(&mut self, _state: &StateDict) -> Result<()> {
+        Ok(())
+    }
     fn setup(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
         if let Some(l) = self.config.group_size {
             self.group = Some(comm.split(comm.rank() / l, comm.rank())?);

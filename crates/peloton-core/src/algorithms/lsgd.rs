@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::leader::{elect, pull_toward_leader};
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, CommunicatorExt};
@@ -332,6 +333,24 @@ impl Lsgd {
 }
 
 impl Algorithm for Lsgd {
+    // `staging` only carries a leader's parameters within a round; the group is rebuilt by
+    // `setup`.
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_f32s("anchor", &self.anchor);
+        state.put_f32s("anchor_global", &self.anchor_global);
+        state.put_opt_usize("leader", self.leader);
+        state.put_opt_usize("local_leader", self.local_leader);
+        state.put_u64("leader_changes", self.leader_changes);
+        Ok(())
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        state.f32s_to_vec("anchor", &mut self.anchor)?;
+        state.f32s_to_vec("anchor_global", &mut self.anchor_global)?;
+        self.leader = state.opt_usize("leader")?;
+        self.local_leader = state.opt_usize("local_leader")?;
+        self.leader_changes = state.u64("leader_changes")?;
+        Ok(())
+    }
     fn setup(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
         if self.multi {
             // Every worker creates its group collectively, in the same call order.

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::dpsgd::build_checked;
 use super::gossip::{Gossip, LinkStats};
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::Result;
 
 /// `name = "matcha"`.
@@ -89,6 +90,13 @@ pub struct Matcha {
 }
 
 impl Algorithm for Matcha {
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_dict("links", self.gossip.links.save_state());
+        Ok(())
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.gossip.links.load_state(state.dict("links")?)
+    }
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         let node = self.schedule.node(ctx.step, ctx.comm.rank());
         self.gossip.mix(ctx.comm, &node, ctx.params)

@@ -40,9 +40,10 @@ pub mod slowmo;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::StateDict;
 use crate::optim::OptimizerConfig;
 use crate::transport::Communicator;
-use crate::Result;
+use crate::{Error, Result};
 
 pub use adpsgd::AdPsgdConfig;
 pub use aldsgd::AlDsgdConfig;
@@ -122,6 +123,24 @@ pub trait Algorithm: Send {
     /// How many times the (global) leader changed so far, for leader-based algorithms.
     fn leader_changes(&self) -> Option<u64> {
         None
+    }
+
+    // ---- Checkpoints (see [`crate::checkpoint`]) -------------------------------------------
+
+    /// Writes everything this worker needs to continue exactly from here. Called at a step
+    /// boundary after [`Algorithm::drain`], so nothing is in flight. Scratch buffers that every
+    /// step overwrites are not state. An algorithm that keeps the default cannot be
+    /// checkpointed, and says so.
+    fn save_state(&self, _state: &mut StateDict) -> Result<()> {
+        Err(Error::Checkpoint(
+            "this algorithm cannot be checkpointed".into(),
+        ))
+    }
+    /// Restores what [`Algorithm::save_state`] wrote, after [`Algorithm::setup`] ran again.
+    fn load_state(&mut self, _state: &StateDict) -> Result<()> {
+        Err(Error::Checkpoint(
+            "this algorithm cannot be checkpointed".into(),
+        ))
     }
 
     // ---- Asynchronous algorithms (see [`asynchronous`]) -----------------------------------

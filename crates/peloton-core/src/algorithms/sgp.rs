@@ -42,10 +42,11 @@ use serde::{Deserialize, Serialize};
 use super::dpsgd::build_checked;
 use super::gossip::LinkStats;
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, RecvRequest, ReduceOp, SendRequest, Tag};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Tag of push-sum messages.
 pub const TAG_PUSH_SUM: Tag = 0x5055;
@@ -305,6 +306,21 @@ impl Sgp {
 }
 
 impl Algorithm for Sgp {
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        // `drain` ran first: no push-sum mass may be in flight, or it would be lost.
+        if !self.pending.is_empty() || !self.sent_weights.is_empty() || !self.sends.is_empty() {
+            return Err(Error::Checkpoint(
+                "sgp has messages in flight; checkpoints are taken after a drain".into(),
+            ));
+        }
+        state.put_f64("weight", self.weight);
+        state.put_dict("links", self.links.save_state());
+        Ok(())
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.weight = state.f64("weight")?;
+        self.links.load_state(state.dict("links")?)
+    }
     fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         // The gradient was taken at z_i; the optimizer steps the numerator.
         if !self.lazy {

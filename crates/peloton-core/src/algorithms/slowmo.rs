@@ -29,6 +29,7 @@ use super::gossip::LinkStats;
 use super::local_sgd::{LocalSgd, LocalSgdConfig};
 use super::sgp::{Sgp, SgpConfig};
 use super::{Algorithm, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::transport::{Communicator, ReduceOp};
 use crate::Result;
@@ -256,6 +257,25 @@ impl Algorithm for SlowMo {
 
     fn drain(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
         self.base.get().drain(comm, params)
+    }
+
+    // `gathered` is rewritten by every slow step; `slice` is recomputed by `setup`.
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_f32s("slow", &self.slow);
+        state.put_f32s("momentum", &self.momentum);
+        let mut base = StateDict::new();
+        match &self.base {
+            Base::LocalSgd(a) => a.save_state(&mut base)?,
+            Base::Sgp(a) => a.save_state(&mut base)?,
+        }
+        state.put_dict("base", base);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        state.f32s_into("slow", &mut self.slow)?;
+        state.f32s_into("momentum", &mut self.momentum)?;
+        self.base.get().load_state(state.dict("base")?)
     }
 
     fn links(&mut self) -> Option<&mut LinkStats> {

@@ -271,6 +271,17 @@ impl Sgd {
         }
     }
 
+    /// The momentum buffer, for a checkpoint (the Laplacian smoother has no state).
+    pub fn save_state(&self) -> crate::checkpoint::StateDict {
+        let mut state = crate::checkpoint::StateDict::new();
+        state.put_f32s("velocity", &self.velocity);
+        state
+    }
+
+    pub fn load_state(&mut self, state: &crate::checkpoint::StateDict) -> crate::Result<()> {
+        state.f32s_into("velocity", &mut self.velocity)
+    }
+
     /// The momentum buffer (empty without momentum).
     pub fn velocity(&self) -> &[f32] {
         &self.velocity

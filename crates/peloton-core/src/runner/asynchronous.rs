@@ -49,6 +49,7 @@ pub(super) fn run_async_worker(
         state_len,
         mut shared_state,
         mut diag,
+        layout_fingerprint: _,
     } = prepared;
     let rank = comm.rank();
     let n = comm.size() as u64;
@@ -367,7 +368,8 @@ impl TimeOrder {
 
     pub(super) fn push(&mut self, event: Event, out: &mut dyn FnMut(&Event)) {
         let (seconds, worker) = match &event {
-            Event::Started { .. } => return out(&event),
+            // Asynchronous runs take no checkpoints (RunConfig::validate refuses them).
+            Event::Started { .. } | Event::Checkpoint { .. } => return out(&event),
             Event::Worker(r) => (r.seconds, r.worker),
             Event::Eval(e) => (e.seconds, e.worker.unwrap_or(0)),
         };

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::algorithms::leader::{elect, LossWindow};
 use crate::algorithms::{AlgorithmConfig, LinkStats, StepContext};
+use crate::checkpoint::{self, CheckpointConfig, Identity, StateDict, WorkerCheckpoint};
 use crate::ensure_config;
 use crate::kernels;
 use crate::learner::{Evaluation, LearnerContext, LearnerFactory};
@@ -73,6 +74,9 @@ pub struct RunConfig {
     pub consensus: bool,
     pub optimizer: OptimizerConfig,
     pub algorithm: AlgorithmConfig,
+    /// Checkpoints every `every` steps, and where to resume from (threads transport,
+    /// synchronous algorithms).
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 impl Default for RunConfig {
@@ -91,6 +95,7 @@ impl Default for RunConfig {
             consensus: true,
             optimizer: OptimizerConfig::default(),
             algorithm: AlgorithmConfig::default(),
+            checkpoint: None,
         }
     }
 }
@@ -124,6 +129,14 @@ impl RunConfig {
             "eval.model = \"center\" needs an algorithm with a center variable (easgd, eamsgd); {} has none",
             self.algorithm.name()
         );
+        if let Some(c) = &self.checkpoint {
+            ensure_config!(c.every >= 1, "checkpoint.every must be at least 1 step");
+            ensure_config!(
+                !self.algorithm.is_async(),
+                "checkpoints of asynchronous algorithms ({}) are not supported yet; use a synchronous algorithm or turn checkpoints off",
+                self.algorithm.name()
+            );
+        }
         self.optimizer.validate()?;
         self.algorithm
             .validate(self.workers, self.seed, &self.optimizer)
@@ -209,6 +222,13 @@ pub enum Event {
     },
     Worker(WorkerRecord),
     Eval(EvalRecord),
+    /// Worker `worker` wrote its file of the checkpoint at `step`. The runner of a whole run
+    /// ([`run_with`]) passes one `Checkpoint` per step on, with `worker` 0, once every worker's
+    /// file is written and every record up to `step` is out: the caller then commits it.
+    Checkpoint {
+        step: u64,
+        worker: usize,
+    },
 }
 
 /// One worker's results.
@@ -263,6 +283,7 @@ pub fn run_worker(
         state_len,
         mut shared_state,
         mut diag,
+        layout_fingerprint,
     } = prepare(comm, factory, config, emit)?;
     if let Some(schedule) = algorithm.schedule() {
         let prepared = Prepared {
@@ -273,6 +294,7 @@ pub fn run_worker(
             state_len,
             shared_state,
             diag,
+            layout_fingerprint,
         };
         return asynchronous::run_async_worker(comm, config, emit, prepared, schedule);
     }
@@ -287,11 +309,47 @@ pub fn run_worker(
     let (mut interval_sum, mut interval_count) = (0.0f64, 0u64);
     let mut final_evals = Vec::new();
     let start = Instant::now();
-    // Virtual time on the simulator, wall-clock time elsewhere.
-    let clock =
-        |comm: &dyn Communicator| comm.now().unwrap_or_else(|| start.elapsed().as_secs_f64());
     let mut step = 0u64;
-    loop {
+    // A resumed run continues the traffic counters and the clock where the checkpoint was.
+    let mut traffic = Traffic::default();
+    let mut clock_offset = 0.0;
+    let identity = config.checkpoint.as_ref().map(|c| Identity {
+        rank: rank as u64,
+        workers: n as u64,
+        config: c.fingerprint,
+        layout: layout_fingerprint,
+        algorithm: config.algorithm.name().to_string(),
+    });
+    if let (Some(c), Some(identity)) = (&config.checkpoint, &identity) {
+        if let Some(at) = c.resume {
+            let saved = checkpoint::load(&c.worker_file(at, rank))?;
+            saved.check(identity, at)?;
+            let r = &saved.runner;
+            step = saved.step;
+            r.f32s_into("params", &mut params)?;
+            losses = r.f64s("losses")?.to_vec();
+            interval_sum = r.f64("interval_sum")?;
+            interval_count = r.u64("interval_count")?;
+            window.load_state(r.dict("window")?)?;
+            r.f32s_into("shared_state", &mut shared_state)?;
+            clock_offset = r.f64("seconds")?;
+            diag.0 = stats_from(r.u64s("diagnostic_traffic")?)?;
+            traffic.resume(comm.stats(), stats_from(r.u64s("traffic")?)?);
+            optimizer.load_state(&saved.optimizer)?;
+            learner.load_state(&saved.learner)?;
+            algorithm
+                .load_state(&saved.algorithm)
+                .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
+            // Every worker restored the same step, or the run would mix two cuts.
+            diag.run(comm, |c| c.agree("the checkpoint step to resume", at))?;
+        }
+    }
+    // Virtual time on the simulator, wall-clock time elsewhere.
+    let clock = |comm: &dyn Communicator| {
+        comm.now()
+            .unwrap_or_else(|| clock_offset + start.elapsed().as_secs_f64())
+    };
+    'steps: loop {
         if total_steps.is_some_and(|t| step >= t) {
             break;
         }
@@ -318,109 +376,141 @@ pub fn run_worker(
 
         let last = total_steps == Some(step);
         let eval_point = config.eval_every > 0 && step.is_multiple_of(config.eval_every);
-        if !(last || eval_point || step.is_multiple_of(config.log_every)) {
-            continue;
-        }
-        let mut stop = last;
-        if let Some(budget) = config.time_budget {
-            let elapsed = clock(comm);
-            // Any worker out of time stops everyone at the same step.
-            stop |= diag.run(comm, |c| {
-                Ok(c.gather_scalar(elapsed)?.iter().any(|&t| t >= budget))
-            })?;
-        }
-        if eval_point || stop {
-            // Evaluated models and the final parameters hold all their mass (overlap SGP).
-            algorithm.drain(comm, &mut params)?;
-        }
-        let seconds = clock(comm);
-        let mut averaged = false;
-        let mut consensus = None;
-        if config.consensus && n > 1 {
-            scratch.copy_from_slice(&params);
-            diag.run(comm, |c| c.all_reduce(&mut scratch, ReduceOp::Mean))?;
-            averaged = true;
-            consensus = Some(kernels::dist_sq(&params, &scratch).sqrt());
-        }
-        if eval_point || stop {
-            if state_len > 0 {
-                // Every evaluated model sees statistics gathered over the whole cluster's data.
-                learner.read_shared_state(&mut shared_state);
-                diag.run(comm, |c| c.all_reduce(&mut shared_state, ReduceOp::Mean))?;
-                learner.write_shared_state(&shared_state);
+        let checkpoint_point = config
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| step.is_multiple_of(c.every));
+        // A labeled block: a step that is not a log point skips to the checkpoint below.
+        'log: {
+            if !(last || eval_point || step.is_multiple_of(config.log_every)) {
+                break 'log;
             }
-            let mut evals = Vec::new();
-            let record = |eval: Evaluation, worker: Option<usize>| EvalRecord {
-                step,
-                model: config.eval_model.name().to_string(),
-                worker,
-                eval,
-                seconds,
-            };
-            match config.eval_model {
-                EvalModel::Average => {
-                    if !averaged {
-                        scratch.copy_from_slice(&params);
-                        diag.run(comm, |c| c.all_reduce(&mut scratch, ReduceOp::Mean))?;
-                    }
-                    if rank == 0 {
-                        evals.push(record(learner.evaluate(&scratch)?, None));
-                    }
+            let mut stop = last;
+            if let Some(budget) = config.time_budget {
+                let elapsed = clock(comm);
+                // Any worker out of time stops everyone at the same step.
+                stop |= diag.run(comm, |c| {
+                    Ok(c.gather_scalar(elapsed)?.iter().any(|&t| t >= budget))
+                })?;
+            }
+            if eval_point || stop {
+                // Evaluated models and the final parameters hold all their mass (overlap SGP).
+                algorithm.drain(comm, &mut params)?;
+            }
+            let seconds = clock(comm);
+            let mut averaged = false;
+            let mut consensus = None;
+            if config.consensus && n > 1 {
+                scratch.copy_from_slice(&params);
+                diag.run(comm, |c| c.all_reduce(&mut scratch, ReduceOp::Mean))?;
+                averaged = true;
+                consensus = Some(kernels::dist_sq(&params, &scratch).sqrt());
+            }
+            if eval_point || stop {
+                if state_len > 0 {
+                    // Every evaluated model sees statistics gathered over the whole cluster's data.
+                    learner.read_shared_state(&mut shared_state);
+                    diag.run(comm, |c| c.all_reduce(&mut shared_state, ReduceOp::Mean))?;
+                    learner.write_shared_state(&shared_state);
                 }
-                EvalModel::Leader => {
-                    let metrics = diag.run(comm, |c| c.gather_scalar(window.mean()))?;
-                    if elect(&metrics, 0..n) == Some(rank) {
-                        evals.push(record(learner.evaluate(&params)?, Some(rank)));
+                let mut evals = Vec::new();
+                let record = |eval: Evaluation, worker: Option<usize>| EvalRecord {
+                    step,
+                    model: config.eval_model.name().to_string(),
+                    worker,
+                    eval,
+                    seconds,
+                };
+                match config.eval_model {
+                    EvalModel::Average => {
+                        if !averaged {
+                            scratch.copy_from_slice(&params);
+                            diag.run(comm, |c| c.all_reduce(&mut scratch, ReduceOp::Mean))?;
+                        }
+                        if rank == 0 {
+                            evals.push(record(learner.evaluate(&scratch)?, None));
+                        }
                     }
-                }
-                EvalModel::Center => {
-                    if rank == 0 {
-                        let center = algorithm.center().ok_or_else(|| {
+                    EvalModel::Leader => {
+                        let metrics = diag.run(comm, |c| c.gather_scalar(window.mean()))?;
+                        if elect(&metrics, 0..n) == Some(rank) {
+                            evals.push(record(learner.evaluate(&params)?, Some(rank)));
+                        }
+                    }
+                    EvalModel::Center => {
+                        if rank == 0 {
+                            let center = algorithm.center().ok_or_else(|| {
                             Error::Config(format!(
                                 "eval.model = \"center\" needs an algorithm with a center variable; {} has none",
                                 config.algorithm.name()
                             ))
                         })?;
-                        evals.push(record(learner.evaluate(center)?, None));
+                            evals.push(record(learner.evaluate(center)?, None));
+                        }
+                    }
+                    EvalModel::Workers => {
+                        evals.push(record(learner.evaluate(&params)?, Some(rank)))
                     }
                 }
-                EvalModel::Workers => evals.push(record(learner.evaluate(&params)?, Some(rank))),
+                for e in &evals {
+                    emit(Event::Eval(e.clone()));
+                }
+                if stop {
+                    final_evals = evals;
+                }
             }
-            for e in &evals {
-                emit(Event::Eval(e.clone()));
-            }
+            let spent = traffic.algorithm(comm.stats(), &diag);
+            emit(Event::Worker(WorkerRecord {
+                step,
+                worker: rank,
+                loss: interval_sum / interval_count.max(1) as f64,
+                metric,
+                lr,
+                leader: algorithm.leader(),
+                consensus,
+                peers: algorithm.links().map(|l| l.take_window()),
+                bytes_sent: spent.bytes_sent,
+                bytes_received: spent.bytes_received,
+                seconds,
+                work: None,
+                staleness: None,
+                staleness_max: None,
+                leader_changes: algorithm.leader_changes(),
+                params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.clone()),
+            }));
+            interval_sum = 0.0;
+            interval_count = 0;
             if stop {
-                final_evals = evals;
+                break 'steps;
             }
         }
-        let traffic = comm.stats().since(&diag.0);
-        emit(Event::Worker(WorkerRecord {
-            step,
-            worker: rank,
-            loss: interval_sum / interval_count.max(1) as f64,
-            metric,
-            lr,
-            leader: algorithm.leader(),
-            consensus,
-            peers: algorithm.links().map(|l| l.take_window()),
-            bytes_sent: traffic.bytes_sent,
-            bytes_received: traffic.bytes_received,
-            seconds,
-            work: None,
-            staleness: None,
-            staleness_max: None,
-            leader_changes: algorithm.leader_changes(),
-            params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.clone()),
-        }));
-        interval_sum = 0.0;
-        interval_count = 0;
-        if stop {
-            break;
+        if checkpoint_point {
+            let seconds = clock(comm);
+            save_checkpoint(
+                comm,
+                config,
+                identity.as_ref(),
+                step,
+                emit,
+                WorkerState {
+                    params: &mut params,
+                    losses: &losses,
+                    interval: (interval_sum, interval_count),
+                    window: &window,
+                    shared_state: &shared_state,
+                    seconds,
+                    diag: &diag,
+                    traffic: &traffic,
+                    optimizer: &optimizer,
+                    learner: learner.as_mut(),
+                    algorithm: algorithm.as_mut(),
+                },
+            )?;
         }
     }
     Ok(WorkerOutcome {
         rank,
-        stats: comm.stats().since(&diag.0),
+        stats: traffic.algorithm(comm.stats(), &diag),
         links: algorithm.links().map(link_traffic).unwrap_or_default(),
         center: algorithm.center().map(<[f32]>::to_vec),
         params,
@@ -472,6 +562,122 @@ pub(crate) fn local_step(
     algorithm.after_step(&mut ctx).map(|()| loss)
 }
 
+/// Traffic counters that survive a resume: the transport's own counters restart at zero in
+/// a new process, so the runner carries the checkpoint's totals as an offset.
+#[derive(Default)]
+struct Traffic {
+    offset: CommStats,
+}
+
+impl Traffic {
+    /// `now` is the fresh transport's counters right after the checkpoint was restored,
+    /// `saved` the totals the checkpoint recorded.
+    fn resume(&mut self, now: CommStats, saved: CommStats) {
+        // Wrapping: offset + later counters is exact modulo 2⁶⁴ even if the fresh transport
+        // already counted more than the checkpoint did.
+        self.offset = CommStats {
+            bytes_sent: saved.bytes_sent.wrapping_sub(now.bytes_sent),
+            bytes_received: saved.bytes_received.wrapping_sub(now.bytes_received),
+            operations: saved.operations.wrapping_sub(now.operations),
+        };
+    }
+
+    /// Everything this worker sent and received since the run began.
+    fn total(&self, now: CommStats) -> CommStats {
+        CommStats {
+            bytes_sent: now.bytes_sent.wrapping_add(self.offset.bytes_sent),
+            bytes_received: now.bytes_received.wrapping_add(self.offset.bytes_received),
+            operations: now.operations.wrapping_add(self.offset.operations),
+        }
+    }
+
+    /// The algorithm's own traffic: diagnostics excluded.
+    fn algorithm(&self, now: CommStats, diag: &DiagnosticTraffic) -> CommStats {
+        self.total(now).since(&diag.0)
+    }
+}
+
+fn stats_to(s: CommStats) -> [u64; 3] {
+    [s.bytes_sent, s.bytes_received, s.operations]
+}
+
+fn stats_from(v: &[u64]) -> Result<CommStats> {
+    match v {
+        &[bytes_sent, bytes_received, operations] => Ok(CommStats {
+            bytes_sent,
+            bytes_received,
+            operations,
+        }),
+        _ => Err(Error::Checkpoint(
+            "traffic counters must be three numbers".into(),
+        )),
+    }
+}
+
+/// What a synchronous worker saves at a checkpoint, besides its algorithm's own state.
+struct WorkerState<'a> {
+    params: &'a mut Vec<f32>,
+    losses: &'a [f64],
+    interval: (f64, u64),
+    window: &'a LossWindow,
+    shared_state: &'a [f32],
+    seconds: f64,
+    diag: &'a DiagnosticTraffic,
+    traffic: &'a Traffic,
+    optimizer: &'a crate::optim::Sgd,
+    learner: &'a mut dyn crate::learner::Learner,
+    algorithm: &'a mut dyn crate::algorithms::Algorithm,
+}
+
+/// Writes this worker's file of the checkpoint at `step` (collective: messages still in
+/// flight are drained first, so no push-sum mass is lost) and tells the caller.
+fn save_checkpoint(
+    comm: &mut dyn Communicator,
+    config: &RunConfig,
+    identity: Option<&Identity>,
+    step: u64,
+    emit: &(dyn Fn(Event) + Sync),
+    state: WorkerState<'_>,
+) -> Result<()> {
+    let (Some(c), Some(identity)) = (&config.checkpoint, identity) else {
+        return Ok(());
+    };
+    state.algorithm.drain(comm, state.params)?;
+    let mut runner = StateDict::new();
+    runner.put_f32s("params", state.params);
+    runner.put_f64s("losses", state.losses);
+    runner.put_f64("interval_sum", state.interval.0);
+    runner.put_u64("interval_count", state.interval.1);
+    runner.put_dict("window", state.window.save_state());
+    runner.put_f32s("shared_state", state.shared_state);
+    runner.put_f64("seconds", state.seconds);
+    runner.put_u64s("diagnostic_traffic", &stats_to(state.diag.0));
+    // After the drain: its messages are part of the traffic so far.
+    runner.put_u64s("traffic", &stats_to(state.traffic.total(comm.stats())));
+    let mut algorithm = StateDict::new();
+    state
+        .algorithm
+        .save_state(&mut algorithm)
+        .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
+    let mut learner = StateDict::new();
+    state.learner.save_state(&mut learner)?;
+    let file = WorkerCheckpoint {
+        identity: identity.clone(),
+        step,
+        runner,
+        optimizer: state.optimizer.save_state(),
+        algorithm,
+        learner,
+        transport: StateDict::new(),
+    };
+    checkpoint::save(&c.worker_file(step, identity.rank as usize), &file)?;
+    emit(Event::Checkpoint {
+        step,
+        worker: identity.rank as usize,
+    });
+    Ok(())
+}
+
 /// One worker's state after the collective preparation shared by every algorithm.
 struct Prepared {
     learner: Box<dyn crate::learner::Learner>,
@@ -481,6 +687,7 @@ struct Prepared {
     state_len: usize,
     shared_state: Vec<f32>,
     diag: DiagnosticTraffic,
+    layout_fingerprint: u64,
 }
 
 /// Builds the learner, agrees on the model, initializes the parameters and the algorithm,
@@ -560,6 +767,7 @@ fn prepare(
         state_len,
         shared_state,
         diag,
+        layout_fingerprint: fingerprint,
     })
 }
 
@@ -606,7 +814,16 @@ impl DiagnosticTraffic {
 /// Orders events by step so that a run's event stream does not depend on thread timing.
 struct Reorder {
     workers: usize,
-    pending: BTreeMap<u64, (Vec<EvalRecord>, Vec<WorkerRecord>)>,
+    pending: BTreeMap<u64, Pending>,
+}
+
+/// What arrived for one step.
+#[derive(Default)]
+struct Pending {
+    evals: Vec<EvalRecord>,
+    records: Vec<WorkerRecord>,
+    /// Workers that wrote their file of this step's checkpoint.
+    checkpoints: usize,
 }
 
 impl Reorder {
@@ -615,38 +832,48 @@ impl Reorder {
             Event::Started { .. } => return out(&event),
             Event::Worker(r) => r.step,
             Event::Eval(e) => e.step,
+            Event::Checkpoint { step, .. } => *step,
         };
         let entry = self.pending.entry(step).or_default();
         match event {
-            Event::Worker(r) => entry.1.push(r),
-            Event::Eval(e) => entry.0.push(e),
+            Event::Worker(r) => entry.records.push(r),
+            Event::Eval(e) => entry.evals.push(e),
+            Event::Checkpoint { .. } => entry.checkpoints += 1,
             Event::Started { .. } => unreachable!(),
         }
-        if entry.1.len() == self.workers {
-            // Every worker logs at the same steps, so all earlier steps are complete too.
+        // A worker sends its events in step order (a checkpoint after its record of the same
+        // step), so once every worker's record — or every worker's checkpoint — of a step is
+        // in, every earlier step is complete too.
+        if entry.records.len() == self.workers || entry.checkpoints == self.workers {
             let ready: Vec<u64> = self.pending.range(..=step).map(|(s, _)| *s).collect();
             for s in ready {
-                let (evals, records) = self.pending.remove(&s).unwrap_or_default();
-                self.flush(evals, records, out);
+                let entry = self.pending.get_mut(&s).expect("listed above");
+                Self::flush(entry, out);
+                if entry.checkpoints == self.workers {
+                    out(&Event::Checkpoint { step: s, worker: 0 });
+                    entry.checkpoints = 0;
+                }
+                if entry.checkpoints == 0 {
+                    self.pending.remove(&s);
+                }
             }
         }
     }
 
-    fn flush(
-        &self,
-        mut evals: Vec<EvalRecord>,
-        mut records: Vec<WorkerRecord>,
-        out: &mut dyn FnMut(&Event),
-    ) {
+    fn flush(entry: &mut Pending, out: &mut dyn FnMut(&Event)) {
+        let mut evals = std::mem::take(&mut entry.evals);
+        let mut records = std::mem::take(&mut entry.records);
         evals.sort_by_key(|e| e.worker);
         records.sort_by_key(|r| r.worker);
         evals.into_iter().for_each(|e| out(&Event::Eval(e)));
         records.into_iter().for_each(|r| out(&Event::Worker(r)));
     }
 
+    /// Delivers what is left when the workers are done (a failed run's partial steps). An
+    /// incomplete checkpoint is not passed on: it must never be committed.
     fn finish(mut self, out: &mut dyn FnMut(&Event)) {
-        for (_, (evals, records)) in std::mem::take(&mut self.pending) {
-            self.flush(evals, records, out);
+        for (_, mut entry) in std::mem::take(&mut self.pending) {
+            Self::flush(&mut entry, out);
         }
     }
 }

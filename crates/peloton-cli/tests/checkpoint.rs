@@ -1,0 +1,401 @@
+//! Checkpoints and `peloton train --resume`: a run killed with SIGKILL at any moment and
+//! resumed ends with the same parameters, bit for bit, and the same metrics (wall-clock fields
+//! aside) as the run that was never interrupted.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fails, peloton, scratch};
+
+/// The per-worker parameter checksums of a finished run.
+fn checksums(run: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("summary.json")).expect("summary.json");
+    let summary: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(summary["status"], "ok", "{}", run.display());
+    summary["per_worker"]
+        .as_array()
+        .expect("per_worker")
+        .iter()
+        .map(|w| w["params_checksum"].as_str().expect("checksum").to_string())
+        .collect()
+}
+
+/// `metrics.jsonl` without its wall-clock fields, which no two runs share.
+fn metrics(run: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    text.lines()
+        .map(|line| {
+            let mut v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            v.as_object_mut().expect("object").remove("seconds");
+            v.to_string()
+        })
+        .collect()
+}
+
+fn ok(args: &[String]) {
+    let out = peloton(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// The same run twice — once straight through, once interrupted — must agree exactly.
+fn assert_same_run(a: &Path, b: &Path) {
+    assert_eq!(checksums(a), checksums(b), "final parameters differ");
+    let (ma, mb) = (metrics(a), metrics(b));
+    assert_eq!(ma.len(), mb.len(), "metrics have different lengths");
+    for (i, (x, y)) in ma.iter().zip(&mb).enumerate() {
+        assert_eq!(x, y, "metrics line {} differs", i + 1);
+    }
+}
+
+/// Resumes the finished run `source` from its last checkpoint in a copy (summary removed, as
+/// if it had been killed after that checkpoint), and checks the copy ends the same way.
+fn resume_last_checkpoint_matches(source: &Path, copy: &Path) {
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(source)
+        .arg(copy)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    std::fs::remove_file(copy.join("summary.json")).expect("summary");
+    let manifest = std::fs::read_to_string(copy.join("checkpoints/latest.json")).expect("manifest");
+    assert!(manifest.contains("\"step\""), "{manifest}");
+    ok(&[
+        "train".into(),
+        "--resume".into(),
+        copy.display().to_string(),
+        "--quiet".into(),
+    ]);
+    assert_same_run(source, copy);
+}
+
+#[test]
+fn every_synchronous_algorithm_resumes_exactly() {
+    let dir = scratch("every-algorithm");
+    // (name, extra settings): every synchronous algorithm, with the state each one carries
+    // across steps (centers, anchors, push-sum weights, momentum, slow momentum).
+    let cases: &[(&str, &[&str])] = &[
+        ("independent", &[]),
+        ("all-reduce", &["optimizer.momentum=0.9"]),
+        ("local-sgd", &["algorithm.period=3"]),
+        ("easgd", &[]),
+        (
+            "eamsgd",
+            &["optimizer.momentum=0.9", "optimizer.nesterov=true"],
+        ),
+        ("lsgd", &["algorithm.prox=0.5"]),
+        (
+            "lsgd",
+            &["algorithm.group_size=2", "algorithm.prox_global=0.3"],
+        ),
+        ("d-psgd", &[]),
+        ("sgp", &[]),
+        ("sgp", &["algorithm.overlap=true", "algorithm.staleness=2"]),
+        ("matcha", &[]),
+        ("al-dsgd", &[]),
+        ("layered-sgd", &["algorithm.group_size=2"]),
+        ("slowmo", &["algorithm.frequency=4"]),
+    ];
+    for (i, (algorithm, settings)) in cases.iter().enumerate() {
+        let source = dir.join(format!("{i}-{algorithm}"));
+        let mut args = strings(&[
+            "train",
+            "--problem",
+            "softmax",
+            "--workers",
+            "4",
+            "--steps",
+            "57",
+            "--set",
+            "log_every=5",
+            "--eval-every",
+            "20",
+            "--quiet",
+            "--set",
+            "checkpoint.every=7",
+            "--algorithm",
+            algorithm,
+            "--out",
+        ]);
+        args.push(source.display().to_string());
+        for s in settings.iter() {
+            args.push("--set".into());
+            args.push(s.to_string());
+        }
+        ok(&args);
+        resume_last_checkpoint_matches(&source, &dir.join(format!("{i}-{algorithm}-resumed")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_network_with_batch_norm_and_momentum_resumes_exactly() {
+    let dir = scratch("network");
+    let source = dir.join("resnet");
+    let mut args = strings(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--workers",
+        "2",
+        "--steps",
+        "9",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--set",
+        "checkpoint.every=4",
+        "--set",
+        "data.synthetic.size=12",
+        "--set",
+        "data.synthetic.train=64",
+        "--set",
+        "data.synthetic.test=16",
+        "--set",
+        "optimizer.momentum=0.9",
+        "--out",
+    ]);
+    args.push(source.display().to_string());
+    ok(&args);
+    resume_last_checkpoint_matches(&source, &dir.join("resumed"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The acceptance test: SIGKILL at 20 random points of a run, resuming each time; the end is
+/// the uninterrupted run's, bit for bit.
+#[test]
+fn killed_twenty_times_and_resumed_ends_bit_for_bit_like_the_uninterrupted_run() {
+    let dir = scratch("sigkill");
+    let run = |out: &Path| {
+        let mut args = strings(&[
+            "train",
+            "--problem",
+            "softmax",
+            "--algorithm",
+            "lsgd",
+            "--workers",
+            "4",
+            "--steps",
+            "3000",
+            "--set",
+            "log_every=50",
+            "--quiet",
+            "--set",
+            "checkpoint.every=10",
+            "--set",
+            "optimizer.momentum=0.9",
+            "--out",
+        ]);
+        args.push(out.display().to_string());
+        args
+    };
+    let reference = dir.join("reference");
+    let start = Instant::now();
+    ok(&run(&reference));
+    let full = start.elapsed();
+
+    // Kill points uniform in [0, T/25] of the uninterrupted run's time T: each attempt
+    // progresses less than T/25, so 20 kills never reach the end, and a kill may land
+    // anywhere: during start-up, a step, a checkpoint write or a commit.
+    let interrupted = dir.join("interrupted");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut kills = 0;
+    let mut first = true;
+    let mut steps_seen = Vec::new();
+    while kills < 20 {
+        let args = if first {
+            run(&interrupted)
+        } else {
+            strings(&[
+                "train",
+                "--resume",
+                &interrupted.display().to_string(),
+                "--quiet",
+            ])
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peloton"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let delay = full.mul_f64(next() / 25.0);
+        std::thread::sleep(delay);
+        match child.try_wait().expect("wait") {
+            Some(status) => {
+                // Finished before the kill: only possible on a machine much faster than the
+                // reference run was; the end must still be right.
+                let mut err = String::new();
+                use std::io::Read;
+                child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                assert!(status.success(), "attempt failed: {err}");
+                break;
+            }
+            None => {
+                child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
+                child.wait().expect("reaped");
+                kills += 1;
+            }
+        }
+        first = false;
+        if let Ok(m) = std::fs::read_to_string(interrupted.join("checkpoints/latest.json")) {
+            let v: serde_json::Value = serde_json::from_str(&m).expect("manifest is whole JSON");
+            steps_seen.push(v["step"].as_u64().expect("step"));
+        }
+    }
+    // Progress was made and kept across kills.
+    assert!(
+        steps_seen.windows(2).all(|w| w[0] <= w[1]),
+        "{steps_seen:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !interrupted.join("summary.json").exists() {
+        assert!(Instant::now() < deadline, "the resumed run did not finish");
+        ok(&strings(&[
+            "train",
+            "--resume",
+            &interrupted.display().to_string(),
+            "--quiet",
+        ]));
+    }
+    println!(
+        "{kills} kills; committed checkpoint steps seen after each: {steps_seen:?}; uninterrupted run {:.2} s",
+        full.as_secs_f64()
+    );
+    assert_same_run(&reference, &interrupted);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_refuses_what_it_cannot_continue() {
+    let dir = scratch("refusals");
+    let base = |out: &Path, every: &str| {
+        let mut a = strings(&[
+            "train",
+            "--problem",
+            "softmax",
+            "--workers",
+            "2",
+            "--steps",
+            "30",
+            "--quiet",
+            "--set",
+        ]);
+        a.push(format!("checkpoint.every={every}"));
+        a.push("--out".into());
+        a.push(out.display().to_string());
+        a
+    };
+    let resume = |run: &Path| strings(&["train", "--resume", &run.display().to_string()]);
+
+    // A finished run.
+    let done = dir.join("done");
+    ok(&base(&done, "10"));
+    fails(&resume(&done), "finished already");
+
+    // A run without checkpoints.
+    let plain = dir.join("plain");
+    ok(&base(&plain, "0"));
+    std::fs::remove_file(plain.join("summary.json")).unwrap();
+    fails(&resume(&plain), "without checkpoints");
+
+    // Not a run folder.
+    fails(&resume(&dir.join("nowhere")), "needs a run folder");
+
+    // A corrupted worker file: the checksum names it.
+    let corrupt = dir.join("corrupt");
+    ok(&base(&corrupt, "10"));
+    std::fs::remove_file(corrupt.join("summary.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(corrupt.join("checkpoints/latest.json")).unwrap(),
+    )
+    .unwrap();
+    let step = manifest["step"].as_u64().unwrap();
+    let file = corrupt.join(format!("checkpoints/step-{step:010}/worker-1.ckpt"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let metrics_before = std::fs::read(corrupt.join("metrics.jsonl")).unwrap();
+    fails(&resume(&corrupt), "checksum mismatch");
+    // Refusing touched nothing the run had written... except that the metrics were cut back
+    // to the checkpoint, which is what a later good resume needs anyway.
+    assert!(std::fs::read(corrupt.join("metrics.jsonl")).unwrap().len() <= metrics_before.len());
+    assert!(file.exists());
+
+    // A checkpoint from another config: config.toml edited after the fact.
+    let edited = dir.join("edited");
+    ok(&base(&edited, "10"));
+    std::fs::remove_file(edited.join("summary.json")).unwrap();
+    let config = std::fs::read_to_string(edited.join("config.toml")).unwrap();
+    std::fs::write(
+        edited.join("config.toml"),
+        config.replace("seed = 0", "seed = 1"),
+    )
+    .unwrap();
+    fails(&resume(&edited), "changed since the checkpoint");
+
+    // Another run's worker files dropped into this run's checkpoint.
+    let other = dir.join("other");
+    let mut args = base(&other, "10");
+    args.extend(strings(&["--seed", "5"]));
+    ok(&args);
+    let mine = dir.join("mine");
+    ok(&base(&mine, "10"));
+    std::fs::remove_file(mine.join("summary.json")).unwrap();
+    let step_dir = format!("checkpoints/step-{:010}", 20);
+    std::fs::copy(
+        other.join(&step_dir).join("worker-0.ckpt"),
+        mine.join(&step_dir).join("worker-0.ckpt"),
+    )
+    .unwrap();
+    fails(&resume(&mine), "another configuration");
+
+    // Checkpoints need the threads transport and a synchronous algorithm.
+    fails(
+        &strings(&[
+            "train",
+            "--problem",
+            "softmax",
+            "--transport",
+            "sim",
+            "--set",
+            "checkpoint.every=5",
+        ]),
+        "threads transport",
+    );
+    fails(
+        &strings(&[
+            "train",
+            "--problem",
+            "softmax",
+            "--algorithm",
+            "async-easgd",
+            "--set",
+            "checkpoint.every=5",
+        ]),
+        "asynchronous",
+    );
+    // --resume takes the folder's own config (clap refuses the mix, with its usage text).
+    let out = peloton(&strings(&["train", "--resume", "x", "--steps", "5"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
