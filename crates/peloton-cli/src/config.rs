@@ -9,7 +9,7 @@ use peloton_burn::{ModelConfig, ModelName};
 use peloton_core::algorithms::AlgorithmConfig;
 use peloton_core::learner::LearnerFactory;
 use peloton_core::optim::OptimizerConfig;
-use peloton_core::runner::{EvalModel, RunConfig};
+use peloton_core::runner::{DivergencePolicy, EvalModel, RunConfig};
 use peloton_data::DataConfig;
 use peloton_problems::ProblemConfig;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,13 @@ pub struct ExperimentConfig {
     pub sync_init: bool,
     #[serde(default = "yes")]
     pub consensus: bool,
+    /// Seconds a worker waits for the others before the run fails naming the missing ones
+    /// (threads transport); 0 turns the watchdog off.
+    #[serde(default = "default_watchdog")]
+    pub watchdog_seconds: f64,
+    /// A worker whose loss or gradient is NaN/∞: "stop" the run, or "reset-to-leader".
+    #[serde(default)]
+    pub on_divergence: DivergencePolicy,
     #[serde(default)]
     pub eval: EvalSection,
     /// An analytic problem (quadratic, softmax, ...); exclusive with `[model]`.
@@ -205,6 +212,9 @@ fn default_eval_every() -> u64 {
 fn yes() -> bool {
     true
 }
+fn default_watchdog() -> f64 {
+    peloton_core::runner::DEFAULT_WATCHDOG_SECONDS
+}
 
 impl Default for ExperimentConfig {
     fn default() -> Self {
@@ -240,6 +250,8 @@ impl ExperimentConfig {
             algorithm: self.algorithm.clone(),
             // Set by `peloton train`, which knows the run folder.
             checkpoint: None,
+            watchdog: (self.watchdog_seconds != 0.0).then_some(self.watchdog_seconds),
+            on_divergence: self.on_divergence,
         }
     }
 

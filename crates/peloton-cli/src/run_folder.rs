@@ -187,6 +187,16 @@ impl RunFolder {
             Event::Eval(e) => ("eval", serde_json::to_string(e)?),
             // Checkpoints are committed by the caller, not recorded as metrics.
             Event::Checkpoint { .. } => return Ok(()),
+            Event::Diverged {
+                step,
+                worker,
+                loss,
+                reset_to,
+            } => (
+                "diverged",
+                json!({"step": step, "worker": worker, "loss": loss.to_string(), "reset_to": reset_to})
+                    .to_string(),
+            ),
         };
         let fields = body.strip_prefix('{').unwrap_or(&body);
         writeln!(self.metrics, "{{\"type\":\"{kind}\",{fields}")

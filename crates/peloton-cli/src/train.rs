@@ -317,6 +317,14 @@ pub(crate) fn display(bar: &ProgressBar, header: &Header, event: &Event) {
         }
         Event::Eval(e) => bar.println(describe_eval(e)),
         Event::Checkpoint { .. } => {}
+        Event::Diverged {
+            step,
+            worker,
+            loss,
+            reset_to,
+        } => bar.println(format!(
+            "step {step:>6}  worker {worker} diverged (loss {loss}); reset to worker {reset_to}'s parameters"
+        )),
     }
 }
 
@@ -330,6 +338,8 @@ pub(crate) struct Recorder {
     checkpoints: Option<u64>,
     /// A resumed run's metrics already start with the original run's `start` line.
     skip_start: bool,
+    /// Divergence resets per worker.
+    resets: BTreeMap<usize, u64>,
 }
 
 impl Recorder {
@@ -341,6 +351,7 @@ impl Recorder {
             write_error: None,
             checkpoints: None,
             skip_start: false,
+            resets: BTreeMap::new(),
         }
     }
 
@@ -359,6 +370,10 @@ impl Recorder {
                 .with_context(|| format!("{} line {} is not JSON", metrics.display(), i + 1))?;
             match value["type"].as_str() {
                 Some("start") => self.skip_start = true,
+                Some("diverged") => {
+                    let worker = value["worker"].as_u64().unwrap_or(0) as usize;
+                    *self.resets.entry(worker).or_default() += 1;
+                }
                 Some("worker") => {
                     let r: WorkerRecord = serde_json::from_value(value).with_context(|| {
                         format!(
@@ -398,6 +413,9 @@ impl Recorder {
         if let Event::Worker(r) = event {
             self.count(r);
         }
+        if let Event::Diverged { worker, .. } = event {
+            *self.resets.entry(*worker).or_default() += 1;
+        }
     }
 
     /// Writes `summary.json` (the run's report, or its error) and returns the last worker
@@ -411,7 +429,12 @@ impl Recorder {
             return Err(e.context("the run folder could not be written"));
         }
         let summary = match result {
-            Ok(report) => summary_json(config, report, &self.leader_counts, &self.last_records),
+            Ok(report) => {
+                let mut summary =
+                    summary_json(config, report, &self.leader_counts, &self.last_records);
+                summary["divergence_resets"] = json!(self.resets);
+                summary
+            }
             Err(e) => json!({"status": "failed", "error": e}),
         };
         self.folder.finish(&summary)?;

@@ -35,9 +35,23 @@ pub enum Error {
     /// A worker was stopped by an injected fault at `at` seconds (virtual on the simulator).
     #[error("worker {worker} stopped at {at:.3} s (injected fault)")]
     Stopped { worker: usize, at: f64 },
+    /// The watchdog: `worker` waited `seconds` in `what` for workers that never arrived (a
+    /// deadlock, a dead or hung worker, or a limit set too tight for a slow one).
+    #[error("watchdog: worker {worker} waited {seconds} s in {what} for worker(s) {} that did not arrive (raise watchdog_seconds if they are only slow)", list(.missing))]
+    Timeout {
+        worker: usize,
+        what: String,
+        missing: Vec<usize>,
+        seconds: f64,
+    },
     /// A worker thread panicked; this is always a bug in peloton or in a learner.
     #[error("worker {worker} panicked: {message}")]
     Panic { worker: usize, message: String },
+}
+
+fn list(ranks: &[usize]) -> String {
+    let names: Vec<String> = ranks.iter().map(usize::to_string).collect();
+    names.join(", ")
 }
 
 /// Shorthand used throughout the crate.

@@ -83,6 +83,13 @@ enum WireEvent {
         step: u64,
         worker: usize,
     },
+    Diverged {
+        step: u64,
+        worker: usize,
+        /// `None` for NaN/∞, which JSON cannot carry.
+        loss: Option<f64>,
+        reset_to: usize,
+    },
 }
 
 impl From<&Event> for WireEvent {
@@ -100,6 +107,17 @@ impl From<&Event> for WireEvent {
             Event::Worker(r) => WireEvent::Worker(r.clone()),
             Event::Eval(e) => WireEvent::Eval(e.clone()),
             &Event::Checkpoint { step, worker } => WireEvent::Checkpoint { step, worker },
+            &Event::Diverged {
+                step,
+                worker,
+                loss,
+                reset_to,
+            } => WireEvent::Diverged {
+                step,
+                worker,
+                loss: loss.is_finite().then_some(loss),
+                reset_to,
+            },
         }
     }
 }
@@ -119,6 +137,17 @@ impl From<WireEvent> for Event {
             WireEvent::Worker(r) => Event::Worker(r),
             WireEvent::Eval(e) => Event::Eval(e),
             WireEvent::Checkpoint { step, worker } => Event::Checkpoint { step, worker },
+            WireEvent::Diverged {
+                step,
+                worker,
+                loss,
+                reset_to,
+            } => Event::Diverged {
+                step,
+                worker,
+                loss: loss.unwrap_or(f64::NAN),
+                reset_to,
+            },
         }
     }
 }
@@ -257,10 +286,13 @@ fn gather_bytes(comm: &MpiComm, bytes: &[u8], root: usize) -> Result<Option<Vec<
     ))
 }
 
+/// One step's evaluations, worker records and divergence resets.
+type StepEvents = (Vec<EvalRecord>, Vec<WorkerRecord>, Vec<Event>);
+
 /// Orders the events of all ranks as the threads runner delivers them: `Started`, then by
 /// step the evaluations (by worker) and the worker records (by worker).
 fn deliver(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) {
-    let mut steps: BTreeMap<u64, (Vec<EvalRecord>, Vec<WorkerRecord>)> = BTreeMap::new();
+    let mut steps: BTreeMap<u64, StepEvents> = BTreeMap::new();
     for event in per_rank.into_iter().flatten() {
         match event {
             Event::Started { .. } => on_event(&event),
@@ -268,9 +300,12 @@ fn deliver(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) {
             Event::Eval(e) => steps.entry(e.step).or_default().0.push(e),
             // MPI runs take no checkpoints yet (the CLI refuses them): nothing to commit.
             Event::Checkpoint { .. } => {}
+            Event::Diverged { step, .. } => steps.entry(step).or_default().2.push(event),
         }
     }
-    for (_, (mut evals, mut records)) in steps {
+    for (_, (mut evals, mut records, notes)) in steps {
+        // Divergence resets first, by worker (each rank's events are already in rank order).
+        notes.iter().for_each(&mut *on_event);
         evals.sort_by_key(|e| e.worker);
         records.sort_by_key(|r| r.worker);
         evals.into_iter().for_each(|e| on_event(&Event::Eval(e)));
@@ -401,6 +436,7 @@ mod tests {
                 Event::Worker(r) => format!("w{}@{}", r.worker, r.step),
                 Event::Eval(e) => format!("e{}@{}", e.worker.unwrap_or(9), e.step),
                 Event::Checkpoint { step, .. } => format!("c@{step}"),
+                Event::Diverged { step, worker, .. } => format!("d{worker}@{step}"),
             })
         });
         assert_eq!(

@@ -282,6 +282,11 @@ impl Sgd {
         state.f32s_into("velocity", &mut self.velocity)
     }
 
+    /// Forgets the momentum (a worker reset to another's parameters starts afresh).
+    pub fn clear(&mut self) {
+        self.velocity.iter_mut().for_each(|v| *v = 0.0);
+    }
+
     /// The momentum buffer (empty without momentum).
     pub fn velocity(&self) -> &[f32] {
         &self.velocity

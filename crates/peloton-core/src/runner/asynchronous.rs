@@ -106,6 +106,8 @@ pub(super) fn run_async_worker(
             &mut window,
             step,
             progress.lr,
+            // Asynchronous workers never meet every step: a divergence stops the run.
+            None,
         )?;
         losses.push(loss);
         progress.add_loss(loss);
@@ -369,7 +371,9 @@ impl TimeOrder {
     pub(super) fn push(&mut self, event: Event, out: &mut dyn FnMut(&Event)) {
         let (seconds, worker) = match &event {
             // Asynchronous runs take no checkpoints (RunConfig::validate refuses them).
-            Event::Started { .. } | Event::Checkpoint { .. } => return out(&event),
+            Event::Started { .. } | Event::Checkpoint { .. } | Event::Diverged { .. } => {
+                return out(&event)
+            }
             Event::Worker(r) => (r.seconds, r.worker),
             Event::Eval(e) => (e.seconds, e.worker.unwrap_or(0)),
         };

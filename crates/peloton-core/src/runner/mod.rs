@@ -77,7 +77,30 @@ pub struct RunConfig {
     /// Checkpoints every `every` steps, and where to resume from (threads transport,
     /// synchronous algorithms).
     pub checkpoint: Option<CheckpointConfig>,
+    /// Seconds a worker waits for the others (in a collective or for a message) before the
+    /// run fails with an error naming the missing workers (threads transport; `None`: wait
+    /// forever).
+    pub watchdog: Option<f64>,
+    /// What a worker whose loss or gradient becomes NaN/∞ does.
+    pub on_divergence: DivergencePolicy,
 }
+
+/// What happens when a worker's mini-batch loss or gradient is NaN or infinite. Either way a
+/// diverged worker is never elected leader (its leader metric is NaN for K steps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DivergencePolicy {
+    /// The run stops with an error naming the worker, the step and the loss.
+    #[default]
+    Stop,
+    /// The worker takes the parameters of the current best worker (the lowest finite leader
+    /// metric), clears its momentum, and redoes the step; the run goes on and the metrics
+    /// record the reset. Costs one small all-gather per step (synchronous algorithms only).
+    ResetToLeader,
+}
+
+/// The watchdog when a config gives none: as long as PyTorch's default collective timeout.
+pub const DEFAULT_WATCHDOG_SECONDS: f64 = 600.0;
 
 impl Default for RunConfig {
     fn default() -> Self {
@@ -96,6 +119,8 @@ impl Default for RunConfig {
             optimizer: OptimizerConfig::default(),
             algorithm: AlgorithmConfig::default(),
             checkpoint: None,
+            watchdog: Some(DEFAULT_WATCHDOG_SECONDS),
+            on_divergence: DivergencePolicy::Stop,
         }
     }
 }
@@ -127,6 +152,17 @@ impl RunConfig {
         ensure_config!(
             self.eval_model != EvalModel::Center || self.algorithm.has_center(),
             "eval.model = \"center\" needs an algorithm with a center variable (easgd, eamsgd); {} has none",
+            self.algorithm.name()
+        );
+        if let Some(w) = self.watchdog {
+            ensure_config!(
+                w.is_finite() && w > 0.0,
+                "watchdog_seconds must be a positive number of seconds (0 turns it off), got {w}"
+            );
+        }
+        ensure_config!(
+            self.on_divergence == DivergencePolicy::Stop || !self.algorithm.is_async(),
+            "on_divergence = \"reset-to-leader\" needs a synchronous algorithm ({} is asynchronous: its workers never meet to agree on a leader every step)",
             self.algorithm.name()
         );
         if let Some(c) = &self.checkpoint {
@@ -229,6 +265,14 @@ pub enum Event {
         step: u64,
         worker: usize,
     },
+    /// Worker `worker`'s loss or gradient was NaN/∞ at local step `step` (counted from 1, like
+    /// records); under `reset-to-leader` it took worker `reset_to`'s parameters and went on.
+    Diverged {
+        step: u64,
+        worker: usize,
+        loss: f64,
+        reset_to: usize,
+    },
 }
 
 /// One worker's results.
@@ -310,6 +354,8 @@ pub fn run_worker(
     let mut final_evals = Vec::new();
     let start = Instant::now();
     let mut step = 0u64;
+    let mut guard =
+        (config.on_divergence == DivergencePolicy::ResetToLeader).then(DivergenceGuard::new);
     // A resumed run continues the traffic counters and the clock where the checkpoint was.
     let mut traffic = Traffic::default();
     let mut clock_offset = 0.0;
@@ -367,7 +413,19 @@ pub fn run_worker(
             &mut window,
             step,
             lr,
+            guard.as_mut(),
         )?;
+        if let Some(g) = guard.as_mut() {
+            diag.absorb(&mut g.diag);
+            for (at, bad, leader) in g.resets.drain(..) {
+                emit(Event::Diverged {
+                    step: at + 1,
+                    worker: rank,
+                    loss: bad,
+                    reset_to: leader,
+                });
+            }
+        }
         losses.push(loss);
         interval_sum += loss;
         interval_count += 1;
@@ -538,16 +596,40 @@ pub(crate) fn local_step(
     window: &mut LossWindow,
     step: u64,
     lr: f32,
+    guard: Option<&mut DivergenceGuard>,
 ) -> Result<f64> {
-    let loss = learner.loss_and_grad(params, grad)?;
-    if !loss.is_finite() {
-        return Err(Error::Diverged {
-            worker: comm.rank(),
-            step,
-            loss,
-        });
+    let mut loss = learner.loss_and_grad(params, grad)?;
+    let finite = loss.is_finite() && grad.iter().all(|g| g.is_finite());
+    match guard {
+        None if !finite => {
+            return Err(Error::Diverged {
+                worker: comm.rank(),
+                step,
+                loss: if loss.is_finite() { f64::NAN } else { loss },
+            })
+        }
+        None => window.push(loss),
+        Some(guard) => {
+            if finite {
+                window.push(loss);
+            }
+            if guard.check(comm, params, finite, window.mean(), step, loss)? {
+                // This worker diverged: it now holds the leader's parameters. Its momentum
+                // belongs to the diverged trajectory, and its metric is NaN for K steps, so it
+                // cannot lead before it has K good losses of its own.
+                optimizer.clear();
+                window.push(f64::NAN);
+                loss = learner.loss_and_grad(params, grad)?;
+                if !(loss.is_finite() && grad.iter().all(|g| g.is_finite())) {
+                    return Err(Error::Diverged {
+                        worker: comm.rank(),
+                        step,
+                        loss,
+                    });
+                }
+            }
+        }
     }
-    window.push(loss);
     let mut ctx = StepContext {
         comm,
         params,
@@ -678,6 +760,59 @@ fn save_checkpoint(
     Ok(())
 }
 
+/// The `reset-to-leader` divergence policy: every step, workers learn who diverged (a NaN/∞
+/// loss or gradient) and who leads among the others; the diverged ones take the leader's
+/// parameters. One all-gather of one number per step; a broadcast only when someone diverged.
+pub(crate) struct DivergenceGuard {
+    diag: DiagnosticTraffic,
+    /// Resets of this worker not yet reported: (step, the diverged loss, the leader it took).
+    resets: Vec<(u64, f64, usize)>,
+}
+
+impl DivergenceGuard {
+    fn new() -> Self {
+        Self {
+            diag: DiagnosticTraffic::default(),
+            resets: Vec::new(),
+        }
+    }
+
+    /// Collective. Returns whether this worker diverged (and now holds the leader's
+    /// parameters).
+    fn check(
+        &mut self,
+        comm: &mut dyn Communicator,
+        params: &mut [f32],
+        finite: bool,
+        metric: f64,
+        step: u64,
+        loss: f64,
+    ) -> Result<bool> {
+        // +∞ marks "diverged at this step"; a NaN metric (a recent reset) is just ineligible.
+        let mark = if finite { metric } else { f64::INFINITY };
+        let marks = self.diag.run(comm, |c| c.gather_scalar(mark))?;
+        let Some(first) = marks.iter().position(|&m| m == f64::INFINITY) else {
+            return Ok(false);
+        };
+        let Some(leader) = elect(&marks, 0..marks.len()) else {
+            // Every worker diverged (or none is eligible): there is nobody to reset to.
+            return Err(Error::Diverged {
+                worker: first,
+                step,
+                loss: if comm.rank() == first { loss } else { f64::NAN },
+            });
+        };
+        let mut staging = params.to_vec();
+        self.diag.run(comm, |c| c.broadcast(&mut staging, leader))?;
+        if finite {
+            return Ok(false);
+        }
+        params.copy_from_slice(&staging);
+        self.resets.push((step, loss, leader));
+        Ok(true)
+    }
+}
+
 /// One worker's state after the collective preparation shared by every algorithm.
 struct Prepared {
     learner: Box<dyn crate::learner::Learner>,
@@ -794,6 +929,14 @@ fn link_traffic(links: &mut LinkStats) -> Vec<LinkTraffic> {
 struct DiagnosticTraffic(CommStats);
 
 impl DiagnosticTraffic {
+    /// Adds (and clears) traffic counted elsewhere.
+    fn absorb(&mut self, other: &mut DiagnosticTraffic) {
+        self.0.bytes_sent += other.0.bytes_sent;
+        self.0.bytes_received += other.0.bytes_received;
+        self.0.operations += other.0.operations;
+        other.0 = CommStats::default();
+    }
+
     fn run<T>(
         &mut self,
         comm: &mut dyn Communicator,
@@ -820,6 +963,8 @@ struct Reorder {
 /// What arrived for one step.
 #[derive(Default)]
 struct Pending {
+    /// Divergence resets, delivered before the step's evaluations.
+    notes: Vec<Event>,
     evals: Vec<EvalRecord>,
     records: Vec<WorkerRecord>,
     /// Workers that wrote their file of this step's checkpoint.
@@ -832,13 +977,14 @@ impl Reorder {
             Event::Started { .. } => return out(&event),
             Event::Worker(r) => r.step,
             Event::Eval(e) => e.step,
-            Event::Checkpoint { step, .. } => *step,
+            Event::Checkpoint { step, .. } | Event::Diverged { step, .. } => *step,
         };
         let entry = self.pending.entry(step).or_default();
         match event {
             Event::Worker(r) => entry.records.push(r),
             Event::Eval(e) => entry.evals.push(e),
             Event::Checkpoint { .. } => entry.checkpoints += 1,
+            Event::Diverged { .. } => entry.notes.push(event),
             Event::Started { .. } => unreachable!(),
         }
         // A worker sends its events in step order (a checkpoint after its record of the same
@@ -861,6 +1007,12 @@ impl Reorder {
     }
 
     fn flush(entry: &mut Pending, out: &mut dyn FnMut(&Event)) {
+        let mut notes = std::mem::take(&mut entry.notes);
+        notes.sort_by_key(|e| match e {
+            Event::Diverged { worker, .. } => *worker,
+            _ => 0,
+        });
+        notes.iter().for_each(&mut *out);
         let mut evals = std::mem::take(&mut entry.evals);
         let mut records = std::mem::take(&mut entry.records);
         evals.sort_by_key(|e| e.worker);
@@ -915,8 +1067,9 @@ pub fn run_threads_with_faults(
         f.validate(config.workers)
             .map_err(|e| Error::Config(format!("transport.faults: {e}")))?;
     }
+    let watchdog = config.watchdog.map(std::time::Duration::from_secs_f64);
     run_with(config, factory, on_event, &|work| {
-        threads::run_workers_with_faults(config.workers, faults, |comm| work(comm))
+        threads::run_workers_with_options(config.workers, faults, watchdog, |comm| work(comm))
     })
 }
 

@@ -43,8 +43,20 @@ pub fn world(n: usize) -> Vec<ThreadComm> {
 /// (it sleeps after each step), `stop` makes its next step fail with [`Error::Stopped`]. Times
 /// are wall-clock seconds since the world was created.
 pub fn world_with_faults(n: usize, faults: &[Fault]) -> Vec<ThreadComm> {
+    world_with_options(n, faults, None)
+}
+
+/// Like [`world_with_faults`], with a watchdog: a worker that waits longer than `watchdog`
+/// for the other members of a collective, or for a message, fails with [`Error::Timeout`]
+/// naming the workers that did not arrive, and aborts the run — a hang becomes an error.
+pub fn world_with_options(
+    n: usize,
+    faults: &[Fault],
+    watchdog: Option<Duration>,
+) -> Vec<ThreadComm> {
     assert!(n > 0, "a world needs at least one worker");
     let world = Arc::new(World {
+        watchdog,
         counters: Mutex::new([0; COUNTERS]),
         server: OnceLock::new(),
         faults: faults.to_vec(),
@@ -88,6 +100,8 @@ type SplitKey = (u64, u64, usize);
 
 struct World {
     size: usize,
+    /// The longest a worker waits for others before the run fails (`None`: forever).
+    watchdog: Option<Duration>,
     counters: Mutex<[u64; COUNTERS]>,
     server: OnceLock<Server>,
     faults: Vec<Fault>,
@@ -157,6 +171,9 @@ impl World {
 #[derive(Default)]
 struct BarrierState {
     arrived: usize,
+    /// Which members (by group rank) are waiting in the current generation, for the
+    /// watchdog's message.
+    present: Vec<bool>,
     generation: u64,
     /// Set when a member gave up waiting (abort); the group can never complete again.
     broken: bool,
@@ -257,10 +274,14 @@ impl ThreadComm {
         st.arrived += 1;
         if st.arrived == g.members.len() {
             st.arrived = 0;
+            st.present.iter_mut().for_each(|p| *p = false);
             st.generation += 1;
             g.cv.notify_all();
             return Ok(());
         }
+        st.present.resize(g.members.len(), false);
+        st.present[self.rank] = true;
+        let since = Instant::now();
         loop {
             st =
                 g.cv.wait_timeout(st, POLL)
@@ -274,8 +295,30 @@ impl ThreadComm {
                     st.broken = true;
                     return Err(err);
                 }
+                if let Some(limit) = self.world.watchdog.filter(|&l| since.elapsed() >= l) {
+                    let missing: Vec<usize> = (0..g.members.len())
+                        .filter(|&r| !st.present.get(r).copied().unwrap_or(false))
+                        .map(|r| g.members[r])
+                        .collect();
+                    st.broken = true;
+                    drop(st);
+                    return Err(self.time_out("a collective", missing, limit));
+                }
             }
         }
+    }
+
+    /// The watchdog fired: fails this worker and aborts the run, so that every other waiting
+    /// worker stops too (with [`Error::Aborted`] naming this one).
+    fn time_out(&self, what: &str, missing: Vec<usize>, limit: Duration) -> Error {
+        let err = Error::Timeout {
+            worker: self.world_rank,
+            what: what.to_string(),
+            missing,
+            seconds: limit.as_secs_f64(),
+        };
+        self.world.abort(self.world_rank, &err.to_string());
+        err
     }
 
     /// Runs one collective: publish pointers, entry barrier, `body` on the published views,
@@ -396,6 +439,7 @@ impl ThreadComm {
         let mailbox = &self.world.mailboxes[self.world_rank];
         let src_world = self.group.members[src];
         let mut queue = lock(&mailbox.queue);
+        let since = Instant::now();
         loop {
             if let Some(i) = queue
                 .iter()
@@ -415,6 +459,14 @@ impl ThreadComm {
             }
             if let Some(err) = self.world.interruption(&[src_world]) {
                 return Err(err);
+            }
+            if let Some(limit) = self.world.watchdog.filter(|&l| since.elapsed() >= l) {
+                drop(queue);
+                return Err(self.time_out(
+                    &format!("a receive (tag {tag})"),
+                    vec![src_world],
+                    limit,
+                ));
             }
             queue = mailbox
                 .cv
@@ -760,6 +812,20 @@ where
     F: Fn(&mut ThreadComm) -> Result<T> + Sync,
 {
     super::spawn_workers(world_with_faults(n, faults), f)
+}
+
+/// [`run_workers`] with injected faults and a watchdog (see [`world_with_options`]).
+pub fn run_workers_with_options<T, F>(
+    n: usize,
+    faults: &[Fault],
+    watchdog: Option<Duration>,
+    f: F,
+) -> Vec<Result<T>>
+where
+    T: Send,
+    F: Fn(&mut ThreadComm) -> Result<T> + Sync,
+{
+    super::spawn_workers(world_with_options(n, faults, watchdog), f)
 }
 
 pub use super::panic_message;
