@@ -727,7 +727,45 @@ fn draw_chart(
         .draw()
         .with_context(fail)?;
     root.present().with_context(fail)?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    write_png(path)
+}
+
+/// Renders the SVG plot at `path` to a PNG beside it (same name, `.png`), with the system's
+/// fonts: plotters' own bitmap backend would need fontconfig or an embedded font to draw text.
+fn write_png(svg: &Path) -> Result<()> {
+    use resvg::{tiny_skia, usvg};
+    static OPTIONS: std::sync::OnceLock<usvg::Options<'static>> = std::sync::OnceLock::new();
+    let options = OPTIONS.get_or_init(|| {
+        let mut options = usvg::Options::default();
+        let fonts = options.fontdb_mut();
+        fonts.load_system_fonts();
+        // Plotters writes font-family "sans-serif"; point it at a sans face this machine has
+        // (fontdb's default, Arial, is rarely installed on Linux).
+        let has = |name: &str| {
+            fonts
+                .faces()
+                .any(|f| f.families.iter().any(|(family, _)| family == name))
+        };
+        if let Some(name) = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"]
+            .into_iter()
+            .find(|n| has(n))
+        {
+            fonts.set_sans_serif_family(name);
+        }
+        options
+    });
+    let png = svg.with_extension("png");
+    let fail = || format!("cannot render {}", png.display());
+    let data = std::fs::read(svg).with_context(fail)?;
+    let tree = usvg::Tree::from_data(&data, options).with_context(fail)?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| anyhow::anyhow!("cannot render {}: empty image", png.display()))?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    let bytes = pixmap.encode_png().with_context(fail)?;
+    crate::run_folder::write_atomic(&png, &bytes)
 }
 
 /// A plot's drawing context.

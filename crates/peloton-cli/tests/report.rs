@@ -86,6 +86,12 @@ fn report_compares_a_threads_run_and_a_simulated_run() {
             svg.contains("Threads A") && svg.contains("Simulated B"),
             "{plot} lacks a legend label"
         );
+        // A PNG of the same plot beside it, the SVG's 960×600 (width and height are the
+        // big-endian words at bytes 16..24 of a PNG's IHDR).
+        let png = std::fs::read(out.join(plot).with_extension("png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}: not a PNG");
+        let word = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+        assert_eq!((word(16), word(20)), (960, 600), "{plot}");
     }
     for plot in [
         "test_error_vs_time.svg",
