@@ -387,3 +387,41 @@ fn every_algorithm_on_every_topology_terminates_for_1_to_17_workers() {
     );
     assert!(ran > 1000, "only {ran} runs completed");
 }
+
+/// A `stop` fault on threads: a synchronous algorithm cannot go on without the worker, so the
+/// run ends cleanly with an error naming it (the others are aborted, not left waiting).
+#[test]
+fn an_injected_stop_ends_a_synchronous_threads_run_naming_the_worker() {
+    use peloton_core::runner::run_threads_with_faults;
+    use peloton_core::transport::{Fault, FaultKind};
+    for algo in [
+        "name = \"all-reduce\"",
+        "name = \"lsgd\"",
+        "name = \"d-psgd\"",
+    ] {
+        // Slow steps (worker 0 is 1 ms → ×20) so the stop lands mid-run.
+        let faults = [
+            Fault {
+                worker: 2,
+                at: 0.05,
+                kind: FaultKind::Stop,
+                factor: 1.0,
+            },
+            Fault {
+                worker: 0,
+                at: 0.0,
+                kind: FaultKind::Slow,
+                factor: 20.0,
+            },
+        ];
+        let cfg = config(4, 100_000, algorithm(algo), sgd(0.05));
+        let start = Instant::now();
+        let err = run_threads_with_faults(&cfg, &faults, &quadratic(), &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(err, Error::Stopped { worker: 2, .. }),
+            "{algo}: {err}"
+        );
+        assert!(err.to_string().contains("worker 2 stopped"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(60), "{algo}");
+    }
+}
