@@ -399,3 +399,179 @@ fn a_rank_that_cannot_start_stops_every_rank() {
     assert!(!all.contains("MPI_ABORT"), "{all}");
     assert_eq!(summary(&run)["status"], "failed");
 }
+
+/// Every asynchronous algorithm runs to completion on MPI (rank 0's service thread serving the
+/// counters and the parameter server), with 2 ranks and with 4 oversubscribed ones, spends
+/// exactly the run's budget of N × steps, and converges like the threads runs of
+/// `peloton-sim/tests/asynchronous.rs` (same problems, steps and bounds: quadratic below 0.1,
+/// softmax below 0.9, judged on EASGD's center and on the best worker's own model). Runs are
+/// not bit-identical to threads runs: how the work splits follows the OS scheduler.
+#[test]
+fn asynchronous_algorithms_run_and_converge_on_mpi() {
+    if !have_mpirun() {
+        return;
+    }
+    let algorithms: &[(&str, &[&str])] = &[
+        (
+            "async-lsgd",
+            &[
+                "--algorithm",
+                "async-lsgd",
+                "--lr",
+                "0.1",
+                "--set",
+                "algorithm.tau=4",
+                "--set",
+                "algorithm.lambda=0.2",
+                "--eval-model",
+                "workers",
+            ],
+        ),
+        (
+            "async-easgd",
+            &[
+                "--algorithm",
+                "async-easgd",
+                "--lr",
+                "0.1",
+                "--set",
+                "algorithm.tau=2",
+                "--set",
+                "algorithm.servers=2",
+                "--eval-model",
+                "center",
+            ],
+        ),
+        (
+            "async-eamsgd",
+            &[
+                "--algorithm",
+                "async-eamsgd",
+                "--set",
+                "algorithm.tau=2",
+                "--lr",
+                "0.02",
+                "--set",
+                "optimizer.momentum=0.9",
+                "--set",
+                "optimizer.nesterov=true",
+                "--eval-model",
+                "center",
+            ],
+        ),
+        (
+            "ad-psgd",
+            &[
+                "--algorithm",
+                "ad-psgd",
+                "--lr",
+                "0.1",
+                "--eval-model",
+                "workers",
+            ],
+        ),
+    ];
+    let problems: &[(&str, &[&str], u64, f64)] = &[
+        (
+            "quadratic",
+            &["--set", "problem.dim=10", "--set", "problem.noise=0.2"],
+            1500,
+            0.1,
+        ),
+        (
+            "softmax",
+            &[
+                "--set",
+                "problem.classes=4",
+                "--set",
+                "problem.features=6",
+                "--set",
+                "problem.train_samples=400",
+                "--set",
+                "problem.test_samples=200",
+                "--set",
+                "problem.batch_size=8",
+            ],
+            1000,
+            0.9,
+        ),
+    ];
+    let dir = scratch("async");
+    let mut failures = Vec::new();
+    for n in [2usize, 4] {
+        for (name, algorithm) in algorithms {
+            for (problem, settings, steps, bound) in problems {
+                let case = format!("{n} ranks, {name}, {problem}");
+                let run = dir.join(format!("{name}-{problem}-{n}"));
+                let mut args: Vec<String> = [
+                    "train",
+                    "--quiet",
+                    "--transport",
+                    "mpi",
+                    "--problem",
+                    problem,
+                    "--steps",
+                    &steps.to_string(),
+                    "--seed",
+                    "11",
+                    "--set",
+                    "log_every=100",
+                    "--out",
+                    run.to_str().unwrap(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                args.extend(
+                    settings
+                        .iter()
+                        .chain(algorithm.iter())
+                        .map(|s| s.to_string()),
+                );
+                let started = Instant::now();
+                let out = mpirun(n, &args).output().unwrap();
+                if !out.status.success() {
+                    failures.push(format!("{case}: {}", text(&out)));
+                    continue;
+                }
+                let s = summary(&run);
+                let workers = s["per_worker"].as_array().unwrap();
+                let total: u64 = workers.iter().map(|w| w["steps"].as_u64().unwrap()).sum();
+                let best = s["final_evals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["loss"].as_f64().unwrap())
+                    .fold(f64::INFINITY, f64::min);
+                eprintln!(
+                    "{case}: best final loss {best:.4}, steps per worker {:?}, {:.1} s",
+                    workers
+                        .iter()
+                        .map(|w| w["steps"].as_u64().unwrap())
+                        .collect::<Vec<_>>(),
+                    started.elapsed().as_secs_f64()
+                );
+                if s["status"] != "ok" || workers.len() != n || total != n as u64 * steps {
+                    failures.push(format!(
+                        "{case}: status {}, {} workers, {total} steps (budget {})",
+                        s["status"],
+                        workers.len(),
+                        n as u64 * steps
+                    ));
+                }
+                if !(best < *bound) {
+                    failures.push(format!("{case}: ends at {best}, bound {bound}"));
+                }
+                if name.starts_with("async-ea") {
+                    // Every worker read the same final center (taken after every push).
+                    let centers: Vec<&Value> =
+                        workers.iter().map(|w| &w["center_checksum"]).collect();
+                    if centers.iter().any(|c| *c != centers[0] || c.is_null()) {
+                        failures.push(format!("{case}: centers {centers:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
