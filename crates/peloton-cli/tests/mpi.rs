@@ -559,7 +559,8 @@ fn asynchronous_algorithms_run_and_converge_on_mpi() {
                         n as u64 * steps
                     ));
                 }
-                if !(best < *bound) {
+                // NaN (a diverged run) fails too.
+                if best.is_nan() || best >= *bound {
                     failures.push(format!("{case}: ends at {best}, bound {bound}"));
                 }
                 if name.starts_with("async-ea") {
