@@ -239,8 +239,8 @@ pub fn format_table(rows: &[Row]) -> String {
 pub struct ServiceRow {
     pub op: String,
     pub ranks: usize,
-    /// Mean seconds per operation on MPI, of the slowest rank (rank 0's worker is served
-    /// in-process, the others through rank 0's service thread).
+    /// Mean seconds per operation on MPI, of the slowest rank (every rank is served by rank 0's
+    /// service thread).
     pub mpi: f64,
     /// The same on the threads transport with as many threads, measured by rank 0 alone.
     pub threads: Option<f64>,

@@ -37,8 +37,9 @@
 //!   with [`MpiComm::start_services`], a service thread on rank 0 that owns the counters and
 //!   the server's vector and serves the other ranks' requests in an `MPI_Improbe` / receive /
 //!   reply loop on a communicator of its own (duplicated from the world, so requests never
-//!   match the workers' messages); rank 0's own worker applies its operations to the same
-//!   state in-process, under the same lock. Each operation is applied atomically in one total
+//!   match the workers' messages); rank 0's own worker sends it requests like every other rank,
+//!   so that no rank reaches the counters much faster than the others (which skewed the split
+//!   of the work completely on short steps). One thread applies every operation in one total
 //!   order, so counters are linearizable and no push is lost. A thread rather than a dedicated
 //!   server rank keeps `mpirun -n N` = N workers; RMA atomics were ruled out because Open MPI's
 //!   one-sided operations fail over TCP at `MPI_THREAD_MULTIPLE`. The S shards of the server
