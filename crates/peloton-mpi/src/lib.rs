@@ -119,7 +119,8 @@ mod imp {
         /// ([`MpiComm::start_services`]). Rank 0's service thread shares the CPU with rank 0's
         /// worker, and Open MPI's blocking calls spin without yielding unless the job is
         /// oversubscribed: a worker waiting in a collective then starves the thread that the
-        /// other ranks wait for (measured here: 18 ms per counter operation instead of 40 µs).
+        /// other ranks wait for (measured here: a 2-rank `async-lsgd` run trained for 5.7 s
+        /// instead of 0.30 s).
         /// Unless the user chose otherwise, this sets `OMPI_MCA_mpi_yield_when_idle=1` in the
         /// process environment, which Open MPI reads during initialization (MPICH ignores it),
         /// so waiting ranks yield the CPU. Call it before any other thread exists: the
