@@ -283,42 +283,48 @@ fn two_ranks_write_one_run_folder() {
     assert_eq!(workers, [0, 1, 0, 1, 0, 1, 0, 1]);
 }
 
-/// A rank that panics mid-run ends the whole job within seconds, with a line naming it.
+/// A rank that panics mid-run ends the whole job within seconds, with a line naming it; also
+/// in an asynchronous run, where rank 0's service thread must not keep the job alive.
 #[test]
 fn a_panicking_rank_ends_the_job_quickly() {
     if !have_mpirun() {
         return;
     }
     let dir = scratch("panic");
-    let args = train_args(&dir.join("run"), &["--set", "steps=1000000"]);
-    let mut child = mpirun(4, &args)
-        .args(["--transport", "mpi"])
-        .env("PELOTON_MPI_TEST_PANIC", "2:20")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = None;
-    let mut lines = Vec::new();
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if seen.is_none() && line.contains("rank 2 aborts the MPI job") {
-            seen = Some(Instant::now());
+    for algorithm in [&[][..], &["--algorithm", "async-easgd"][..]] {
+        let mut extra = vec!["--set", "steps=1000000"];
+        extra.extend_from_slice(algorithm);
+        let args = train_args(&dir.join("run"), &extra);
+        let mut child = mpirun(4, &args)
+            .args(["--transport", "mpi"])
+            .env("PELOTON_MPI_TEST_PANIC", "2:20")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = None;
+        let mut lines = Vec::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if seen.is_none() && line.contains("rank 2 aborts the MPI job") {
+                seen = Some(Instant::now());
+            }
+            lines.push(line);
         }
-        lines.push(line);
+        let status = child.wait().unwrap();
+        let after = seen.map(|t| t.elapsed());
+        let all = format!("{algorithm:?}: {}", lines.join("\n"));
+        assert!(!status.success(), "{all}");
+        assert!(all.contains("injected by PELOTON_MPI_TEST_PANIC"), "{all}");
+        let after = after.unwrap_or_else(|| panic!("no line naming rank 2: {all}"));
+        // MPI_Abort takes well under a second here; 5 s is the acceptance bound.
+        assert!(
+            after < Duration::from_secs(5),
+            "ended {after:?} after the panic: {all}"
+        );
+        let _ = std::fs::remove_dir_all(dir.join("run"));
     }
-    let status = child.wait().unwrap();
-    let after = seen.map(|t| t.elapsed());
-    let all = lines.join("\n");
-    assert!(!status.success(), "{all}");
-    assert!(all.contains("injected by PELOTON_MPI_TEST_PANIC"), "{all}");
-    let after = after.unwrap_or_else(|| panic!("no line naming rank 2: {all}"));
-    // MPI_Abort takes well under a second here; 5 s is the acceptance bound.
-    assert!(
-        after < Duration::from_secs(5),
-        "ended {after:?} after the panic: {all}"
-    );
 }
 
 /// Ranks that disagree on the experiment (here: the seed, through mpirun's per-rank command
