@@ -310,14 +310,8 @@ impl ExperimentConfig {
                     })?;
                 }
             }
-            TransportConfig::Mpi => {
-                if self.algorithm.is_async() {
-                    bail!(
-                        "{} needs the asynchronous services (shared counters, parameter server, polling) that the mpi transport does not provide yet; run it on threads or the simulator",
-                        self.algorithm.name()
-                    );
-                }
-            }
+            // Every algorithm runs on MPI, the asynchronous ones through rank 0's services.
+            TransportConfig::Mpi => {}
         }
         match self.task()? {
             Task::Problem(p) => p.validate(self.workers)?,

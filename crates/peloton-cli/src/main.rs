@@ -173,7 +173,8 @@ struct BenchArgs {
     sim: bool,
     /// Measure the MPI transport instead, under mpirun (`mpirun -n 4 peloton bench --mpi`):
     /// all-reduce, broadcast and all-gather through peloton against bare rsmpi calls and the
-    /// threads transport, at 64 KiB, 1 MiB, 16 MiB and --size-mib (feature `mpi`).
+    /// threads transport, at 64 KiB, 1 MiB, 16 MiB and --size-mib, then the asynchronous
+    /// services (counter add, parameter-server pull + push of 1 MiB) (feature `mpi`).
     #[arg(long)]
     mpi: bool,
     /// Messages each worker sends in the simulator measurement.
@@ -367,7 +368,8 @@ fn mpi_bench(_args: &BenchArgs) -> Result<()> {
 
 #[cfg(feature = "mpi")]
 fn mpi_bench(args: &BenchArgs) -> Result<()> {
-    let mpi = peloton_mpi::Mpi::init()?;
+    // The services are measured too: their waits must yield (see `init_for_services`).
+    let mpi = peloton_mpi::Mpi::init_for_services()?;
     let rows = {
         let mut world = mpi.world();
         let sizes = [64 << 10, 1 << 20, 16 << 20, args.size_mib << 20];
@@ -376,7 +378,10 @@ fn mpi_bench(args: &BenchArgs) -> Result<()> {
             .filter(|&s| s <= args.size_mib << 20)
             .collect();
         sizes.dedup();
-        peloton_mpi::bench::measure(&mut world, &sizes, args.repeats)?
+        let table = peloton_mpi::bench::measure(&mut world, &sizes, args.repeats)?;
+        // The asynchronous services at 1 MiB (an EASGD exchange of a mid-sized model).
+        let services = peloton_mpi::bench::measure_services(&mut world, 1 << 20, args.repeats)?;
+        (table, services)
     };
     if mpi.world_rank() == 0 {
         println!(
@@ -384,7 +389,9 @@ fn mpi_bench(args: &BenchArgs) -> Result<()> {
             mpi.world_size(),
             args.repeats
         );
-        println!("{}", peloton_mpi::bench::format_table(&rows));
+        println!("{}", peloton_mpi::bench::format_table(&rows.0));
+        println!("Asynchronous services, every rank at once (mean time per operation of the slowest rank):");
+        println!("{}", peloton_mpi::bench::format_service_table(&rows.1));
     }
     Ok(())
 }

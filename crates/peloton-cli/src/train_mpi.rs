@@ -7,6 +7,8 @@
 //! A failure during training on one rank (an error, a panic) ends the whole job through
 //! `MPI_Abort` with a line naming the rank. Only rank 0 writes the run folder; the events and
 //! results of all ranks are gathered to it at the end, so the folder reads like a threads run.
+//! Asynchronous algorithms run on rank 0's service thread (`peloton_mpi::MpiComm::start_services`);
+//! rank 0 also evaluates their final average, leader or center model from the gathered outcomes.
 
 #[cfg(not(feature = "mpi"))]
 pub fn train_mpi(
@@ -49,7 +51,11 @@ mod imp {
     }
 
     pub fn train_mpi(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBuf> {
-        let mpi = Mpi::init()?;
+        let mpi = if config.algorithm.is_async() {
+            Mpi::init_for_services()?
+        } else {
+            Mpi::init()?
+        };
         let rank = mpi.world_rank();
         let outcome = {
             // The checks before training talk on their own communicator, whose traffic

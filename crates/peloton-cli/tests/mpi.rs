@@ -283,42 +283,48 @@ fn two_ranks_write_one_run_folder() {
     assert_eq!(workers, [0, 1, 0, 1, 0, 1, 0, 1]);
 }
 
-/// A rank that panics mid-run ends the whole job within seconds, with a line naming it.
+/// A rank that panics mid-run ends the whole job within seconds, with a line naming it; also
+/// in an asynchronous run, where rank 0's service thread must not keep the job alive.
 #[test]
 fn a_panicking_rank_ends_the_job_quickly() {
     if !have_mpirun() {
         return;
     }
     let dir = scratch("panic");
-    let args = train_args(&dir.join("run"), &["--set", "steps=1000000"]);
-    let mut child = mpirun(4, &args)
-        .args(["--transport", "mpi"])
-        .env("PELOTON_MPI_TEST_PANIC", "2:20")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = None;
-    let mut lines = Vec::new();
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if seen.is_none() && line.contains("rank 2 aborts the MPI job") {
-            seen = Some(Instant::now());
+    for algorithm in [&[][..], &["--algorithm", "async-easgd"][..]] {
+        let mut extra = vec!["--set", "steps=1000000"];
+        extra.extend_from_slice(algorithm);
+        let args = train_args(&dir.join("run"), &extra);
+        let mut child = mpirun(4, &args)
+            .args(["--transport", "mpi"])
+            .env("PELOTON_MPI_TEST_PANIC", "2:20")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = None;
+        let mut lines = Vec::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if seen.is_none() && line.contains("rank 2 aborts the MPI job") {
+                seen = Some(Instant::now());
+            }
+            lines.push(line);
         }
-        lines.push(line);
+        let status = child.wait().unwrap();
+        let after = seen.map(|t| t.elapsed());
+        let all = format!("{algorithm:?}: {}", lines.join("\n"));
+        assert!(!status.success(), "{all}");
+        assert!(all.contains("injected by PELOTON_MPI_TEST_PANIC"), "{all}");
+        let after = after.unwrap_or_else(|| panic!("no line naming rank 2: {all}"));
+        // MPI_Abort takes well under a second here; 5 s is the acceptance bound.
+        assert!(
+            after < Duration::from_secs(5),
+            "ended {after:?} after the panic: {all}"
+        );
+        let _ = std::fs::remove_dir_all(dir.join("run"));
     }
-    let status = child.wait().unwrap();
-    let after = seen.map(|t| t.elapsed());
-    let all = lines.join("\n");
-    assert!(!status.success(), "{all}");
-    assert!(all.contains("injected by PELOTON_MPI_TEST_PANIC"), "{all}");
-    let after = after.unwrap_or_else(|| panic!("no line naming rank 2: {all}"));
-    // MPI_Abort takes well under a second here; 5 s is the acceptance bound.
-    assert!(
-        after < Duration::from_secs(5),
-        "ended {after:?} after the panic: {all}"
-    );
 }
 
 /// Ranks that disagree on the experiment (here: the seed, through mpirun's per-rank command
@@ -398,4 +404,184 @@ fn a_rank_that_cannot_start_stops_every_rank() {
     );
     assert!(!all.contains("MPI_ABORT"), "{all}");
     assert_eq!(summary(&run)["status"], "failed");
+}
+
+/// Every asynchronous algorithm runs to completion on MPI (rank 0's service thread serving the
+/// counters and the parameter server), with 2 ranks and with 4 oversubscribed ones, spends
+/// exactly the run's budget of N × steps, and converges like the threads runs of
+/// `peloton-sim/tests/asynchronous.rs` (same problems, steps and bounds: quadratic below 0.1,
+/// softmax below 0.9, judged on EASGD's center and on the best worker's own model). Runs are
+/// not bit-identical to threads runs: how the work splits follows the OS scheduler.
+#[test]
+fn asynchronous_algorithms_run_and_converge_on_mpi() {
+    if !have_mpirun() {
+        return;
+    }
+    let algorithms: &[(&str, &[&str])] = &[
+        (
+            "async-lsgd",
+            &[
+                "--algorithm",
+                "async-lsgd",
+                "--lr",
+                "0.1",
+                "--set",
+                "algorithm.tau=4",
+                "--set",
+                "algorithm.lambda=0.2",
+                "--eval-model",
+                "workers",
+            ],
+        ),
+        (
+            "async-easgd",
+            &[
+                "--algorithm",
+                "async-easgd",
+                "--lr",
+                "0.1",
+                "--set",
+                "algorithm.tau=2",
+                "--set",
+                "algorithm.servers=2",
+                "--eval-model",
+                "center",
+            ],
+        ),
+        (
+            "async-eamsgd",
+            &[
+                "--algorithm",
+                "async-eamsgd",
+                "--set",
+                "algorithm.tau=2",
+                "--lr",
+                "0.02",
+                "--set",
+                "optimizer.momentum=0.9",
+                "--set",
+                "optimizer.nesterov=true",
+                "--eval-model",
+                "center",
+            ],
+        ),
+        (
+            "ad-psgd",
+            &[
+                "--algorithm",
+                "ad-psgd",
+                "--lr",
+                "0.1",
+                "--eval-model",
+                "workers",
+            ],
+        ),
+    ];
+    let problems: &[(&str, &[&str], u64, f64)] = &[
+        (
+            "quadratic",
+            &["--set", "problem.dim=10", "--set", "problem.noise=0.2"],
+            1500,
+            0.1,
+        ),
+        (
+            "softmax",
+            &[
+                "--set",
+                "problem.classes=4",
+                "--set",
+                "problem.features=6",
+                "--set",
+                "problem.train_samples=400",
+                "--set",
+                "problem.test_samples=200",
+                "--set",
+                "problem.batch_size=8",
+            ],
+            1000,
+            0.9,
+        ),
+    ];
+    let dir = scratch("async");
+    let mut failures = Vec::new();
+    for n in [2usize, 4] {
+        for (name, algorithm) in algorithms {
+            for (problem, settings, steps, bound) in problems {
+                let case = format!("{n} ranks, {name}, {problem}");
+                let run = dir.join(format!("{name}-{problem}-{n}"));
+                let mut args: Vec<String> = [
+                    "train",
+                    "--quiet",
+                    "--transport",
+                    "mpi",
+                    "--problem",
+                    problem,
+                    "--steps",
+                    &steps.to_string(),
+                    "--seed",
+                    "11",
+                    "--set",
+                    "log_every=100",
+                    "--out",
+                    run.to_str().unwrap(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                args.extend(
+                    settings
+                        .iter()
+                        .chain(algorithm.iter())
+                        .map(|s| s.to_string()),
+                );
+                let started = Instant::now();
+                let out = mpirun(n, &args).output().unwrap();
+                if !out.status.success() {
+                    failures.push(format!("{case}: {}", text(&out)));
+                    continue;
+                }
+                let s = summary(&run);
+                let workers = s["per_worker"].as_array().unwrap();
+                let total: u64 = workers.iter().map(|w| w["steps"].as_u64().unwrap()).sum();
+                let best = s["final_evals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["loss"].as_f64().unwrap())
+                    .fold(f64::INFINITY, f64::min);
+                eprintln!(
+                    "{case}: best final loss {best:.4}, steps per worker {:?}, {:.1} s",
+                    workers
+                        .iter()
+                        .map(|w| w["steps"].as_u64().unwrap())
+                        .collect::<Vec<_>>(),
+                    started.elapsed().as_secs_f64()
+                );
+                // Every rank reaches the counters through the same service thread, so every
+                // rank does part of the work (rank 0 once took all of it, see services.rs).
+                let idle = workers.iter().any(|w| w["steps"].as_u64() == Some(0));
+                if s["status"] != "ok" || workers.len() != n || total != n as u64 * steps || idle {
+                    failures.push(format!(
+                        "{case}: status {}, {} workers, {total} steps (budget {}), a worker without steps: {idle}",
+                        s["status"],
+                        workers.len(),
+                        n as u64 * steps
+                    ));
+                }
+                // NaN (a diverged run) fails too.
+                if best.is_nan() || best >= *bound {
+                    failures.push(format!("{case}: ends at {best}, bound {bound}"));
+                }
+                if name.starts_with("async-ea") {
+                    // Every worker read the same final center (taken after every push).
+                    let centers: Vec<&Value> =
+                        workers.iter().map(|w| &w["center_checksum"]).collect();
+                    if centers.iter().any(|c| *c != centers[0] || c.is_null()) {
+                        failures.push(format!("{case}: centers {centers:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -233,3 +233,109 @@ pub fn format_table(rows: &[Row]) -> String {
     }
     out
 }
+
+/// One asynchronous service operation, every rank issuing it at once.
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    pub op: String,
+    pub ranks: usize,
+    /// Mean seconds per operation on MPI, of the slowest rank (every rank is served by rank 0's
+    /// service thread).
+    pub mpi: f64,
+    /// The same on the threads transport with as many threads, measured by rank 0 alone.
+    pub threads: Option<f64>,
+}
+
+/// `ops` operations of one kind on one communicator; returns this member's seconds.
+fn service_loop(c: &mut dyn Communicator, op: &str, ops: usize, n: usize) -> Result<f64> {
+    use peloton_core::transport::CounterOp;
+    let mut buf = vec![0.0f32; n];
+    let delta = vec![0.0f32; n];
+    c.barrier()?;
+    let start = Instant::now();
+    for _ in 0..ops {
+        if op == "counter add" {
+            c.counter(5, CounterOp::Add(1))?;
+        } else {
+            c.server_pull(&mut buf)?;
+            c.server_push(&delta)?;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Measures the asynchronous services: a counter add (the work counter's fetch-and-add), and
+/// a parameter-server pull + push of `bytes` (one EASGD exchange), with every rank issuing them
+/// at once. Collective over `comm` (the world); starts and stops the services itself.
+pub fn measure_services(
+    comm: &mut MpiComm,
+    bytes: usize,
+    repeats: usize,
+) -> Result<Vec<ServiceRow>> {
+    let p = comm.size();
+    let n = (bytes / 4).max(1);
+    let kinds = [
+        ("counter add".to_string(), 100 * repeats),
+        (format!("pull + push {} KiB", (4 * n) >> 10), repeats),
+    ];
+    comm.start_services()?;
+    comm.server_init(&vec![0.0f32; n], 1)?;
+    let mut rows = Vec::new();
+    for (op, ops) in &kinds {
+        // One warm-up pass, dropped.
+        service_loop(comm, op, ops / 10 + 1, n)?;
+        let mine = service_loop(comm, op, *ops, n)?;
+        let mut slowest = 0.0f64;
+        comm.raw()
+            .all_reduce_into(&mine, &mut slowest, SystemOperation::max());
+        rows.push(ServiceRow {
+            op: op.clone(),
+            ranks: p,
+            mpi: slowest / *ops as f64,
+            threads: None,
+        });
+    }
+    comm.stop_services()?;
+    let raw = comm.raw();
+    if comm.rank() == 0 {
+        for (row, (op, ops)) in rows.iter_mut().zip(&kinds) {
+            let per_thread = threads::run_workers(p, |c| {
+                c.server_init(&vec![0.0f32; n], 1)?;
+                service_loop(c, op, ops / 10 + 1, n)?;
+                service_loop(c, op, *ops, n)
+            })
+            .into_iter()
+            .collect::<Result<Vec<f64>>>()?;
+            row.threads = Some(per_thread.into_iter().fold(0.0, f64::max) / *ops as f64);
+        }
+        for r in 1..p {
+            raw.process_at_rank(r as c_int)
+                .send_with_tag(&1u8, DONE_TAG);
+        }
+    } else {
+        let root = raw.process_at_rank(0);
+        while root.immediate_probe_with_tag(DONE_TAG).is_none() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _: (u8, _) = root.receive_with_tag(DONE_TAG);
+    }
+    Ok(rows)
+}
+
+/// A Markdown table of service rows: microseconds per operation.
+pub fn format_service_table(rows: &[ServiceRow]) -> String {
+    let mut out =
+        String::from("| service op | ranks | MPI µs/op | threads µs/op |\n|---|---|---|---|\n");
+    for r in rows {
+        out += &format!(
+            "| {} | {} | {:.1} | {} |\n",
+            r.op,
+            r.ranks,
+            r.mpi * 1e6,
+            r.threads
+                .map(|s| format!("{:.1}", s * 1e6))
+                .unwrap_or_else(|| "–".into()),
+        );
+    }
+    out
+}

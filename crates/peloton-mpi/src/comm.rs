@@ -14,12 +14,40 @@ use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
 use peloton_core::transport::{
-    check_rank, check_request_len, CommStats, Communicator, RecvRequest, ReduceOp, SendRequest, Tag,
+    check_rank, check_request_len, CommStats, Communicator, CounterOp, RecvRequest, ReduceOp,
+    SendRequest, Tag,
 };
 use peloton_core::{Error, Result};
 
+use crate::services::Services;
+
 /// The largest tag every MPI implementation accepts (the standard's minimum `MPI_TAG_UB`).
+/// Larger tags work where the library allows them: [`MpiComm`] checks against the library's
+/// own `MPI_TAG_UB` (Open MPI: 2³¹ − 1), so AD-PSGD's tags (0xAD0001…) pass there.
 pub const MAX_TAG: Tag = 32767;
+
+/// The largest tag this MPI library accepts: its `MPI_TAG_UB` attribute, at least [`MAX_TAG`].
+fn tag_upper_bound() -> Tag {
+    let mut value: *mut c_int = std::ptr::null_mut();
+    let mut flag: c_int = 0;
+    // SAFETY: MPI is initialized (an `MpiComm` exists only after `Mpi::init`), MPI_COMM_WORLD
+    // always carries the predefined MPI_TAG_UB attribute, whose value MPI stores as a pointer
+    // to an int that lives as long as MPI; `flag` says whether it was set.
+    let ub = unsafe {
+        ffi::MPI_Comm_get_attr(
+            ffi::RSMPI_COMM_WORLD,
+            ffi::MPI_TAG_UB as c_int,
+            (&mut value as *mut *mut c_int).cast(),
+            &mut flag,
+        );
+        if flag != 0 && !value.is_null() {
+            *value
+        } else {
+            0
+        }
+    };
+    Tag::try_from(ub).unwrap_or(0).max(MAX_TAG)
+}
 
 /// The phrase that starts every error that all members of a collective return together (a
 /// length mismatch found by the pre-collective check, a failed [`CommunicatorExt::agree`]):
@@ -68,6 +96,10 @@ struct PendingSend {
 ///   truncation abort.
 /// * Every collective first all-gathers the members' lengths (8 bytes each), so a mismatch is
 ///   the same error on every member instead of undefined behaviour inside MPI.
+/// * The asynchronous services (shared counters, the parameter server) are served by a thread
+///   of rank 0 once [`MpiComm::start_services`] has run on the world communicator (see the
+///   crate documentation); [`Communicator::probe_any`] is `MPI_Iprobe` on any source and
+///   [`Communicator::pause`] a 50 µs sleep, as on the threads transport.
 pub struct MpiComm {
     comm: ManuallyDrop<SimpleCommunicator>,
     rank: usize,
@@ -77,6 +109,10 @@ pub struct MpiComm {
     pending: Vec<PendingSend>,
     next_request: u64,
     scratch: Vec<f32>,
+    /// The largest tag MPI accepts here.
+    tag_ub: Tag,
+    /// The asynchronous services, between `start_services` and `stop_services`.
+    services: Option<Services>,
 }
 
 // SAFETY: the fields that are not `Send` are MPI handles (`MPI_Comm`, `MPI_Request`: pointers
@@ -131,6 +167,44 @@ impl MpiComm {
             pending: Vec::new(),
             next_request: 0,
             scratch: Vec::new(),
+            tag_ub: tag_upper_bound(),
+            services: None,
+        }
+    }
+
+    /// Starts the asynchronous services (shared counters, the parameter server) for the world
+    /// this communicator spans: a service communicator is duplicated from it and rank 0 starts
+    /// the thread that serves every rank. Collective: every member calls it at the same point,
+    /// before its first service operation, and calls [`MpiComm::stop_services`] after its last
+    /// one.
+    pub fn start_services(&mut self) -> Result<()> {
+        if self.services.is_some() {
+            return Err(transport(
+                "the asynchronous services are already running on this communicator".into(),
+            ));
+        }
+        self.services = Some(Services::start(self.comm.duplicate())?);
+        Ok(())
+    }
+
+    /// Ends this member's use of the services. Every member calls it once it will not use them
+    /// again; rank 0 returns when every member has (its service thread then ends). A member
+    /// that fails instead must end the job ([`crate::abort_job`]): rank 0 would otherwise wait
+    /// for it.
+    pub fn stop_services(&mut self) -> Result<()> {
+        match self.services.take() {
+            Some(services) => services.stop(),
+            None => Ok(()),
+        }
+    }
+
+    fn services(&mut self, what: &str) -> Result<(&mut Services, usize)> {
+        let rank = self.world_rank;
+        match self.services.as_mut() {
+            Some(s) => Ok((s, rank)),
+            None => Err(transport(format!(
+                "{what} on MPI need the asynchronous services: call MpiComm::start_services on the world communicator first"
+            ))),
         }
     }
 
@@ -213,17 +287,18 @@ impl MpiComm {
         });
     }
 
-    fn check_tag(tag: Tag) -> Result<c_int> {
-        if tag > MAX_TAG {
+    fn check_tag(&self, tag: Tag) -> Result<c_int> {
+        if tag > self.tag_ub {
             return Err(transport(format!(
-                "tag {tag} is above {MAX_TAG}, the largest tag every MPI accepts"
+                "tag {tag} is above {}, the largest tag this MPI accepts (MPI_TAG_UB)",
+                self.tag_ub
             )));
         }
         Ok(tag as c_int)
     }
 
     fn receive(&mut self, src: usize, tag: Tag, buf: &mut [f32]) -> Result<()> {
-        let tag = Self::check_tag(tag)?;
+        let tag = self.check_tag(tag)?;
         let (message, status) = self
             .comm
             .process_at_rank(src as c_int)
@@ -368,7 +443,7 @@ impl Communicator for MpiComm {
 
     fn isend(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<SendRequest> {
         check_rank("send destination", dest, self.size)?;
-        let mpi_tag = Self::check_tag(tag)?;
+        let mpi_tag = self.check_tag(tag)?;
         let n = count(data.len(), "send")?;
         self.reap_sends();
         let mut pending = PendingSend {
@@ -400,7 +475,7 @@ impl Communicator for MpiComm {
 
     fn irecv(&mut self, src: usize, tag: Tag, len: usize) -> Result<RecvRequest> {
         check_rank("receive source", src, self.size)?;
-        Self::check_tag(tag)?;
+        self.check_tag(tag)?;
         self.next_request += 1;
         Ok(RecvRequest {
             id: self.next_request,
@@ -422,7 +497,7 @@ impl Communicator for MpiComm {
     }
 
     fn test_recv(&mut self, req: &RecvRequest) -> Result<bool> {
-        let tag = Self::check_tag(req.tag)?;
+        let tag = self.check_tag(req.tag)?;
         self.reap_sends();
         Ok(self
             .comm
@@ -450,6 +525,56 @@ impl Communicator for MpiComm {
         let mut comm = MpiComm::new(sub, self.world_rank);
         comm.stats = self.stats.clone();
         Ok(Box::new(comm))
+    }
+
+    fn counter(&mut self, id: usize, op: CounterOp) -> Result<u64> {
+        let (services, rank) = self.services("shared counters")?;
+        let old = services.counter(id, op, rank)?;
+        // The threads transport's accounting: 8 bytes each way.
+        self.stats.add(8, 8);
+        Ok(old)
+    }
+
+    fn server_init(&mut self, init: &[f32], shards: usize) -> Result<()> {
+        let (services, rank) = self.services("a parameter server")?;
+        services.init(init, shards, rank)
+    }
+
+    fn server_pull(&mut self, buf: &mut [f32]) -> Result<u64> {
+        let (services, rank) = self.services("a parameter server")?;
+        let version = services.pull(buf, rank)?;
+        self.stats.add(0, 4 * buf.len() as u64);
+        Ok(version)
+    }
+
+    fn server_push(&mut self, delta: &[f32]) -> Result<()> {
+        let (services, rank) = self.services("a parameter server")?;
+        services.push(delta, rank)?;
+        self.stats.add(4 * delta.len() as u64, 0);
+        Ok(())
+    }
+
+    fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {
+        let tag = self.check_tag(tag)?;
+        // Polling loops call this between steps: a good moment to free finished sends.
+        self.reap_sends();
+        Ok(self
+            .comm
+            .any_process()
+            .immediate_probe_with_tag(tag)
+            .map(|status| {
+                (
+                    status.source_rank() as usize,
+                    status.count(f32::equivalent_datatype()) as usize,
+                )
+            }))
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        // As on the threads transport: long enough to leave the CPU to the peers being
+        // waited for, short next to a step.
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        Ok(())
     }
 
     fn abort(&self, reason: &str) {

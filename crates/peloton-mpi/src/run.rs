@@ -11,7 +11,8 @@ use mpi::traits::*;
 use mpi::Count;
 use peloton_core::learner::LearnerFactory;
 use peloton_core::runner::{
-    run_worker, EvalRecord, Event, LinkTraffic, RunConfig, RunReport, WorkerOutcome, WorkerRecord,
+    final_evaluations, run_worker, EvalRecord, Event, LinkTraffic, RunConfig, RunReport,
+    WorkerOutcome, WorkerRecord,
 };
 use peloton_core::transport::{CommStats, Communicator};
 use peloton_core::{Error, Result};
@@ -69,6 +70,79 @@ impl NodeLayout {
     }
 }
 
+/// A worker record as it travels to rank 0. JSON has no ∞ or NaN (serde_json writes `null`,
+/// which does not read back as a number), yet a record may hold them: the leader metric of a
+/// worker that has not taken a step yet is ∞ (an asynchronous worker may take none), a diverged
+/// run's loss is NaN. The fields that may hold them travel as bit patterns, next to a copy of
+/// the record where they are 0.
+#[derive(Serialize, Deserialize)]
+struct WireRecord {
+    record: WorkerRecord,
+    loss: u64,
+    metric: u64,
+    params: Option<Vec<u32>>,
+}
+
+impl From<&WorkerRecord> for WireRecord {
+    fn from(r: &WorkerRecord) -> Self {
+        let params = r
+            .params
+            .as_ref()
+            .map(|p| p.iter().map(|v| v.to_bits()).collect());
+        WireRecord {
+            record: WorkerRecord {
+                loss: 0.0,
+                metric: 0.0,
+                params: None,
+                ..r.clone()
+            },
+            loss: r.loss.to_bits(),
+            metric: r.metric.to_bits(),
+            params,
+        }
+    }
+}
+
+impl From<WireRecord> for WorkerRecord {
+    fn from(w: WireRecord) -> Self {
+        WorkerRecord {
+            loss: f64::from_bits(w.loss),
+            metric: f64::from_bits(w.metric),
+            params: w
+                .params
+                .map(|p| p.into_iter().map(f32::from_bits).collect()),
+            ..w.record
+        }
+    }
+}
+
+/// An evaluation as it travels to rank 0: its loss as a bit pattern (∞ or NaN when diverged;
+/// see [`WireRecord`]).
+#[derive(Serialize, Deserialize)]
+struct WireEval {
+    record: EvalRecord,
+    loss: u64,
+}
+
+impl From<&EvalRecord> for WireEval {
+    fn from(e: &EvalRecord) -> Self {
+        let mut record = e.clone();
+        record.eval.loss = 0.0;
+        WireEval {
+            record,
+            loss: e.eval.loss.to_bits(),
+        }
+    }
+}
+
+impl From<WireEval> for EvalRecord {
+    fn from(w: WireEval) -> Self {
+        let mut record = w.record;
+        record.eval.loss = f64::from_bits(w.loss);
+        record
+    }
+}
+
 /// An event as it travels to rank 0.
 #[derive(Serialize, Deserialize)]
 enum WireEvent {
@@ -77,8 +151,8 @@ enum WireEvent {
         params: usize,
         steps: Option<u64>,
     },
-    Worker(WorkerRecord),
-    Eval(EvalRecord),
+    Worker(WireRecord),
+    Eval(WireEval),
     Checkpoint {
         step: u64,
         worker: usize,
@@ -86,8 +160,8 @@ enum WireEvent {
     Diverged {
         step: u64,
         worker: usize,
-        /// `None` for NaN/∞, which JSON cannot carry.
-        loss: Option<f64>,
+        /// The diverged loss as a bit pattern (NaN or ∞; see [`WireRecord`]).
+        loss: u64,
         reset_to: usize,
     },
 }
@@ -104,8 +178,8 @@ impl From<&Event> for WireEvent {
                 params: *params,
                 steps: *steps,
             },
-            Event::Worker(r) => WireEvent::Worker(r.clone()),
-            Event::Eval(e) => WireEvent::Eval(e.clone()),
+            Event::Worker(r) => WireEvent::Worker(r.into()),
+            Event::Eval(e) => WireEvent::Eval(e.into()),
             &Event::Checkpoint { step, worker } => WireEvent::Checkpoint { step, worker },
             &Event::Diverged {
                 step,
@@ -115,7 +189,7 @@ impl From<&Event> for WireEvent {
             } => WireEvent::Diverged {
                 step,
                 worker,
-                loss: loss.is_finite().then_some(loss),
+                loss: loss.to_bits(),
                 reset_to,
             },
         }
@@ -134,8 +208,8 @@ impl From<WireEvent> for Event {
                 params,
                 steps,
             },
-            WireEvent::Worker(r) => Event::Worker(r),
-            WireEvent::Eval(e) => Event::Eval(e),
+            WireEvent::Worker(r) => Event::Worker(r.into()),
+            WireEvent::Eval(e) => Event::Eval(e.into()),
             WireEvent::Checkpoint { step, worker } => Event::Checkpoint { step, worker },
             WireEvent::Diverged {
                 step,
@@ -145,7 +219,7 @@ impl From<WireEvent> for Event {
             } => Event::Diverged {
                 step,
                 worker,
-                loss: loss.unwrap_or(f64::NAN),
+                loss: f64::from_bits(loss),
                 reset_to,
             },
         }
@@ -156,7 +230,7 @@ impl From<WireEvent> for Event {
 #[derive(Serialize, Deserialize)]
 struct WireOutcome {
     rank: usize,
-    final_evals: Vec<EvalRecord>,
+    final_evals: Vec<WireEval>,
     stats: CommStats,
     links: Vec<LinkTraffic>,
     steps: u64,
@@ -180,7 +254,7 @@ fn encode(outcome: &WorkerOutcome, events: &[Event]) -> Result<Vec<u8>> {
         stopped_at: outcome.stopped_at,
         leader_changes: outcome.leader_changes,
         rank: outcome.rank,
-        final_evals: outcome.final_evals.clone(),
+        final_evals: outcome.final_evals.iter().map(WireEval::from).collect(),
         stats: outcome.stats,
         links: outcome.links.clone(),
         steps: outcome.steps,
@@ -231,7 +305,7 @@ fn decode(bytes: &[u8], rank: usize) -> Result<(WorkerOutcome, Vec<Event>)> {
         rank: head.rank,
         params,
         losses,
-        final_evals: head.final_evals,
+        final_evals: head.final_evals.into_iter().map(EvalRecord::from).collect(),
         stats: head.stats,
         links: head.links,
         center,
@@ -315,11 +389,38 @@ fn deliver(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) {
     }
 }
 
+/// Orders the events of an asynchronous run as the threads runner does (its `TimeOrder`):
+/// `Started`, then by time, then by worker, each worker's events in the order it emitted them.
+fn deliver_by_time(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) {
+    let mut timed = Vec::new();
+    for event in per_rank.into_iter().flatten() {
+        let (seconds, worker) = match &event {
+            // Asynchronous runs take no checkpoints and stop on a divergence: these never come.
+            Event::Started { .. } | Event::Checkpoint { .. } | Event::Diverged { .. } => {
+                on_event(&event);
+                continue;
+            }
+            Event::Worker(r) => (r.seconds, r.worker),
+            Event::Eval(e) => (e.seconds, e.worker.unwrap_or(0)),
+        };
+        timed.push((seconds.max(0.0), worker, event));
+    }
+    // Stable: ties keep each rank's own order.
+    timed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    timed.iter().for_each(|(_, _, e)| on_event(e));
+}
+
 /// Runs this rank's worker of `config` on `comm` (the world: rank = worker), then gathers
 /// every rank's events and results on rank 0, which delivers the events to `on_event` in the
 /// threads runner's order and returns the whole run's report; other ranks return `None`.
 /// `live` sees this rank's own events as they happen (progress display). `config` must be
 /// validated, with `workers` equal to the number of ranks.
+///
+/// Asynchronous algorithms get the services of [`MpiComm::start_services`] for the run; rank 0
+/// then evaluates the final average, leader or center model from the gathered outcomes, as
+/// the threads runner does after its join. After an error that is not shared
+/// ([`crate::is_shared_error`]) the caller must end the job ([`crate::abort_job`]): the other
+/// ranks may be waiting for this one.
 pub fn run(
     comm: &mut MpiComm,
     config: &RunConfig,
@@ -339,7 +440,24 @@ pub fn run(
         live(&e);
         events.lock().unwrap_or_else(|e| e.into_inner()).push(e);
     };
-    let outcome = run_worker(comm, factory, config, &emit)?;
+    let asynchronous = config.algorithm.is_async();
+    if asynchronous {
+        comm.start_services()?;
+    }
+    let outcome = match run_worker(comm, factory, config, &emit) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // Every rank stops here together: end the services cleanly. Any other error
+            // aborts the job, service thread included.
+            if asynchronous && crate::is_shared_error(&e) {
+                comm.stop_services()?;
+            }
+            return Err(e);
+        }
+    };
+    if asynchronous {
+        comm.stop_services()?;
+    }
     let events = events.into_inner().unwrap_or_else(|e| e.into_inner());
     let bytes = encode(&outcome, &events)?;
     let Some(all) = gather_bytes(comm, &bytes, 0)? else {
@@ -352,14 +470,25 @@ pub fn run(
         outcomes.push(o);
         per_rank.push(e);
     }
-    deliver(per_rank, on_event);
+    let mut final_evals: Vec<EvalRecord> = outcomes
+        .iter()
+        .flat_map(|o| o.final_evals.clone())
+        .collect();
+    if asynchronous {
+        deliver_by_time(per_rank, on_event);
+        // Asynchronous workers never gather: the final average, leader or center model is
+        // evaluated here, from the outcomes, as the threads runner does.
+        for e in final_evaluations(config, factory, &outcomes)? {
+            on_event(&Event::Eval(e.clone()));
+            final_evals.push(e);
+        }
+    } else {
+        deliver(per_rank, on_event);
+    }
     Ok(Some(RunReport {
         steps: outcomes.iter().map(|o| o.steps).max().unwrap_or(0),
         seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),
-        final_evals: outcomes
-            .iter()
-            .flat_map(|o| o.final_evals.clone())
-            .collect(),
+        final_evals,
         workers: outcomes,
     }))
 }
@@ -383,6 +512,118 @@ mod tests {
         assert_eq!(layout(&[0, 1, 0, 1]).uniform_group_size(), None);
         assert_eq!(layout(&[0, 0, 0, 1]).uniform_group_size(), None);
         assert_eq!(layout(&[0, 0, 1, 1]).nodes(), 2);
+    }
+
+    #[test]
+    fn non_finite_values_survive_the_trip_to_rank_0() {
+        let record = WorkerRecord {
+            step: 3,
+            worker: 1,
+            loss: f64::NAN,
+            // A worker that has taken no step yet.
+            metric: f64::INFINITY,
+            lr: 0.1,
+            leader: None,
+            consensus: Some(0.5),
+            peers: None,
+            bytes_sent: 8,
+            bytes_received: 16,
+            seconds: 0.25,
+            work: Some(7),
+            staleness: None,
+            staleness_max: None,
+            leader_changes: None,
+            params: Some(vec![f32::NEG_INFINITY, 1.5]),
+        };
+        let eval = EvalRecord {
+            step: 3,
+            model: "worker".into(),
+            worker: Some(1),
+            eval: peloton_core::learner::Evaluation {
+                loss: f64::INFINITY,
+                accuracy: Some(0.5),
+                grad_norm: None,
+            },
+            seconds: 0.5,
+        };
+        let outcome = WorkerOutcome {
+            rank: 1,
+            params: vec![1.0, f32::NAN],
+            losses: vec![f64::NAN, 2.0],
+            final_evals: vec![eval.clone()],
+            stats: CommStats::default(),
+            links: Vec::new(),
+            center: None,
+            steps: 3,
+            seconds: 0.5,
+            metric: f64::INFINITY,
+            shared_state: Vec::new(),
+            stopped_at: None,
+            leader_changes: None,
+        };
+        let events = [Event::Worker(record.clone()), Event::Eval(eval.clone())];
+        let bytes = encode(&outcome, &events).unwrap();
+        let (back, got) = decode(&bytes, 1).unwrap();
+        let Event::Worker(r) = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert!(r.loss.is_nan() && r.metric == f64::INFINITY);
+        assert_eq!(r.params, record.params);
+        assert_eq!((r.step, r.consensus, r.work), (3, Some(0.5), Some(7)));
+        assert_eq!(got[1], Event::Eval(eval.clone()));
+        assert_eq!(back.final_evals, vec![eval]);
+        assert_eq!(back.metric, f64::INFINITY);
+        assert!(back.params[1].is_nan() && back.losses[0].is_nan());
+    }
+
+    #[test]
+    fn asynchronous_events_are_delivered_by_time_then_worker() {
+        let record = |seconds, worker| {
+            Event::Worker(WorkerRecord {
+                step: 1,
+                worker,
+                loss: 0.0,
+                metric: 0.0,
+                lr: 0.1,
+                leader: None,
+                consensus: None,
+                peers: None,
+                bytes_sent: 0,
+                bytes_received: 0,
+                seconds,
+                work: None,
+                staleness: None,
+                staleness_max: None,
+                leader_changes: None,
+                params: None,
+            })
+        };
+        let per_rank = vec![
+            vec![
+                Event::Started {
+                    workers: 2,
+                    params: 3,
+                    steps: Some(2),
+                },
+                record(0.3, 0),
+                record(0.5, 0),
+            ],
+            vec![record(0.1, 1), record(0.3, 1), record(0.4, 1)],
+        ];
+        let mut seen = Vec::new();
+        deliver_by_time(per_rank, &mut |e| {
+            seen.push(match e {
+                Event::Started { .. } => "start".to_string(),
+                Event::Worker(r) => format!("w{}@{}", r.worker, r.seconds),
+                Event::Eval(_) | Event::Checkpoint { .. } | Event::Diverged { .. } => {
+                    "other".into()
+                }
+            })
+        });
+        assert_eq!(
+            seen,
+            ["start", "w1@0.1", "w0@0.3", "w1@0.3", "w1@0.4", "w0@0.5"]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Runs `peloton-mpi-check` (every collective, group and message against the threads
-//! transport, bit for bit) under `mpirun` with 1 to 4 ranks. Skipped, with a note, when
-//! `mpirun` is not installed.
+//! transport, bit for bit; then the asynchronous services: linearizable counters, no lost
+//! parameter-server update, any-source polling) under `mpirun` with 1 to 4 ranks. Skipped, with
+//! a note, when `mpirun` is not installed.
 #![cfg(feature = "mpi")]
 
 use std::process::{Command, Stdio};

@@ -283,8 +283,9 @@ fn evaluate_local(
 
 /// The final evaluation of an asynchronous run's average, leader or center model, made by the
 /// runner from the workers' outcomes (workers that an injected fault stopped are left out).
-/// Returns nothing for `eval.model = "worker"`: workers evaluated themselves.
-pub(super) fn final_evaluations(
+/// Returns nothing for `eval.model = "worker"`: workers evaluated themselves. Public for
+/// launchers that collect the outcomes themselves (the MPI transport's rank 0).
+pub fn final_evaluations(
     config: &RunConfig,
     factory: &dyn LearnerFactory,
     outcomes: &[WorkerOutcome],

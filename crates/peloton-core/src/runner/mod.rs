@@ -8,6 +8,8 @@
 
 mod asynchronous;
 
+pub use asynchronous::final_evaluations;
+
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Instant;

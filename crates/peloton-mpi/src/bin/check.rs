@@ -1,12 +1,16 @@
 //! `mpirun -n P peloton-mpi-check`: runs one script of collectives, groups and messages on
 //! this rank's MPI communicator and, in-process, on P threads of the threads transport with the
 //! same inputs, and requires the same results bit for bit, and the same byte counts. Then
-//! checks the errors every rank must see together. Prints `check ok: rank R of P` on success;
-//! any failure aborts the job with a line naming the rank.
+//! checks the errors every rank must see together, and the asynchronous services (counters,
+//! parameter server, any-source polling) served by rank 0. Prints `check ok: rank R of P` on
+//! success; any failure aborts the job with a line naming the rank.
 
-use peloton_core::transport::{threads, CommStats, Communicator, ReduceOp};
+use peloton_core::algorithms::async_easgd::AsyncEasgd;
+use peloton_core::algorithms::asynchronous::DONE;
+use peloton_core::algorithms::{Algorithm, AsyncEasgdConfig, StepContext};
+use peloton_core::transport::{threads, CommStats, Communicator, CounterOp, ReduceOp};
 use peloton_core::{Error, Result};
-use peloton_mpi::{abort_job, is_shared_error, Mpi};
+use peloton_mpi::{abort_job, is_shared_error, Mpi, MpiComm};
 
 /// Values whose sums depend on the order of summation (mixed magnitudes and signs).
 fn input(rank: usize, n: usize, salt: u64) -> Vec<f32> {
@@ -156,6 +160,178 @@ fn check(rank: usize, p: usize, world: &mut dyn Communicator) -> Result<()> {
     world.barrier()
 }
 
+fn fail(message: String) -> Result<()> {
+    Err(Error::Transport(message))
+}
+
+/// Counter operations per rank in the linearizability check.
+const ADDS: usize = 1000;
+
+/// Counters are linearizable: N ranks adding 1 concurrently, `ADDS` times each, end at
+/// N·ADDS, and the values the adds returned are 0 … N·ADDS − 1, each exactly once (no two adds
+/// saw the same value), increasing on every rank. `SetMin` keeps the smallest request.
+fn check_counters(world: &mut MpiComm) -> Result<()> {
+    let p = world.size();
+    let mut seen = Vec::with_capacity(ADDS);
+    for _ in 0..ADDS {
+        seen.push(world.counter(3, CounterOp::Add(1))? as f64);
+    }
+    if seen.windows(2).any(|w| w[0] >= w[1]) {
+        return fail("one rank's adds returned values that do not increase".into());
+    }
+    world.counter(4, CounterOp::SetMin(10 + world.rank() as u64))?;
+    world.barrier()?;
+    let total = world.counter(3, CounterOp::Get)?;
+    if total != (p * ADDS) as u64 {
+        return fail(format!(
+            "{p} ranks added 1 {ADDS} times each: counter holds {total}"
+        ));
+    }
+    let min = world.counter(4, CounterOp::Get)?;
+    if min != 10 {
+        return fail(format!("SetMin kept {min}, not the smallest request 10"));
+    }
+    let mut all = vec![0.0f64; p * ADDS];
+    world.all_gather_f64(&seen, &mut all)?;
+    all.sort_by(f64::total_cmp);
+    if all.iter().enumerate().any(|(i, v)| *v != i as f64) {
+        return fail("the adds did not return every value 0 … N·ADDS − 1 exactly once".into());
+    }
+    world.barrier()
+}
+
+/// Exchanges of asynchronous EASGD with a synthetic gradient (τ = 1, 3 shards, every rank
+/// pushing concurrently). Returns the sum of the δ this rank pushed (in f64) and the center it
+/// read at the end.
+fn easgd_worker(world: &mut MpiComm, steps: u64, init: &[f32]) -> Result<(Vec<f64>, Vec<f32>)> {
+    let config = AsyncEasgdConfig {
+        tau: Some(1),
+        servers: Some(3),
+        ..Default::default()
+    };
+    let rank = world.rank();
+    let mut algo: AsyncEasgd = config.init(world.size(), init.len());
+    let mut params: Vec<f32> = init.iter().map(|x| x + rank as f32).collect();
+    algo.setup(world, &mut params)?;
+    let mut pushed = vec![0.0f64; init.len()];
+    let mut grad = vec![0.0f32; init.len()];
+    for step in 0..steps {
+        grad.iter_mut()
+            .enumerate()
+            .for_each(|(i, g)| *g = ((step as usize * 7 + i * 3 + rank) % 11) as f32 * 0.01);
+        let mut ctx = StepContext {
+            comm: &mut *world,
+            params: &mut params,
+            grad: &mut grad,
+            step,
+            loss: 1.0,
+            metric: 1.0,
+            lr: 0.1,
+        };
+        algo.before_step(&mut ctx)?;
+        pushed
+            .iter_mut()
+            .zip(algo.last_push())
+            .for_each(|(s, d)| *s += *d as f64);
+        ctx.params
+            .iter_mut()
+            .zip(ctx.grad.iter())
+            .for_each(|(x, g)| *x -= 0.1 * g);
+        algo.after_step(&mut ctx)?;
+    }
+    world.counter(DONE, CounterOp::Add(1))?;
+    algo.finish(world, &mut params)?;
+    Ok((pushed, algo.center().expect("easgd has a center").to_vec()))
+}
+
+/// No lost update: the final center equals its initial value (one rank's parameters: any rank
+/// may initialize the server first) plus every δ pushed by every rank, within 1e-4 (the server
+/// adds in f32, the reference sum is f64), every rank reads the same center, and the server's
+/// version counts every push. A misuse (a pull of the wrong length) is an error on the caller
+/// only and the server goes on.
+fn check_parameter_server(world: &mut MpiComm) -> Result<()> {
+    const STEPS: u64 = 25;
+    let p = world.size();
+    let init: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let (pushed, center) = easgd_worker(world, STEPS, &init)?;
+    let mut all = vec![0.0f64; p * init.len()];
+    world.all_gather_f64(&pushed, &mut all)?;
+    let total: Vec<f64> = (0..init.len())
+        .map(|i| (0..p).map(|r| all[r * init.len() + i]).sum())
+        .collect();
+    let fits = (0..p).any(|first| {
+        (0..init.len()).all(|i| {
+            let expected = init[i] as f64 + first as f64 + total[i];
+            (center[i] as f64 - expected).abs() < 1e-4
+        })
+    });
+    if !fits {
+        return fail(format!(
+            "center {center:?} is not the initial value plus every δ {total:?}"
+        ));
+    }
+    let bits: Vec<f64> = center.iter().map(|v| v.to_bits() as f64).collect();
+    let mut every = vec![0.0f64; p * bits.len()];
+    world.all_gather_f64(&bits, &mut every)?;
+    if every.chunks(bits.len()).any(|c| c != bits) {
+        return fail("the ranks read different final centers".into());
+    }
+    let mut buf = vec![0.0f32; init.len()];
+    let version = world.server_pull(&mut buf)?;
+    if version != p as u64 * STEPS {
+        return fail(format!(
+            "the server's version is {version} after {} pushes",
+            p as u64 * STEPS
+        ));
+    }
+    let mut wrong = vec![0.0f32; init.len() + 1];
+    match world.server_pull(&mut wrong) {
+        Err(e) if e.to_string().contains("holds 37 values") => {}
+        other => return fail(format!("a pull of the wrong length gave {other:?}")),
+    }
+    world.barrier()
+}
+
+/// Any-source polling sees a message from the right sender with its length, under a tag above
+/// the standard's minimum MPI_TAG_UB (AD-PSGD's tags are).
+fn check_polling(world: &mut MpiComm) -> Result<()> {
+    const TAG: u32 = 0xAD_0009;
+    let (r, p) = (world.rank(), world.size());
+    let from = (r + p - 1) % p;
+    world.send((r + 1) % p, TAG, &[r as f32; 5])?;
+    let (src, len) = loop {
+        if let Some(found) = world.probe_any(TAG)? {
+            break found;
+        }
+        world.pause()?;
+    };
+    if (src, len) != (from, 5) {
+        return fail(format!(
+            "probe_any saw ({src}, {len}), expected ({from}, 5)"
+        ));
+    }
+    let mut got = [0.0f32; 5];
+    world.recv(src, TAG, &mut got)?;
+    if got != [from as f32; 5] || world.probe_any(TAG)?.is_some() {
+        return fail(format!(
+            "received {got:?} from {src}, or a message too many"
+        ));
+    }
+    world.barrier()
+}
+
+fn check_services(world: &mut MpiComm) -> Result<()> {
+    match world.counter(0, CounterOp::Get) {
+        Err(e) if e.to_string().contains("start_services") => {}
+        other => return fail(format!("a counter without services gave {other:?}")),
+    }
+    world.start_services()?;
+    check_counters(world)?;
+    check_parameter_server(world)?;
+    check_polling(world)?;
+    world.stop_services()
+}
+
 fn main() {
     let mpi = match Mpi::init() {
         Ok(m) => m,
@@ -168,7 +344,7 @@ fn main() {
     let p = mpi.world_size();
     {
         let mut world = mpi.world();
-        if let Err(e) = check(rank, p, &mut world) {
+        if let Err(e) = check(rank, p, &mut world).and_then(|()| check_services(&mut world)) {
             abort_job(rank, &e.to_string(), 1);
         }
     }
