@@ -66,6 +66,8 @@ mod comm;
 mod run;
 #[cfg(feature = "mpi")]
 mod services;
+#[cfg(feature = "mpi")]
+mod watchdog;
 
 #[cfg(feature = "mpi")]
 pub use comm::{MpiComm, MAX_TAG, SHARED_ERROR_MARK};
@@ -149,7 +151,11 @@ mod imp {
         /// A communicator over every process (a duplicate of `MPI_COMM_WORLD`, so peloton's
         /// traffic never matches anybody else's messages).
         pub fn world(&self) -> MpiComm {
-            MpiComm::new(self.universe.world().duplicate(), self.world_rank)
+            MpiComm::new(
+                self.universe.world().duplicate(),
+                self.world_rank,
+                (0..self.world_size).collect(),
+            )
         }
     }
 

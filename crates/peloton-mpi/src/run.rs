@@ -435,6 +435,12 @@ pub fn run(
             comm.size()
         )));
     }
+    // The watchdog's limit (validated: positive when set). Every wait of the run respects it.
+    comm.set_watchdog(
+        config
+            .watchdog
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+    );
     let events = Mutex::new(Vec::new());
     let emit = |e: Event| {
         live(&e);
