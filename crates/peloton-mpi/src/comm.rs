@@ -91,11 +91,14 @@ struct PendingSend {
 ///   handed to `MPI_Isend`; completed sends are reaped by later operations. `wait_send` does not
 ///   block (waiting for the receiver there could deadlock two ranks that both wait for their
 ///   sends before receiving), it leaves the request to be reaped.
-/// * Receives are matched when they are waited for (`MPI_Mprobe` + `MPI_Mrecv`), the threads
+/// * Receives are matched when they are waited for (`MPI_Improbe` + `MPI_Imrecv`), the threads
 ///   transport's semantics; the probe lets a length mismatch be an error instead of an MPI
 ///   truncation abort.
 /// * Every collective first all-gathers the members' lengths (8 bytes each), so a mismatch is
 ///   the same error on every member instead of undefined behaviour inside MPI.
+/// * Every wait is a test loop under the watchdog ([`MpiComm::set_watchdog`]): collectives use
+///   MPI's immediate operations, receives `MPI_Improbe` + `MPI_Imrecv` (see the crate
+///   documentation).
 /// * The asynchronous services (shared counters, the parameter server) are served by a thread
 ///   of rank 0 once [`MpiComm::start_services`] has run on the world communicator (see the
 ///   crate documentation); [`Communicator::probe_any`] is `MPI_Iprobe` on any source and
