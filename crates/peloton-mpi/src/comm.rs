@@ -206,7 +206,7 @@ impl MpiComm {
                 "the asynchronous services are already running on this communicator".into(),
             ));
         }
-        self.services = Some(Services::start(self.comm.duplicate())?);
+        self.services = Some(Services::start(self.comm.duplicate(), self.wd.limit())?);
         Ok(())
     }
 
@@ -241,22 +241,21 @@ impl MpiComm {
         &self.comm
     }
 
-    /// Every member's length, after checking that they agree; `Err` (the same on every member)
-    /// otherwise. Not counted in the statistics: the threads transport's check is free.
-    /// This is the entry of every collective: the watchdog's timeout is returned from here.
-    fn check_lengths(&mut self, what: &str, len: usize) -> Result<()> {
+    /// Every member's `value`, all-gathered under the watchdog: the entry of a collective, where
+    /// a timeout is returned (see the crate documentation).
+    fn enter_all_gather(&mut self, what: &str, value: u64) -> Result<Vec<u64>> {
         // Owned, and leaked on a timeout: MPI may still write them after this returns.
-        let send = ManuallyDrop::new(vec![len as u64]);
-        let mut lens = ManuallyDrop::new(vec![0u64; self.size]);
+        let send = ManuallyDrop::new(vec![value]);
+        let mut all = ManuallyDrop::new(vec![0u64; self.size]);
         let comm = &self.comm;
         let wd = &mut self.wd;
         let timed_out = mpi::request::scope(|scope| {
-            let request = comm.immediate_all_gather_into(scope, &send[..], &mut lens[..]);
+            let request = comm.immediate_all_gather_into(scope, &send[..], &mut all[..]);
             match wd.enter(request, what) {
                 Ok(()) => None,
                 Err((request, TimedOut(e))) => {
-                    // SAFETY: the request is abandoned unfinished; its buffers (`send`,
-                    // `lens`) are never dropped below, so MPI may write them until the job ends.
+                    // SAFETY: the request is abandoned unfinished; its buffers (`send`, `all`)
+                    // are never dropped below, so MPI may write them until the job ends.
                     let _ = unsafe { request.into_raw() };
                     Some(e)
                 }
@@ -266,7 +265,14 @@ impl MpiComm {
             return Err(e);
         }
         drop(ManuallyDrop::into_inner(send));
-        let lens = ManuallyDrop::into_inner(lens);
+        Ok(ManuallyDrop::into_inner(all))
+    }
+
+    /// Every member's length, after checking that they agree; `Err` (the same on every member)
+    /// otherwise. Not counted in the statistics: the threads transport's check is free.
+    /// This is the entry of every collective: the watchdog's timeout is returned from here.
+    fn check_lengths(&mut self, what: &str, len: usize) -> Result<()> {
+        let lens = self.enter_all_gather(what, len as u64)?;
         if let Some(other) = lens.iter().position(|&l| l != lens[0]) {
             return Err(transport(format!(
                 "{what}: worker 0 passed {} values but worker {other} passed {} (do the workers build the same model?) {SHARED_ERROR_MARK}",
@@ -274,6 +280,59 @@ impl MpiComm {
             )));
         }
         Ok(())
+    }
+
+    /// Gathers every member's `bytes` on `root` (in rank order; `None` elsewhere), under the
+    /// watchdog. Not counted in the statistics.
+    pub(crate) fn gather_bytes(
+        &mut self,
+        bytes: &[u8],
+        root: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let p = self.size;
+        let lens = self.enter_all_gather("the gathering of the results", bytes.len() as u64)?;
+        let total: u64 = lens.iter().sum();
+        if total > Count::MAX as u64 {
+            return Err(transport(format!(
+                "the ranks' results take {total} bytes, more than one MPI message holds {SHARED_ERROR_MARK}"
+            )));
+        }
+        let process = self.comm.process_at_rank(root as c_int);
+        let wd = &mut self.wd;
+        let what = "the gathering of the results";
+        if self.rank != root {
+            mpi::request::scope(|scope| {
+                wd.finish(process.immediate_gather_varcount_into(scope, bytes), what)
+            });
+            return Ok(None);
+        }
+        let counts: Vec<Count> = lens.iter().map(|&l| l as Count).collect();
+        let displs: Vec<Count> = counts
+            .iter()
+            .scan(0, |acc, &c| {
+                let d = *acc;
+                *acc += c;
+                Some(d)
+            })
+            .collect();
+        let mut all = vec![0u8; total as usize];
+        {
+            let mut recv = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            mpi::request::scope(|scope| {
+                wd.finish(
+                    process.immediate_gather_varcount_into_root(scope, bytes, &mut recv),
+                    what,
+                )
+            });
+        }
+        Ok(Some(
+            (0..p)
+                .map(|r| {
+                    let d = displs[r] as usize;
+                    all[d..d + counts[r] as usize].to_vec()
+                })
+                .collect(),
+        ))
     }
 
     /// Counts and displacements of the p chunks of an n-value buffer.

@@ -43,7 +43,7 @@ use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::os::raw::c_int;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mpi::point_to_point::{Message, Status};
 use mpi::raw::{AsRaw, FromRaw};
@@ -275,17 +275,20 @@ pub(crate) struct Services {
     request: Vec<f32>,
     reply: Vec<f32>,
     thread: Option<JoinHandle<()>>,
+    /// The watchdog's limit on waiting for a reply.
+    limit: Option<Duration>,
 }
 
 impl Services {
     /// Starts the services on `comm`, a fresh communicator over the world that this value
     /// owns. Every rank calls it at the same point (the communicator was created collectively).
-    pub(crate) fn start(comm: SimpleCommunicator) -> Result<Services> {
+    pub(crate) fn start(comm: SimpleCommunicator, limit: Option<Duration>) -> Result<Services> {
         let mut services = Services {
             comm: ManuallyDrop::new(comm),
             request: Vec::new(),
             reply: Vec::new(),
             thread: None,
+            limit,
         };
         if services.comm.rank() == 0 {
             // SAFETY: both wrappers hold the same live handle; only the service thread's is
@@ -338,10 +341,22 @@ impl Services {
         self.request.extend_from_slice(payload);
         let server = self.comm.process_at_rank(0);
         send(&server, &self.request, REQUEST);
+        // The request is sent (nothing of this rank's is in flight): a timeout can return.
+        let start = Instant::now();
         let (message, status) = loop {
             match server.immediate_matched_probe_with_tag(REPLY) {
                 Some(found) => break found,
-                None => std::thread::yield_now(),
+                None => {
+                    if let Some(limit) = self.limit.filter(|&l| start.elapsed() >= l) {
+                        return Err(Error::Timeout {
+                            worker: rank,
+                            what: "a request to the asynchronous services".into(),
+                            missing: vec![0],
+                            seconds: limit.as_secs_f64(),
+                        });
+                    }
+                    std::thread::yield_now()
+                }
             }
         };
         let reply = &mut self.reply;
