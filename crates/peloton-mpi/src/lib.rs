@@ -66,9 +66,9 @@
 //!   sooner send nothing extra. The timeout is returned from the length check, whose buffers
 //!   the transport can leak; a transfer that stalls after every member has entered (only a
 //!   member dying inside MPI does that) cannot hand the caller's buffer back, since MPI cannot
-//!   cancel a collective, and ends the job at once. The services' round trips to rank 0 and
-//!   the final gathering in [`run`] wait under the same limit; rank 0's wait for every `BYE`
-//!   does not yet. Creating a communicator (`MPI_Comm_dup`, `MPI_Comm_split`) blocks, but a
+//!   cancel a collective, and ends the job at once. The services' round trips to rank 0,
+//!   rank 0's wait for every `BYE` (naming the ranks whose `BYE` has not come) and the final
+//!   gathering in [`run`] wait under the same limit. Creating a communicator (`MPI_Comm_dup`, `MPI_Comm_split`) blocks, but a
 //!   split runs only after an all-gather under the watchdog has seen every member arrive.
 //! * **Failures.** A panic on any rank prints the rank and the message and calls `MPI_Abort`, so
 //!   the job ends in well under a second instead of hanging in the next collective; so does

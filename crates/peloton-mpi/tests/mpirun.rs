@@ -58,8 +58,8 @@ fn the_mpi_transport_matches_the_threads_transport() {
     }
 }
 
-/// With a 1-s watchdog, a rank 30 s late at a collective, or a message never sent, ends the
-/// job within seconds, with the watchdog's line naming the rank that did not arrive.
+/// With a 1-s watchdog, a rank 30 s late at a collective or at the end of the services, or a
+/// message never sent, ends the job within seconds, with the watchdog's line naming the rank that did not arrive.
 #[test]
 fn the_watchdog_names_the_missing_rank_and_ends_the_job() {
     if !have_mpirun() {
@@ -73,6 +73,10 @@ fn the_watchdog_names_the_missing_rank_and_ends_the_job() {
         (
             "watchdog-receive",
             "worker 1 waited 1 s in a receive (tag 5) for worker(s) 2 that did not arrive",
+        ),
+        (
+            "watchdog-services",
+            "worker 0 waited 1 s in the end of the asynchronous services for worker(s) 2 that did not arrive",
         ),
     ] {
         let start = Instant::now();

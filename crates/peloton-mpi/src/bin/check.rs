@@ -8,6 +8,8 @@
 //! `peloton-mpi-check watchdog-collective` and `watchdog-receive` (3 ranks or more) test the
 //! watchdog instead: with a 1-s limit, rank 2 arrives 30 s late at an all-reduce, or never
 //! sends the message rank 1 waits for; the job must end with the watchdog's line naming rank 2.
+//! `watchdog-services`: rank 2 ends its use of the asynchronous services 30 s late, rank 0's
+//! wait for it must time out the same way.
 
 use peloton_core::algorithms::async_easgd::AsyncEasgd;
 use peloton_core::algorithms::asynchronous::DONE;
@@ -359,6 +361,17 @@ fn watchdog(rank: usize, world: &mut MpiComm, mode: &str) -> Error {
                 std::thread::sleep(late);
                 Ok(())
             }
+        }),
+        "watchdog-services" => world.start_services().and_then(|()| {
+            if rank == 2 {
+                std::thread::sleep(late);
+            }
+            world.stop_services()?;
+            if rank != 0 {
+                // Only rank 0 waits (for every rank's end of the services).
+                std::thread::sleep(late);
+            }
+            Ok(())
         }),
         other => Err(Error::Config(format!("unknown mode {other}"))),
     };
