@@ -44,7 +44,7 @@ pub struct ExperimentConfig {
     #[serde(default = "yes")]
     pub consensus: bool,
     /// Seconds a worker waits for the others before the run fails naming the missing ones
-    /// (threads transport); 0 turns the watchdog off.
+    /// (threads and MPI transports); 0 turns the watchdog off.
     #[serde(default = "default_watchdog")]
     pub watchdog_seconds: f64,
     /// A worker whose loss or gradient is NaN/∞: "stop" the run, or "reset-to-leader".

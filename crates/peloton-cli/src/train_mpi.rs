@@ -42,6 +42,10 @@ mod imp {
     /// record at or after STEP (the tests check that the job then ends within seconds).
     const PANIC_HOOK_VAR: &str = "PELOTON_MPI_TEST_PANIC";
 
+    /// Test hook: `PELOTON_MPI_TEST_SLEEP=RANK:STEP:SECONDS` makes that rank sleep once, at its
+    /// first worker record at or after STEP (the tests check the watchdog on the others).
+    const SLEEP_HOOK_VAR: &str = "PELOTON_MPI_TEST_SLEEP";
+
     /// How a rank's attempt ended when it did not succeed.
     enum Failure {
         /// Every rank stops here together: finalize MPI and exit with code 1.
@@ -62,6 +66,14 @@ mod imp {
             // counters are not the workers': byte counts then match a threads run.
             let mut setup = mpi.world();
             let mut world = mpi.world();
+            // The checks before training wait under the same watchdog as the run (whose
+            // communicator `peloton_mpi::run` sets up from the run config).
+            setup.set_watchdog(
+                config
+                    .run_config()
+                    .watchdog
+                    .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+            );
             train_rank(&mpi, &mut setup, &mut world, config, options)
         };
         match outcome {
@@ -197,12 +209,28 @@ mod imp {
             let (r, s) = v.split_once(':')?;
             Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?))
         });
+        let sleep_at = std::env::var(SLEEP_HOOK_VAR).ok().and_then(|v| {
+            let mut parts = v.split(':');
+            let r = parts.next()?.parse::<usize>().ok()?;
+            let s = parts.next()?.parse::<u64>().ok()?;
+            let secs = parts.next()?.parse::<f64>().ok()?;
+            Some((r, s, std::time::Duration::try_from_secs_f64(secs).ok()?))
+        });
+        let slept = std::sync::atomic::AtomicBool::new(false);
         let bar = progress_bar(quiet, run.steps);
         let header = folder.as_ref().map(|(_, path)| Header::new(&config, path));
         let live = |event: &Event| {
             if let (Some((r, s)), Event::Worker(w)) = (panic_at, event) {
                 if r == rank && w.step >= s {
                     panic!("injected by {PANIC_HOOK_VAR} at step {}", w.step);
+                }
+            }
+            if let (Some((r, s, pause)), Event::Worker(w)) = (sleep_at, event) {
+                if r == rank
+                    && w.step >= s
+                    && !slept.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    std::thread::sleep(pause);
                 }
             }
             if let Some(header) = &header {

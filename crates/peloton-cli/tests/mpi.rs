@@ -327,6 +327,39 @@ fn a_panicking_rank_ends_the_job_quickly() {
     }
 }
 
+/// A rank that arrives 60 s late at a collective, with `watchdog_seconds = 1`, ends the job
+/// within seconds: the ranks waiting for it give up with the watchdog's line naming it.
+#[test]
+fn the_watchdog_ends_a_job_whose_rank_does_not_arrive() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = scratch("watchdog");
+    let args = train_args(
+        &dir.join("run"),
+        &["--set", "steps=1000000", "--set", "watchdog_seconds=1"],
+    );
+    let start = Instant::now();
+    let out = mpirun(3, &args)
+        .args(["--transport", "mpi"])
+        .env("PELOTON_MPI_TEST_SLEEP", "2:20:60")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.lines()
+            .any(|l| l.contains("aborts the MPI job: watchdog:")
+                && l.contains("for worker(s) 2 that did not arrive")),
+        "{all}"
+    );
+    // The late rank sleeps 60 s: ending well before proves nobody waited for it.
+    assert!(took < Duration::from_secs(40), "took {took:?}: {all}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Ranks that disagree on the experiment (here: the seed, through mpirun's per-rank command
 /// lines) stop cleanly with the same error on every rank instead of training or hanging.
 #[test]

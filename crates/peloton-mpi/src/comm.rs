@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use mpi::datatype::{Partition, PartitionMut};
 use mpi::ffi;
-use mpi::point_to_point::MatchedReceiveVec;
 use mpi::raw::AsRaw;
 use mpi::topology::Communicator as _;
 use mpi::topology::{Color, SimpleCommunicator};
@@ -20,6 +19,7 @@ use peloton_core::transport::{
 use peloton_core::{Error, Result};
 
 use crate::services::Services;
+use crate::watchdog::{TimedOut, Watchdog};
 
 /// The largest tag every MPI implementation accepts (the standard's minimum `MPI_TAG_UB`).
 /// Larger tags work where the library allows them: [`MpiComm`] checks against the library's
@@ -91,11 +91,14 @@ struct PendingSend {
 ///   handed to `MPI_Isend`; completed sends are reaped by later operations. `wait_send` does not
 ///   block (waiting for the receiver there could deadlock two ranks that both wait for their
 ///   sends before receiving), it leaves the request to be reaped.
-/// * Receives are matched when they are waited for (`MPI_Mprobe` + `MPI_Mrecv`), the threads
+/// * Receives are matched when they are waited for (`MPI_Improbe` + `MPI_Imrecv`), the threads
 ///   transport's semantics; the probe lets a length mismatch be an error instead of an MPI
 ///   truncation abort.
 /// * Every collective first all-gathers the members' lengths (8 bytes each), so a mismatch is
 ///   the same error on every member instead of undefined behaviour inside MPI.
+/// * Every wait is a test loop under the watchdog ([`MpiComm::set_watchdog`]): collectives use
+///   MPI's immediate operations, receives `MPI_Improbe` + `MPI_Imrecv` (see the crate
+///   documentation).
 /// * The asynchronous services (shared counters, the parameter server) are served by a thread
 ///   of rank 0 once [`MpiComm::start_services`] has run on the world communicator (see the
 ///   crate documentation); [`Communicator::probe_any`] is `MPI_Iprobe` on any source and
@@ -113,6 +116,8 @@ pub struct MpiComm {
     tag_ub: Tag,
     /// The asynchronous services, between `start_services` and `stop_services`.
     services: Option<Services>,
+    /// The deadline of every wait, and who arrived (see [`MpiComm::set_watchdog`]).
+    wd: Watchdog,
 }
 
 // SAFETY: the fields that are not `Send` are MPI handles (`MPI_Comm`, `MPI_Request`: pointers
@@ -154,10 +159,12 @@ fn combine(acc: &mut [f32], src: &[f32], op: ReduceOp) {
 
 impl MpiComm {
     /// Wraps `comm` (a communicator this value now owns and frees) for world rank
-    /// `world_rank`.
-    pub(crate) fn new(comm: SimpleCommunicator, world_rank: usize) -> Self {
+    /// `world_rank`; `members` are the world ranks of its members, in its rank order.
+    /// Collective: it duplicates `comm` for the watchdog's notices.
+    pub(crate) fn new(comm: SimpleCommunicator, world_rank: usize, members: Vec<usize>) -> Self {
         let rank = comm.rank() as usize;
         let size = comm.size() as usize;
+        let wd = Watchdog::new(comm.duplicate(), members, world_rank);
         Self {
             comm: ManuallyDrop::new(comm),
             rank,
@@ -169,7 +176,23 @@ impl MpiComm {
             scratch: Vec::new(),
             tag_ub: tag_upper_bound(),
             services: None,
+            wd,
         }
+    }
+
+    /// Sets the watchdog: a collective or a receive that waits longer than `limit` for other
+    /// members fails with [`Error::Timeout`] naming the world ranks that did not arrive
+    /// (`None`: wait forever). Groups split from this communicator inherit it. After a timeout
+    /// the job must end ([`crate::abort_job`]): the abandoned operation is still posted. A
+    /// transfer that stalls after every member has entered its collective ends the job at
+    /// once (MPI cannot give the caller's buffer back); see the crate documentation.
+    pub fn set_watchdog(&mut self, limit: Option<std::time::Duration>) {
+        self.wd.set_limit(limit);
+    }
+
+    /// The watchdog's limit.
+    pub fn watchdog(&self) -> Option<std::time::Duration> {
+        self.wd.limit()
     }
 
     /// Starts the asynchronous services (shared counters, the parameter server) for the world
@@ -183,7 +206,7 @@ impl MpiComm {
                 "the asynchronous services are already running on this communicator".into(),
             ));
         }
-        self.services = Some(Services::start(self.comm.duplicate())?);
+        self.services = Some(Services::start(self.comm.duplicate(), self.wd.limit())?);
         Ok(())
     }
 
@@ -218,11 +241,38 @@ impl MpiComm {
         &self.comm
     }
 
+    /// Every member's `value`, all-gathered under the watchdog: the entry of a collective, where
+    /// a timeout is returned (see the crate documentation).
+    fn enter_all_gather(&mut self, what: &str, value: u64) -> Result<Vec<u64>> {
+        // Owned, and leaked on a timeout: MPI may still write them after this returns.
+        let send = ManuallyDrop::new(vec![value]);
+        let mut all = ManuallyDrop::new(vec![0u64; self.size]);
+        let comm = &self.comm;
+        let wd = &mut self.wd;
+        let timed_out = mpi::request::scope(|scope| {
+            let request = comm.immediate_all_gather_into(scope, &send[..], &mut all[..]);
+            match wd.enter(request, what) {
+                Ok(()) => None,
+                Err((request, TimedOut(e))) => {
+                    // SAFETY: the request is abandoned unfinished; its buffers (`send`, `all`)
+                    // are never dropped below, so MPI may write them until the job ends.
+                    let _ = unsafe { request.into_raw() };
+                    Some(e)
+                }
+            }
+        });
+        if let Some(e) = timed_out {
+            return Err(e);
+        }
+        drop(ManuallyDrop::into_inner(send));
+        Ok(ManuallyDrop::into_inner(all))
+    }
+
     /// Every member's length, after checking that they agree; `Err` (the same on every member)
     /// otherwise. Not counted in the statistics: the threads transport's check is free.
-    fn check_lengths(&self, what: &str, len: usize) -> Result<()> {
-        let mut lens = vec![0u64; self.size];
-        self.comm.all_gather_into(&(len as u64), &mut lens[..]);
+    /// This is the entry of every collective: the watchdog's timeout is returned from here.
+    fn check_lengths(&mut self, what: &str, len: usize) -> Result<()> {
+        let lens = self.enter_all_gather(what, len as u64)?;
         if let Some(other) = lens.iter().position(|&l| l != lens[0]) {
             return Err(transport(format!(
                 "{what}: worker 0 passed {} values but worker {other} passed {} (do the workers build the same model?) {SHARED_ERROR_MARK}",
@@ -230,6 +280,59 @@ impl MpiComm {
             )));
         }
         Ok(())
+    }
+
+    /// Gathers every member's `bytes` on `root` (in rank order; `None` elsewhere), under the
+    /// watchdog. Not counted in the statistics.
+    pub(crate) fn gather_bytes(
+        &mut self,
+        bytes: &[u8],
+        root: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let p = self.size;
+        let lens = self.enter_all_gather("the gathering of the results", bytes.len() as u64)?;
+        let total: u64 = lens.iter().sum();
+        if total > Count::MAX as u64 {
+            return Err(transport(format!(
+                "the ranks' results take {total} bytes, more than one MPI message holds {SHARED_ERROR_MARK}"
+            )));
+        }
+        let process = self.comm.process_at_rank(root as c_int);
+        let wd = &mut self.wd;
+        let what = "the gathering of the results";
+        if self.rank != root {
+            mpi::request::scope(|scope| {
+                wd.finish(process.immediate_gather_varcount_into(scope, bytes), what)
+            });
+            return Ok(None);
+        }
+        let counts: Vec<Count> = lens.iter().map(|&l| l as Count).collect();
+        let displs: Vec<Count> = counts
+            .iter()
+            .scan(0, |acc, &c| {
+                let d = *acc;
+                *acc += c;
+                Some(d)
+            })
+            .collect();
+        let mut all = vec![0u8; total as usize];
+        {
+            let mut recv = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            mpi::request::scope(|scope| {
+                wd.finish(
+                    process.immediate_gather_varcount_into_root(scope, bytes, &mut recv),
+                    what,
+                )
+            });
+        }
+        Ok(Some(
+            (0..p)
+                .map(|r| {
+                    let d = displs[r] as usize;
+                    all[d..d + counts[r] as usize].to_vec()
+                })
+                .collect(),
+        ))
     }
 
     /// Counts and displacements of the p chunks of an n-value buffer.
@@ -261,7 +364,13 @@ impl MpiComm {
             let send = Partition::new(buf, &counts[..], &displs[..]);
             let mut recv =
                 PartitionMut::new(&mut self.scratch[..], &recv_counts[..], &recv_displs[..]);
-            self.comm.all_to_all_varcount_into(&send, &mut recv);
+            let (comm, wd) = (&self.comm, &mut self.wd);
+            mpi::request::scope(|scope| {
+                wd.finish(
+                    comm.immediate_all_to_all_varcount_into(scope, &send, &mut recv),
+                    "a reduction",
+                )
+            });
         }
         let (acc, rest) = self.scratch.split_at_mut(mine);
         for j in 1..p {
@@ -299,21 +408,35 @@ impl MpiComm {
 
     fn receive(&mut self, src: usize, tag: Tag, buf: &mut [f32]) -> Result<()> {
         let tag = self.check_tag(tag)?;
-        let (message, status) = self
-            .comm
-            .process_at_rank(src as c_int)
-            .matched_probe_with_tag(tag);
+        let process = self.comm.process_at_rank(src as c_int);
+        let wd = &mut self.wd;
+        let (message, status) = wd.await_message(
+            src,
+            || format!("a receive (tag {tag})"),
+            || process.immediate_matched_probe_with_tag(tag),
+        )?;
         let got = status.count(f32::equivalent_datatype()) as usize;
         if got != buf.len() {
             // Take the message anyway, as the threads transport does, so it cannot be matched
             // by a later receive.
-            let _: (Vec<f32>, _) = (message, status).matched_receive_vec();
+            let mut junk = vec![0.0f32; got];
+            mpi::request::scope(|scope| {
+                wd.finish(
+                    message.immediate_matched_receive_into(scope, &mut junk[..]),
+                    "a receive",
+                )
+            });
             return Err(transport(format!(
                 "message from rank {src} (tag {tag}) has {got} values, the receiver expected {}",
                 buf.len()
             )));
         }
-        message.matched_receive_into(buf);
+        mpi::request::scope(|scope| {
+            wd.finish(
+                message.immediate_matched_receive_into(scope, &mut *buf),
+                "a receive",
+            )
+        });
         self.stats.add(0, 4 * buf.len() as u64);
         Ok(())
     }
@@ -365,8 +488,13 @@ impl Communicator for MpiComm {
         let (mine, counts, displs) = self.reduce_scatter(buf, op)?;
         {
             let mut recv = PartitionMut::new(buf, &counts[..], &displs[..]);
-            self.comm
-                .all_gather_varcount_into(&self.scratch[..mine], &mut recv);
+            let (comm, wd, scratch) = (&self.comm, &mut self.wd, &self.scratch);
+            mpi::request::scope(|scope| {
+                wd.finish(
+                    comm.immediate_all_gather_varcount_into(scope, &scratch[..mine], &mut recv),
+                    "an all-reduce",
+                )
+            });
         }
         let bytes = (2 * (p - 1) * 4 * buf.len() / p) as u64;
         self.stats.add(bytes, bytes);
@@ -383,11 +511,22 @@ impl Communicator for MpiComm {
         count(buf.len(), "reduce")?;
         let (mine, counts, displs) = self.reduce_scatter(buf, op)?;
         let root_process = self.comm.process_at_rank(root as c_int);
+        let (wd, scratch) = (&mut self.wd, &self.scratch[..mine]);
         if self.rank == root {
             let mut recv = PartitionMut::new(buf, &counts[..], &displs[..]);
-            root_process.gather_varcount_into_root(&self.scratch[..mine], &mut recv);
+            mpi::request::scope(|scope| {
+                wd.finish(
+                    root_process.immediate_gather_varcount_into_root(scope, scratch, &mut recv),
+                    "a reduce",
+                )
+            });
         } else {
-            root_process.gather_varcount_into(&self.scratch[..mine]);
+            mpi::request::scope(|scope| {
+                wd.finish(
+                    root_process.immediate_gather_varcount_into(scope, scratch),
+                    "a reduce",
+                )
+            });
         }
         let bytes = 4 * buf.len() as u64;
         if self.rank == root {
@@ -406,9 +545,14 @@ impl Communicator for MpiComm {
         }
         self.check_lengths("broadcast", buf.len())?;
         count(buf.len(), "broadcast")?;
-        self.comm
-            .process_at_rank(root as c_int)
-            .broadcast_into(&mut *buf);
+        let root_process = self.comm.process_at_rank(root as c_int);
+        let wd = &mut self.wd;
+        mpi::request::scope(|scope| {
+            wd.finish(
+                root_process.immediate_broadcast_into(scope, &mut *buf),
+                "a broadcast",
+            )
+        });
         let bytes = 4 * buf.len() as u64;
         if self.rank == root {
             self.stats.add(bytes, 0);
@@ -428,8 +572,18 @@ impl Communicator for MpiComm {
 
     fn barrier(&mut self) -> Result<()> {
         // Not counted, as on the threads transport: a barrier moves no data.
-        self.comm.barrier();
-        Ok(())
+        if self.size == 1 {
+            return Ok(());
+        }
+        let request = self.comm.immediate_barrier();
+        match self.wd.enter(request, "a barrier") {
+            Ok(()) => Ok(()),
+            Err((request, TimedOut(e))) => {
+                // SAFETY: a barrier has no buffers; the abandoned request handle is leaked.
+                let _ = unsafe { request.into_raw() };
+                Err(e)
+            }
+        }
     }
 
     fn send(&mut self, dest: usize, tag: Tag, data: &[f32]) -> Result<()> {
@@ -518,12 +672,19 @@ impl Communicator for MpiComm {
                 c_int::MAX
             )));
         }
+        // MPI_Comm_split's order: by key, ties by rank in this communicator.
+        let mut members: Vec<usize> = (0..p).filter(|&j| all[2 * j] == color as f64).collect();
+        members.sort_by(|&a, &b| all[2 * a + 1].total_cmp(&all[2 * b + 1]).then(a.cmp(&b)));
+        let members = members.iter().map(|&j| self.wd.members()[j]).collect();
+        // Every member has just passed the all-gather above, under the watchdog: the split
+        // and the duplicate in `new` wait for nobody that has not arrived.
         let sub = self
             .comm
             .split_by_color_with_key(Color::with_value(color as c_int), key as c_int)
             .ok_or_else(|| transport("split: MPI returned no communicator".into()))?;
-        let mut comm = MpiComm::new(sub, self.world_rank);
+        let mut comm = MpiComm::new(sub, self.world_rank, members);
         comm.stats = self.stats.clone();
+        comm.set_watchdog(self.wd.limit());
         Ok(Box::new(comm))
     }
 
@@ -608,7 +769,13 @@ where
     } else {
         c.check_lengths("all-gather", k)?;
         count(p * k, "all-gather")?;
-        c.comm.all_gather_into(send, recv);
+        let (comm, wd) = (&c.comm, &mut c.wd);
+        mpi::request::scope(|scope| {
+            wd.finish(
+                comm.immediate_all_gather_into(scope, send, recv),
+                "an all-gather",
+            )
+        });
     }
     let bytes = ((p - 1) * k * std::mem::size_of::<T>()) as u64;
     c.stats.add(bytes, bytes);

@@ -52,6 +52,24 @@
 //!   32767; Open MPI allows 2³¹ − 1). Timestamps inside AD-PSGD's requests (for its staleness
 //!   record) come from each process's own clock, started at its first step, so its staleness
 //!   is approximate on MPI.
+//! * **Watchdog.** With [`MpiComm::set_watchdog`] (set by [`run`] from the run config's
+//!   `watchdog`), every collective and every receive waits in a loop of `MPI_Test` /
+//!   `MPI_Improbe` with a deadline instead of a blocking call: collectives are built from
+//!   immediate ones (`MPI_Iallgather` for the length check, `MPI_Ialltoallv`,
+//!   `MPI_Iallgatherv`, `MPI_Ibcast`, `MPI_Igatherv`, `MPI_Ibarrier`), receives are
+//!   `MPI_Improbe` + `MPI_Imrecv`. MPI does not say who is missing from an unfinished
+//!   collective, so a rank that has waited a quarter of the limit (at most 1 s) in the entry
+//!   of collective #k sends every other member an 8-byte "I am in #k" notice on a
+//!   communicator of its own, and waiting ranks that read one answer at once; the rank whose
+//!   limit expires returns [`Error::Timeout`](peloton_core::Error::Timeout) naming the
+//!   members it has not heard from (a receive names its source). Collectives that finish
+//!   sooner send nothing extra. The timeout is returned from the length check, whose buffers
+//!   the transport can leak; a transfer that stalls after every member has entered (only a
+//!   member dying inside MPI does that) cannot hand the caller's buffer back, since MPI cannot
+//!   cancel a collective, and ends the job at once. The services' round trips to rank 0,
+//!   rank 0's wait for every `BYE` (naming the ranks whose `BYE` has not come) and the final
+//!   gathering in [`run`] wait under the same limit. Creating a communicator (`MPI_Comm_dup`, `MPI_Comm_split`) blocks, but a
+//!   split runs only after an all-gather under the watchdog has seen every member arrive.
 //! * **Failures.** A panic on any rank prints the rank and the message and calls `MPI_Abort`, so
 //!   the job ends in well under a second instead of hanging in the next collective; so does
 //!   [`Communicator::abort`](peloton_core::transport::Communicator::abort). Errors that every
@@ -66,6 +84,8 @@ mod comm;
 mod run;
 #[cfg(feature = "mpi")]
 mod services;
+#[cfg(feature = "mpi")]
+mod watchdog;
 
 #[cfg(feature = "mpi")]
 pub use comm::{MpiComm, MAX_TAG, SHARED_ERROR_MARK};
@@ -149,7 +169,11 @@ mod imp {
         /// A communicator over every process (a duplicate of `MPI_COMM_WORLD`, so peloton's
         /// traffic never matches anybody else's messages).
         pub fn world(&self) -> MpiComm {
-            MpiComm::new(self.universe.world().duplicate(), self.world_rank)
+            MpiComm::new(
+                self.universe.world().duplicate(),
+                self.world_rank,
+                (0..self.world_size).collect(),
+            )
         }
     }
 

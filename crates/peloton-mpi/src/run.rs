@@ -2,13 +2,10 @@
 //! detection of which ranks share a node.
 
 use std::collections::BTreeMap;
-use std::os::raw::c_int;
 use std::sync::Mutex;
 
-use mpi::datatype::PartitionMut;
 use mpi::topology::Communicator as _;
 use mpi::traits::*;
-use mpi::Count;
 use peloton_core::learner::LearnerFactory;
 use peloton_core::runner::{
     final_evaluations, run_worker, EvalRecord, Event, LinkTraffic, RunConfig, RunReport,
@@ -319,47 +316,6 @@ fn decode(bytes: &[u8], rank: usize) -> Result<(WorkerOutcome, Vec<Event>)> {
     Ok((outcome, head.events.into_iter().map(Event::from).collect()))
 }
 
-/// Gathers every member's `bytes` on `root` (in rank order); `None` elsewhere.
-fn gather_bytes(comm: &MpiComm, bytes: &[u8], root: usize) -> Result<Option<Vec<Vec<u8>>>> {
-    let raw = comm.raw();
-    let p = raw.size() as usize;
-    let mut lens = vec![0u64; p];
-    raw.all_gather_into(&(bytes.len() as u64), &mut lens[..]);
-    let total: u64 = lens.iter().sum();
-    if total > Count::MAX as u64 {
-        return Err(Error::Transport(format!(
-            "the ranks' results take {total} bytes, more than one MPI message holds {SHARED_ERROR_MARK}"
-        )));
-    }
-    let process = raw.process_at_rank(root as c_int);
-    if raw.rank() as usize != root {
-        process.gather_varcount_into(bytes);
-        return Ok(None);
-    }
-    let counts: Vec<Count> = lens.iter().map(|&l| l as Count).collect();
-    let displs: Vec<Count> = counts
-        .iter()
-        .scan(0, |acc, &c| {
-            let d = *acc;
-            *acc += c;
-            Some(d)
-        })
-        .collect();
-    let mut all = vec![0u8; total as usize];
-    {
-        let mut recv = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
-        process.gather_varcount_into_root(bytes, &mut recv);
-    }
-    Ok(Some(
-        (0..p)
-            .map(|r| {
-                let d = displs[r] as usize;
-                all[d..d + counts[r] as usize].to_vec()
-            })
-            .collect(),
-    ))
-}
-
 /// One step's evaluations, worker records and divergence resets.
 type StepEvents = (Vec<EvalRecord>, Vec<WorkerRecord>, Vec<Event>);
 
@@ -435,6 +391,12 @@ pub fn run(
             comm.size()
         )));
     }
+    // The watchdog's limit (validated: positive when set). Every wait of the run respects it.
+    comm.set_watchdog(
+        config
+            .watchdog
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+    );
     let events = Mutex::new(Vec::new());
     let emit = |e: Event| {
         live(&e);
@@ -460,7 +422,7 @@ pub fn run(
     }
     let events = events.into_inner().unwrap_or_else(|e| e.into_inner());
     let bytes = encode(&outcome, &events)?;
-    let Some(all) = gather_bytes(comm, &bytes, 0)? else {
+    let Some(all) = comm.gather_bytes(&bytes, 0)? else {
         return Ok(None);
     };
     let mut outcomes = Vec::with_capacity(all.len());

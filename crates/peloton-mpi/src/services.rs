@@ -31,7 +31,9 @@
 //! **Shutdown.** Every rank calls [`Services::stop`] after its last operation and sends `BYE`
 //! (after its last request, so MPI's ordering puts it behind them); rank 0 then joins the
 //! thread, which ends once it has received `BYE` from every rank. A rank that fails instead
-//! ends the whole job through `MPI_Abort`, so nobody waits for a `BYE` that never comes.
+//! ends the whole job through `MPI_Abort`, so nobody waits for a `BYE` that never comes. Under
+//! the watchdog, rank 0 waits for the thread at most the limit and then names the ranks whose
+//! `BYE` has not come; a reply that does not come within the limit fails the request.
 //!
 //! **Wire format.** Requests and replies are `f32` messages whose first four slots are a header
 //! of integers stored bit for bit (`f32::from_bits`; MPI copies bits, it never converts floats
@@ -42,8 +44,9 @@
 use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::os::raw::c_int;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mpi::point_to_point::{Message, Status};
 use mpi::raw::{AsRaw, FromRaw};
@@ -275,17 +278,23 @@ pub(crate) struct Services {
     request: Vec<f32>,
     reply: Vec<f32>,
     thread: Option<JoinHandle<()>>,
+    /// The watchdog's limit on waiting for a reply (and on rank 0 for every `BYE`).
+    limit: Option<Duration>,
+    /// Rank 0: which ranks have said `BYE` (written by the service thread).
+    said_bye: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Services {
     /// Starts the services on `comm`, a fresh communicator over the world that this value
     /// owns. Every rank calls it at the same point (the communicator was created collectively).
-    pub(crate) fn start(comm: SimpleCommunicator) -> Result<Services> {
+    pub(crate) fn start(comm: SimpleCommunicator, limit: Option<Duration>) -> Result<Services> {
         let mut services = Services {
             comm: ManuallyDrop::new(comm),
             request: Vec::new(),
             reply: Vec::new(),
             thread: None,
+            limit,
+            said_bye: Arc::default(),
         };
         if services.comm.rank() == 0 {
             // SAFETY: both wrappers hold the same live handle; only the service thread's is
@@ -295,9 +304,10 @@ impl Services {
             // MPI_THREAD_MULTIPLE.
             let alias = unsafe { SimpleCommunicator::from_raw(services.comm.as_raw()) };
             let alias = ServiceComm(alias);
+            let said_bye = services.said_bye.clone();
             let thread = std::thread::Builder::new()
                 .name("peloton-mpi-services".into())
-                .spawn(move || serve(alias))
+                .spawn(move || serve(alias, &said_bye))
                 .map_err(|e| Error::Transport(format!("cannot start the service thread: {e}")))?;
             services.thread = Some(thread);
         }
@@ -310,9 +320,30 @@ impl Services {
         put_header(&mut self.request, BYE, 0, 0);
         send(&self.comm.process_at_rank(0), &self.request, REQUEST);
         match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| Error::Transport("the MPI service thread died".into())),
+            Some(thread) => {
+                let start = Instant::now();
+                while !thread.is_finished() {
+                    if let Some(limit) = self.limit.filter(|&l| start.elapsed() >= l) {
+                        let said = self.said_bye.lock().unwrap_or_else(|e| e.into_inner());
+                        let missing = (0..said.len()).filter(|&r| !said[r]).collect();
+                        drop(said);
+                        // Still serving: `Drop` detaches it, and the job is about to end.
+                        self.thread = Some(thread);
+                        return Err(Error::Timeout {
+                            worker: 0,
+                            what: "the end of the asynchronous services".into(),
+                            missing,
+                            seconds: limit.as_secs_f64(),
+                        });
+                    }
+                    // The end of a run: a millisecond more costs nothing, and the CPU goes to
+                    // the ranks still working.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                thread
+                    .join()
+                    .map_err(|_| Error::Transport("the MPI service thread died".into()))
+            }
             None => {
                 // SAFETY: dropped exactly once: `self` is consumed here, and its `Drop` never
                 // touches the communicator. Not on rank 0 (`thread` is `Some` there), whose
@@ -338,10 +369,22 @@ impl Services {
         self.request.extend_from_slice(payload);
         let server = self.comm.process_at_rank(0);
         send(&server, &self.request, REQUEST);
+        // The request is sent (nothing of this rank's is in flight): a timeout can return.
+        let start = Instant::now();
         let (message, status) = loop {
             match server.immediate_matched_probe_with_tag(REPLY) {
                 Some(found) => break found,
-                None => std::thread::yield_now(),
+                None => {
+                    if let Some(limit) = self.limit.filter(|&l| start.elapsed() >= l) {
+                        return Err(Error::Timeout {
+                            worker: rank,
+                            what: "a request to the asynchronous services".into(),
+                            missing: vec![0],
+                            seconds: limit.as_secs_f64(),
+                        });
+                    }
+                    std::thread::yield_now()
+                }
             }
         };
         let reply = &mut self.reply;
@@ -404,10 +447,11 @@ impl Drop for Services {
 }
 
 /// The service thread: owns the state and serves requests until every rank said `BYE`.
-fn serve(comm: ServiceComm) {
+fn serve(comm: ServiceComm, said_bye: &Mutex<Vec<bool>>) {
     let comm = ManuallyDrop::new(comm.0);
     let mut state = State::default();
     let mut remaining = comm.size() as usize;
+    *said_bye.lock().unwrap_or_else(|e| e.into_inner()) = vec![false; remaining];
     let mut request: Vec<f32> = Vec::new();
     let mut reply: Vec<f32> = Vec::new();
     let mut idle = 0u32;
@@ -427,6 +471,13 @@ fn serve(comm: ServiceComm) {
         let source = status.source_rank();
         if request.len() >= HEADER && header(&request).0 == BYE {
             remaining -= 1;
+            if let Some(said) = said_bye
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(source as usize)
+            {
+                *said = true;
+            }
             continue;
         }
         state.handle(&request, source as usize, &mut reply);

@@ -4,6 +4,12 @@
 //! checks the errors every rank must see together, and the asynchronous services (counters,
 //! parameter server, any-source polling) served by rank 0. Prints `check ok: rank R of P` on
 //! success; any failure aborts the job with a line naming the rank.
+//!
+//! `peloton-mpi-check watchdog-collective` and `watchdog-receive` (3 ranks or more) test the
+//! watchdog instead: with a 1-s limit, rank 2 arrives 30 s late at an all-reduce, or never
+//! sends the message rank 1 waits for; the job must end with the watchdog's line naming rank 2.
+//! `watchdog-services`: rank 2 ends its use of the asynchronous services 30 s late, rank 0's
+//! wait for it must time out the same way.
 
 use peloton_core::algorithms::async_easgd::AsyncEasgd;
 use peloton_core::algorithms::asynchronous::DONE;
@@ -11,6 +17,7 @@ use peloton_core::algorithms::{Algorithm, AsyncEasgdConfig, StepContext};
 use peloton_core::transport::{threads, CommStats, Communicator, CounterOp, ReduceOp};
 use peloton_core::{Error, Result};
 use peloton_mpi::{abort_job, is_shared_error, Mpi, MpiComm};
+use std::time::Duration;
 
 /// Values whose sums depend on the order of summation (mixed magnitudes and signs).
 fn input(rank: usize, n: usize, salt: u64) -> Vec<f32> {
@@ -332,6 +339,48 @@ fn check_services(world: &mut MpiComm) -> Result<()> {
     world.stop_services()
 }
 
+/// The watchdog scenarios (see the crate documentation); returns the error that ends the job.
+fn watchdog(rank: usize, world: &mut MpiComm, mode: &str) -> Error {
+    world.set_watchdog(Some(Duration::from_secs(1)));
+    let late = Duration::from_secs(30);
+    let result = match mode {
+        "watchdog-collective" => {
+            // Everybody first meets once, so that the late arrival is the only delay.
+            world.barrier().and_then(|()| {
+                if rank == 2 {
+                    std::thread::sleep(late);
+                }
+                world.all_reduce(&mut [1.0; 16], ReduceOp::Sum)
+            })
+        }
+        "watchdog-receive" => world.barrier().and_then(|()| {
+            if rank == 1 {
+                world.recv(2, 5, &mut [0.0; 4])
+            } else {
+                // Nobody else waits for anything rank 1 could time out first.
+                std::thread::sleep(late);
+                Ok(())
+            }
+        }),
+        "watchdog-services" => world.start_services().and_then(|()| {
+            if rank == 2 {
+                std::thread::sleep(late);
+            }
+            world.stop_services()?;
+            if rank != 0 {
+                // Only rank 0 waits (for every rank's end of the services).
+                std::thread::sleep(late);
+            }
+            Ok(())
+        }),
+        other => Err(Error::Config(format!("unknown mode {other}"))),
+    };
+    match result {
+        Err(e) => e,
+        Ok(()) => Error::Transport("the watchdog did not fire".into()),
+    }
+}
+
 fn main() {
     let mpi = match Mpi::init() {
         Ok(m) => m,
@@ -342,8 +391,16 @@ fn main() {
     };
     let rank = mpi.world_rank();
     let p = mpi.world_size();
+    if let Some(mode) = std::env::args().nth(1) {
+        let mut world = mpi.world();
+        let e = watchdog(rank, &mut world, &mode);
+        abort_job(rank, &e.to_string(), 1);
+    }
     {
         let mut world = mpi.world();
+        // Generous: the script must never wait this long, but splits inherit the limit and
+        // every wait runs through the watchdog's loops.
+        world.set_watchdog(Some(Duration::from_secs(120)));
         if let Err(e) = check(rank, p, &mut world).and_then(|()| check_services(&mut world)) {
             abort_job(rank, &e.to_string(), 1);
         }
