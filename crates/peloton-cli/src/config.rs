@@ -9,7 +9,7 @@ use peloton_burn::{ModelConfig, ModelName};
 use peloton_core::algorithms::AlgorithmConfig;
 use peloton_core::learner::LearnerFactory;
 use peloton_core::optim::OptimizerConfig;
-use peloton_core::runner::{DivergencePolicy, EvalModel, RunConfig};
+use peloton_core::runner::{DivergencePolicy, EvalModel, RunConfig, MAX_THREAD_WORKERS};
 use peloton_data::DataConfig;
 use peloton_problems::ProblemConfig;
 use serde::{Deserialize, Serialize};
@@ -286,6 +286,17 @@ impl ExperimentConfig {
     /// Checks everything that can be checked before a run starts (the dataset's files are
     /// read, and the model fitted to them, when the run starts).
     pub fn validate(&self) -> Result<()> {
+        if let TransportConfig::Threads { .. } = self.transport {
+            // Before the algorithm's checks: some build an N-node graph, which for a huge N
+            // would hang instead of failing.
+            if self.workers > MAX_THREAD_WORKERS {
+                return Err(peloton_core::Error::Config(format!(
+                    "the threads transport runs at most {MAX_THREAD_WORKERS} workers, got {} (the simulator runs more: --transport sim)",
+                    self.workers
+                ))
+                .into());
+            }
+        }
         self.run_config().validate()?;
         if !self.checkpoint.is_off() {
             if !matches!(self.transport, TransportConfig::Threads { .. }) {
@@ -438,18 +449,23 @@ fn one_line(origin: &str, text: &str, err: &toml::de::Error) -> anyhow::Error {
 
 /// Reads the experiment from an optional file plus overrides (applied in order).
 pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<ExperimentConfig> {
-    let (origin, text) = match path {
+    match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read config file {}", p.display()))?;
-            (p.display().to_string(), text)
+            parse(&p.display().to_string(), &text, overrides)
         }
-        None => ("defaults".to_string(), String::new()),
-    };
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e))?;
+        None => parse("defaults", "", overrides),
+    }
+}
+
+/// The experiment of a file's text plus overrides (applied in order); `origin` names the file
+/// in errors. Not validated: see [`ExperimentConfig::validate`].
+pub fn parse(origin: &str, text: &str, overrides: &[Override]) -> Result<ExperimentConfig> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| one_line(origin, text, &e))?;
     // Read the file alone first, so that its mistakes are reported with line numbers.
     let from_file: ExperimentConfig =
-        toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e))?;
+        toml::from_str(text).map_err(|e| one_line(origin, text, &e))?;
     if overrides.is_empty() {
         return Ok(from_file);
     }
