@@ -20,6 +20,10 @@ pub const DEFAULT_STEPS: u64 = 2000;
 /// LeNet on 4 workers and 2 cores).
 pub const DEFAULT_NETWORK_STEPS: u64 = 600;
 
+/// The most workers a simulated run takes: schedules are checked on dense N×N matrices
+/// (134 MB at 4096 workers).
+pub const MAX_SIM_WORKERS: usize = 4096;
+
 /// A whole experiment. Every key is documented in the README's configuration section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,12 +290,17 @@ impl ExperimentConfig {
     /// Checks everything that can be checked before a run starts (the dataset's files are
     /// read, and the model fitted to them, when the run starts).
     pub fn validate(&self) -> Result<()> {
-        if let TransportConfig::Threads { .. } = self.transport {
-            // Before the algorithm's checks: some build an N-node graph, which for a huge N
-            // would hang instead of failing.
-            if self.workers > MAX_THREAD_WORKERS {
+        // Before the algorithm's checks: some build an N-node graph or an N×N mixing matrix,
+        // which for a huge N would hang or exhaust memory instead of failing.
+        let most = match self.transport {
+            TransportConfig::Threads { .. } => Some((MAX_THREAD_WORKERS, "threads transport")),
+            TransportConfig::Sim { .. } => Some((MAX_SIM_WORKERS, "simulator")),
+            TransportConfig::Mpi => None,
+        };
+        if let Some((most, transport)) = most {
+            if self.workers > most {
                 return Err(peloton_core::Error::Config(format!(
-                    "the threads transport runs at most {MAX_THREAD_WORKERS} workers, got {} (the simulator runs more: --transport sim)",
+                    "the {transport} runs at most {most} workers, got {}",
                     self.workers
                 ))
                 .into());

@@ -240,6 +240,11 @@ fn catalog() -> Vec<Row> {
         ),
         row("more workers than threads", &quad(&["--workers", "100000000", "--algorithm", "matcha"]), "the threads transport runs at most 1024 workers, got 100000000"),
         row(
+            "more workers than the simulator takes",
+            &quad(&["--workers", "100000", "--transport", "sim", "--algorithm", "d-psgd"]),
+            "the simulator runs at most 4096 workers, got 100000",
+        ),
+        row(
             "simulated cluster size overflows",
             &quad(&["--transport", "sim", "--set", "transport.cluster.nodes=9223372036854775807", "--set", "transport.cluster.workers_per_node=3"]),
             "= 27670116110564327421 does not match the 4 workers",
