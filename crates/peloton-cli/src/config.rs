@@ -9,7 +9,7 @@ use peloton_burn::{ModelConfig, ModelName};
 use peloton_core::algorithms::AlgorithmConfig;
 use peloton_core::learner::LearnerFactory;
 use peloton_core::optim::OptimizerConfig;
-use peloton_core::runner::{DivergencePolicy, EvalModel, RunConfig};
+use peloton_core::runner::{DivergencePolicy, EvalModel, RunConfig, MAX_THREAD_WORKERS};
 use peloton_data::DataConfig;
 use peloton_problems::ProblemConfig;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,10 @@ pub const DEFAULT_STEPS: u64 = 2000;
 /// The budget used when a file and the flags give none: networks (≈ 20 s for the default
 /// LeNet on 4 workers and 2 cores).
 pub const DEFAULT_NETWORK_STEPS: u64 = 600;
+
+/// The most workers a simulated run takes: schedules are checked on dense N×N matrices
+/// (134 MB at 4096 workers).
+pub const MAX_SIM_WORKERS: usize = 4096;
 
 /// A whole experiment. Every key is documented in the README's configuration section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,6 +290,22 @@ impl ExperimentConfig {
     /// Checks everything that can be checked before a run starts (the dataset's files are
     /// read, and the model fitted to them, when the run starts).
     pub fn validate(&self) -> Result<()> {
+        // Before the algorithm's checks: some build an N-node graph or an N×N mixing matrix,
+        // which for a huge N would hang or exhaust memory instead of failing.
+        let most = match self.transport {
+            TransportConfig::Threads { .. } => Some((MAX_THREAD_WORKERS, "threads transport")),
+            TransportConfig::Sim { .. } => Some((MAX_SIM_WORKERS, "simulator")),
+            TransportConfig::Mpi => None,
+        };
+        if let Some((most, transport)) = most {
+            if self.workers > most {
+                return Err(peloton_core::Error::Config(format!(
+                    "the {transport} runs at most {most} workers, got {}",
+                    self.workers
+                ))
+                .into());
+            }
+        }
         self.run_config().validate()?;
         if !self.checkpoint.is_off() {
             if !matches!(self.transport, TransportConfig::Threads { .. }) {
@@ -438,18 +458,23 @@ fn one_line(origin: &str, text: &str, err: &toml::de::Error) -> anyhow::Error {
 
 /// Reads the experiment from an optional file plus overrides (applied in order).
 pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<ExperimentConfig> {
-    let (origin, text) = match path {
+    match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read config file {}", p.display()))?;
-            (p.display().to_string(), text)
+            parse(&p.display().to_string(), &text, overrides)
         }
-        None => ("defaults".to_string(), String::new()),
-    };
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e))?;
+        None => parse("defaults", "", overrides),
+    }
+}
+
+/// The experiment of a file's text plus overrides (applied in order); `origin` names the file
+/// in errors. Not validated: see [`ExperimentConfig::validate`].
+pub fn parse(origin: &str, text: &str, overrides: &[Override]) -> Result<ExperimentConfig> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| one_line(origin, text, &e))?;
     // Read the file alone first, so that its mistakes are reported with line numbers.
     let from_file: ExperimentConfig =
-        toml::from_str(&text).map_err(|e| one_line(&origin, &text, &e))?;
+        toml::from_str(text).map_err(|e| one_line(origin, text, &e))?;
     if overrides.is_empty() {
         return Ok(from_file);
     }

@@ -1,6 +1,5 @@
 //! `peloton`: distributed training from the command line.
 
-mod config;
 mod report;
 mod run_folder;
 mod sweep;
@@ -16,7 +15,7 @@ use clap::{Parser, Subcommand};
 use peloton_core::algorithms::AlgorithmConfig;
 use peloton_problems::ProblemConfig;
 
-use config::Override;
+use peloton_cli::config::{self, Override};
 
 /// peloton — distributed training: Leader SGD, elastic averaging, all-reduce, local SGD and
 /// more, on worker threads in one process.
@@ -459,8 +458,33 @@ impl std::fmt::Display for AlreadyReported {
 
 impl std::error::Error for AlreadyReported {}
 
+/// A command-line usage error (an unknown flag, a value that does not parse) as one `error:`
+/// line like every other error, clap's tip and usage folded into it; exit code 2 as clap's.
+/// Help and version requests print as clap prints them.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr()
+        || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = format!("{}\n", parts.join("; "));
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if e.downcast_ref::<AlreadyReported>().is_none() {

@@ -1,7 +1,7 @@
 //! [`DataConfig`]: which dataset, where, how it is sharded, augmented and batched — the
 //! `[data]` table of an experiment file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use peloton_core::{ensure_config, Error, Result};
@@ -164,6 +164,19 @@ impl DataConfig {
                 (train, test, Normalization::cifar10())
             }
         };
+        // An empty test set would "evaluate" to loss 0 and accuracy 0 without a word.
+        for (set, d) in [("training", &train), ("test", &test)] {
+            if d.is_empty() {
+                return Err(Error::Data(format!(
+                    "{}: the {} {set} set holds no images",
+                    self.dir
+                        .as_deref()
+                        .unwrap_or(Path::new("synthetic"))
+                        .display(),
+                    self.dataset.name()
+                )));
+            }
+        }
         if let Some(t) = self.test_samples {
             test = test.head(t);
         }
@@ -233,6 +246,27 @@ mod tests {
             cifar.augmentation(),
             Augmentation::PadCropFlip { pad: 4, flip: true }
         );
+    }
+
+    #[test]
+    fn an_empty_test_set_is_refused() {
+        let dir = crate::io::tests::tempdir("empty-test-set");
+        let (train, _) = SyntheticConfig {
+            train: 40,
+            test: 1,
+            ..Default::default()
+        }
+        .generate(1)
+        .unwrap();
+        mnist::write_dir(&dir, &train, &train.head(0), false).unwrap();
+        let c = DataConfig {
+            dataset: DatasetKind::Mnist,
+            dir: Some(dir),
+            batch_size: 8,
+            ..Default::default()
+        };
+        let e = c.load(2, 0).unwrap_err().to_string();
+        assert!(e.contains("the mnist test set holds no images"), "{e}");
     }
 
     #[test]

@@ -25,17 +25,21 @@ impl ImageDataset {
         labels: Vec<u8>,
     ) -> Result<Self> {
         let [channels, height, width] = shape;
-        let per_image = channels * height * width;
+        // Checked: the shape may come from a corrupted file header.
+        let per_image = channels
+            .checked_mul(height)
+            .and_then(|n| n.checked_mul(width))
+            .unwrap_or(0);
         if per_image == 0 || classes == 0 || classes > 256 {
             return Err(Error::Data(format!(
                 "bad dataset shape {channels}×{height}×{width} with {classes} classes"
             )));
         }
-        if pixels.len() != labels.len() * per_image {
+        if labels.len().checked_mul(per_image) != Some(pixels.len()) {
             return Err(Error::Data(format!(
-                "{} labels need {} pixels, got {}",
+                "{} labels of {channels}×{height}×{width} images need {} pixels, got {}",
                 labels.len(),
-                labels.len() * per_image,
+                labels.len() as u128 * per_image as u128,
                 pixels.len()
             )));
         }

@@ -13,6 +13,12 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path)
         .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    gunzip_if_gz(raw, path)
+}
+
+/// `raw` decompressed when it starts with the gzip magic, else `raw` itself; `path` names the
+/// file in errors. The bytes-only half of [`read_maybe_gz`], which the fuzz targets call.
+pub fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
         let mut out = Vec::with_capacity(raw.len() * 4);
         MultiGzDecoder::new(&raw[..])

@@ -7,6 +7,7 @@
 //!   naming the file and the byte offset;
 //! - a [`synthetic`] generator for tests and the README's first command;
 //! - [`partition`]: IID and Dirichlet(α) label-skew sharding, identical on every worker;
+//! - [`fuzz_entry`]: the bodies of the readers' fuzz targets (`fuzz/` at the repository root);
 //! - [`loader`]: augmentation (pad-crop-flip, crop-flip with center-crop evaluation),
 //!   normalization, and a seeded, reshuffling batch iterator that reuses its buffer.
 //!
@@ -15,6 +16,7 @@
 pub mod cifar;
 pub mod config;
 pub mod dataset;
+pub mod fuzz_entry;
 pub mod io;
 pub mod loader;
 pub mod mnist;

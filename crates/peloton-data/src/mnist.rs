@@ -30,9 +30,26 @@ pub fn load(dir: &Path) -> Result<(ImageDataset, ImageDataset)> {
 
 /// One images file and its labels file.
 pub fn load_pair(images: &Path, labels: &Path) -> Result<ImageDataset> {
-    let (shape, pixels) = parse_images(&read_maybe_gz(images)?, images)?;
-    let labels_vec = parse_labels(&read_maybe_gz(labels)?, labels)?;
-    let count = pixels.len() / (shape[0] * shape[1]).max(1);
+    parse_pair(
+        &read_maybe_gz(images)?,
+        images,
+        &read_maybe_gz(labels)?,
+        labels,
+    )
+}
+
+/// The dataset of an images file's and a labels file's bytes (decompressed); the paths name
+/// the files in errors.
+pub fn parse_pair(
+    image_bytes: &[u8],
+    images: &Path,
+    label_bytes: &[u8],
+    labels: &Path,
+) -> Result<ImageDataset> {
+    let (shape, pixels) = parse_images(image_bytes, images)?;
+    let labels_vec = parse_labels(label_bytes, labels)?;
+    // parse_images checked that rows × columns neither is 0 nor overflows.
+    let count = pixels.len() / (shape[0] * shape[1]);
     if count != labels_vec.len() {
         return Err(Error::Data(format!(
             "{} holds {count} images but {} holds {} labels",
@@ -71,18 +88,20 @@ fn header(bytes: &[u8], words: usize, magic: u32, path: &Path) -> Result<Vec<u32
 pub fn parse_images(bytes: &[u8], path: &Path) -> Result<([usize; 2], Vec<u8>)> {
     let h = header(bytes, 4, IMAGES_MAGIC, path)?;
     let (count, rows, cols) = (h[0] as usize, h[1] as usize, h[2] as usize);
-    if rows == 0 || cols == 0 {
-        return Err(Error::Data(format!(
-            "{}: image size {rows}×{cols} at byte 8",
+    // The header's words are up to 2³² each: their products are computed with checks, so
+    // a corrupted header is an error, not an overflow.
+    let per_image = rows.checked_mul(cols).filter(|&n| n > 0).ok_or_else(|| {
+        Error::Data(format!(
+            "{}: image size {rows}×{cols} at byte 8 is not a valid image size",
             path.display()
-        )));
-    }
-    let need = 16 + count * rows * cols;
-    if bytes.len() != need {
-        let what = if bytes.len() < need {
-            "truncated"
-        } else {
-            "has trailing bytes"
+        ))
+    })?;
+    let need = count.checked_mul(per_image).and_then(|n| n.checked_add(16));
+    if need != Some(bytes.len()) {
+        let (what, need) = match need {
+            Some(need) if bytes.len() > need => ("has trailing bytes", need.to_string()),
+            Some(need) => ("truncated", need.to_string()),
+            None => ("truncated", "more than 2⁶⁴".to_string()),
         };
         return Err(Error::Data(format!(
             "{}: {what}: the header promises {count} images of {rows}×{cols} ({need} bytes), the file has {} bytes (data ends at byte {})",
@@ -218,6 +237,32 @@ mod tests {
         assert!(l.contains("labs") && l.contains("byte 9"), "{l}");
         // Labels given to the images parser: a clear magic error, no panic.
         assert!(parse_images(&lab, p).is_err());
+    }
+
+    /// Header words whose products overflow `usize` (they panicked with "attempt to multiply
+    /// with overflow" in debug builds; found by the bad-input catalog).
+    #[test]
+    fn header_sizes_that_overflow_are_errors() {
+        let p = Path::new("huge");
+        // 2³²−1 images of (2³²−1)×(2³²−1): rows × columns fits in 64 bits, the total does not.
+        let huge = [
+            0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        let e = parse_images(&huge, p).unwrap_err().to_string();
+        assert!(
+            e.contains("huge: truncated") && e.contains("more than 2⁶⁴"),
+            "{e}"
+        );
+        // No images of that size: a valid, empty file; pairing it computes rows × columns.
+        let empty = [
+            0, 0, 8, 3, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        let d = parse_pair(&empty, p, &encode_labels(&[]), p).unwrap();
+        assert!(d.is_empty());
+        // Rows × columns overflows on 32-bit targets only; zero rows is refused everywhere.
+        let zero = [0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 28];
+        let e = parse_images(&zero, p).unwrap_err().to_string();
+        assert!(e.contains("image size 0×28 at byte 8"), "{e}");
     }
 
     #[test]

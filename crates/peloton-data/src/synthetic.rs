@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::ImageDataset;
 
+/// The most memory a generated dataset may take (16 GiB): larger requests are refused before
+/// they are generated (CIFAR-10's training set is 150 MB).
+pub const MAX_SYNTHETIC_BYTES: u128 = 16 << 30;
+
 /// The generator's parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,6 +105,18 @@ impl SyntheticConfig {
         }
         if self.train == 0 || self.test == 0 {
             return bad("data.synthetic.train and data.synthetic.test must be at least 1".into());
+        }
+        // The images are generated in memory as u8 pixels (and one f32 image at a time).
+        let bytes = (self.train as u128 + self.test as u128)
+            * (self.channels * self.size * self.size) as u128;
+        if bytes > MAX_SYNTHETIC_BYTES {
+            return bad(format!(
+                "data.synthetic.train + data.synthetic.test = {} images of {}×{}×{} would take {bytes} bytes, more than the {MAX_SYNTHETIC_BYTES} a generated dataset may take",
+                self.train as u128 + self.test as u128,
+                self.channels,
+                self.size,
+                self.size
+            ));
         }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
             return bad(format!(

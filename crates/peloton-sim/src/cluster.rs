@@ -211,11 +211,12 @@ impl ClusterConfig {
             "transport.cluster.workers_per_node must be at least 1"
         );
         if let Some(nodes) = self.nodes {
+            // u128: the product of two configured counts may not fit a usize.
+            let total = nodes as u128 * self.workers_per_node as u128;
             ensure_config!(
-                nodes * self.workers_per_node == workers,
-                "transport.cluster.nodes × transport.workers_per_node = {nodes} × {} = {} does not match the {workers} workers",
+                total == workers as u128,
+                "transport.cluster.nodes × transport.workers_per_node = {nodes} × {} = {total} does not match the {workers} workers",
                 self.workers_per_node,
-                nodes * self.workers_per_node
             );
         }
         self.intra.validate("intra")?;

@@ -18,6 +18,7 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 }
 
 /// Runs the built `peloton` binary.
+#[allow(dead_code)] // not every test binary uses it
 pub fn peloton<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_peloton"))
         .args(args)
@@ -27,6 +28,7 @@ pub fn peloton<S: AsRef<OsStr>>(args: &[S]) -> Output {
 
 /// Asserts a clean failure — exit code 1, no panic, one `error: ` line containing `needle` —
 /// and returns that line.
+#[allow(dead_code)] // not every test binary uses it
 pub fn fails<S: AsRef<OsStr> + Debug>(args: &[S], needle: &str) -> String {
     let out = peloton(args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

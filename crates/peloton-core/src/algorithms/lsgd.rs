@@ -148,7 +148,8 @@ impl LsgdConfig {
     }
 
     fn tau_global(&self) -> u64 {
-        self.tau_global.unwrap_or(4 * self.tau)
+        // Saturating: a huge tau is then refused by validation instead of overflowing.
+        self.tau_global.unwrap_or(self.tau.saturating_mul(4))
     }
 
     fn lambda_global(&self) -> f32 {

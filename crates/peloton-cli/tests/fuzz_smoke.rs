@@ -1,0 +1,61 @@
+//! The config fuzz target's body on the stable toolchain: every seed of `fuzz/corpus/config_toml`
+//! and a few thousand seeded random mutations of them (bytes and TOML tokens), so that
+//! `cargo test` (and CI, which has no nightly toolchain or cargo-fuzz) runs what the fuzzer
+//! runs. The long runs are in docs/RELIABILITY.md.
+
+use std::path::PathBuf;
+
+use peloton_cli::fuzz_entry::config_toml;
+use peloton_data::fuzz_entry::mutate;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const MUTATIONS: usize = 2000;
+
+/// Tokens that make mutated experiments interesting: keys, section headers, names and values
+/// at the edges.
+const TOKENS: [&str; 24] = [
+    "\nworkers = ",
+    "\nsteps = ",
+    "\n[algorithm]\nname = ",
+    "\n[optimizer]\nlr = ",
+    "\n[transport]\nkind = \"sim\"\n",
+    "\n[problem]\nkind = \"softmax\"\n",
+    "\"lsgd\"",
+    "\"sgp\"",
+    "\"matcha\"",
+    "group_size = ",
+    "tau = ",
+    "0",
+    "1",
+    "-1",
+    "3",
+    "1e309",
+    "nan",
+    "inf",
+    "18446744073709551615",
+    "0.5",
+    "[",
+    "\"",
+    "\0",
+    "\nalgorithm.tau=",
+];
+
+#[test]
+fn config_loader_survives_the_corpus_and_its_mutations() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_toml");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 5, "{}: too few seeds", dir.display());
+    for seed in &seeds {
+        config_toml(seed);
+    }
+    let tokens: Vec<&[u8]> = TOKENS.iter().map(|t| t.as_bytes()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for i in 0..MUTATIONS {
+        config_toml(&mutate(&seeds[i % seeds.len()], &tokens, &mut rng));
+    }
+}
