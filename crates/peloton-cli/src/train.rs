@@ -122,11 +122,6 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
         )
     })?;
     let config = crate::config::load(Some(&config_path), &[])?;
-    anyhow::ensure!(
-        !config.checkpoint.is_off(),
-        "{} was run without checkpoints ([checkpoint] every = N), so it cannot be resumed",
-        run_dir.display()
-    );
     config.validate()?;
     if let Ok(summary) = std::fs::read_to_string(run_dir.join("summary.json")) {
         let finished = serde_json::from_str::<serde_json::Value>(&summary)
@@ -138,6 +133,11 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
             run_dir.display()
         );
     }
+    anyhow::ensure!(
+        !config.checkpoint.is_off(),
+        "{} was run without checkpoints ([checkpoint] every = N), so it cannot be resumed",
+        run_dir.display()
+    );
     let fp = fingerprint(&text);
     let manifest = read_manifest(run_dir)?;
     if let Some(m) = &manifest {
@@ -148,6 +148,21 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
             m.step,
             m.config_fingerprint
         );
+    }
+    if let Some(m) = &manifest {
+        let metrics = run_dir.join("metrics.jsonl");
+        let len = std::fs::metadata(&metrics)
+            .with_context(|| format!("cannot read {}", metrics.display()))?
+            .len();
+        anyhow::ensure!(
+            len >= m.metrics_bytes,
+            "{} is shorter ({len} bytes) than at the checkpoint ({} bytes): it was damaged",
+            metrics.display(),
+            m.metrics_bytes
+        );
+        // Every worker's file is read and checked before the folder is touched: a damaged or
+        // foreign checkpoint must not cost the run its metrics.
+        peloton_core::checkpoint::verify(&checkpoints_dir(run_dir), m.step, config.workers, fp)?;
     }
     let folder = RunFolder::reopen(run_dir, manifest.as_ref().map_or(0, |m| m.metrics_bytes))?;
     if !options.quiet {

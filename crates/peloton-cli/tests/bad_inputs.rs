@@ -49,8 +49,16 @@ fn row(name: &'static str, args: &[&'static str], expect: &'static str) -> Row {
 }
 
 impl Row {
+    /// Writes `path` (replacing an earlier file of the same path).
     fn file(mut self, path: &'static str, bytes: impl Into<Vec<u8>>) -> Self {
+        self.files.retain(|(p, _)| *p != path);
         self.files.push((path, bytes.into()));
+        self
+    }
+
+    /// Leaves `path` out.
+    fn without(mut self, path: &'static str) -> Self {
+        self.files.retain(|(p, _)| *p != path);
         self
     }
 }
@@ -415,9 +423,88 @@ fn catalog() -> Vec<Row> {
         row("softmax diverges", &train(&["--problem", "softmax", "--lr", "1e30", "--steps", "300"], &[]), "diverged at step"),
         row("diverges in the simulator", &quad(&["--lr", "50", "--steps", "300", "--transport", "sim"]), "diverged at step"),
         row("network diverges", &on_mnist("mnist", &["--lr", "1e30", "--steps", "20"]), "diverged at step"),
-        // Checkpoints (a checkpoint from another config, one with a bad checksum) go here
-        // once `--resume` exists.
+        // Checkpoints: `peloton train --resume` of an interrupted run folder (`ck/`) whose
+        // checkpoint files are damaged, of another run, or do not match its config.
+        resume_row("checkpoint from another config", ckpt_sample(), "another configuration"),
+        resume_row("checkpoint with a bad checksum", flipped(ckpt_sample()), "checksum mismatch"),
+        resume_row("checkpoint truncated", truncated(ckpt_sample()), "truncated"),
+        resume_row("checkpoint that is not one", b"not a checkpoint".to_vec(), "not a peloton checkpoint"),
+        resume_row("checkpoint file missing", ckpt_sample(), "worker-0.ckpt: No such file")
+            .without("ck/checkpoints/step-0000000005/worker-0.ckpt"),
+        resume_row("checkpoint manifest corrupted", ckpt_sample(), "latest.json is corrupted")
+            .file("ck/checkpoints/latest.json", "{\"step\": "),
+        resume_row("checkpoint of another format version", ckpt_sample(), "format version 99")
+            .file("ck/checkpoints/latest.json", manifest(99, CKPT_CONFIG)),
+        resume_row("config edited after the checkpoint", ckpt_sample(), "changed since the checkpoint")
+            .file("ck/config.toml", CKPT_CONFIG.replace("steps = 10", "steps = 11")),
+        resume_row("metrics shorter than at the checkpoint", ckpt_sample(), "shorter")
+            .file("ck/checkpoints/latest.json", manifest_with_bytes(1, CKPT_CONFIG, 100)),
+        row("resume a run without checkpoints", &["train", "--resume", "plain"], "without checkpoints")
+            .file("plain/config.toml", CKPT_CONFIG.replace("every = 5", "every = 0"))
+            .file("plain/metrics.jsonl", ""),
+        row("resume a finished run", &["train", "--resume", "runs/old"], "finished already"),
+        row("resume a folder that is not a run", &["train", "--resume", "nowhere"], "needs a run folder"),
+        row("checkpoints on the simulator", &quad(&["--transport", "sim", "--set", "checkpoint.every=2"]), "threads transport"),
+        row("checkpoints of an asynchronous algorithm", &quad(&["--algorithm", "async-easgd", "--set", "checkpoint.every=2"]), "asynchronous"),
+        // The watchdog and the divergence policy.
+        row("watchdog negative", &quad(&["--set", "watchdog_seconds=-1"]), "watchdog_seconds"),
+        row("watchdog NaN", &quad(&["--set", "watchdog_seconds=nan"]), "watchdog_seconds"),
+        row("unknown divergence policy", &quad(&["--set", "on_divergence=\"retry\""]), "on_divergence"),
+        row("reset-to-leader on an asynchronous algorithm", &quad(&["--algorithm", "async-easgd", "--set", "on_divergence=\"reset-to-leader\""]), "needs a synchronous algorithm"),
     ]
+}
+
+/// The experiment of the interrupted run `ck/`.
+const CKPT_CONFIG: &str =
+    "workers = 2\nsteps = 10\n\n[problem]\nkind = \"quadratic\"\n\n[checkpoint]\nevery = 5\n";
+
+/// FNV-1a of a config file, as the CLI fingerprints `config.toml`.
+fn fingerprint(text: &str) -> String {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+fn manifest_with_bytes(version: u32, config: &str, metrics_bytes: u64) -> String {
+    format!(
+        "{{\"format_version\": {version}, \"step\": 5, \"metrics_bytes\": {metrics_bytes}, \"config_fingerprint\": \"{}\"}}",
+        fingerprint(config)
+    )
+}
+
+fn manifest(version: u32, config: &str) -> String {
+    manifest_with_bytes(version, config, 0)
+}
+
+/// A valid checkpoint file of another run (its identity is not `ck/`'s).
+fn ckpt_sample() -> Vec<u8> {
+    peloton_core::checkpoint::sample_file()
+}
+
+fn flipped(mut bytes: Vec<u8>) -> Vec<u8> {
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    bytes
+}
+
+fn truncated(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.truncate(bytes.len() - 7);
+    bytes
+}
+
+/// `peloton train --resume ck`, where `ck/` is an interrupted run of [`CKPT_CONFIG`] with a
+/// committed checkpoint at step 5 whose worker files are `worker_file`.
+fn resume_row(name: &'static str, worker_file: Vec<u8>, expect: &'static str) -> Row {
+    row(name, &["train", "--resume", "ck", "-q"], expect)
+        .file("ck/config.toml", CKPT_CONFIG)
+        .file("ck/metrics.jsonl", "")
+        .file("ck/checkpoints/latest.json", manifest(1, CKPT_CONFIG))
+        .file(
+            "ck/checkpoints/step-0000000005/worker-0.ckpt",
+            worker_file.clone(),
+        )
+        .file("ck/checkpoints/step-0000000005/worker-1.ckpt", worker_file)
 }
 
 /// Every file under `dir` and its bytes.
