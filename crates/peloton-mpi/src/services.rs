@@ -42,7 +42,6 @@
 //! byte per slot.
 
 use std::mem::ManuallyDrop;
-use std::ops::Range;
 use std::os::raw::c_int;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -53,7 +52,7 @@ use mpi::raw::{AsRaw, FromRaw};
 use mpi::request::{Request, Scope};
 use mpi::topology::{Process, SimpleCommunicator};
 use mpi::traits::*;
-use peloton_core::transport::{check_counter, shard_ranges, CounterOp, COUNTERS};
+use peloton_core::transport::{check_counter, CounterOp, ParameterServer, COUNTERS};
 use peloton_core::{Error, Result};
 
 /// Tag of requests on the service communicator.
@@ -113,19 +112,11 @@ fn error_text(payload: &[f32]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// The parameter server's vector, in the threads transport's shard layout.
-struct Server {
-    ranges: Vec<Range<usize>>,
-    values: Vec<f32>,
-    /// Pushes applied so far.
-    version: u64,
-}
-
 /// What rank 0 holds for the whole world.
 #[derive(Default)]
 pub(crate) struct State {
     counters: [u64; COUNTERS],
-    server: Option<Server>,
+    server: ParameterServer,
 }
 
 impl State {
@@ -139,51 +130,15 @@ impl State {
     /// The first call creates the server from `init`; later ones check the shape (the threads
     /// transport's rule).
     pub(crate) fn init(&mut self, init: &[f32], shards: usize, rank: usize) -> Result<()> {
-        let ranges = shard_ranges(init.len(), shards);
-        let server = self.server.get_or_insert_with(|| Server {
-            ranges: ranges.clone(),
-            values: init.to_vec(),
-            version: 0,
-        });
-        if server.values.len() != init.len() || server.ranges.len() != ranges.len() {
-            return Err(Error::Transport(format!(
-                "parameter server holds {} values in {} shards, worker {rank} asked for {} values in {shards}",
-                server.values.len(),
-                server.ranges.len(),
-                init.len()
-            )));
-        }
-        Ok(())
-    }
-
-    fn server(&mut self, len: usize, rank: usize) -> Result<&mut Server> {
-        let server = self.server.as_mut().ok_or_else(|| {
-            Error::Transport("the parameter server is used before server_init".into())
-        })?;
-        if server.values.len() != len {
-            return Err(Error::Transport(format!(
-                "parameter server holds {} values, worker {rank} used {len}",
-                server.values.len()
-            )));
-        }
-        Ok(server)
+        self.server.init(init, shards, rank)
     }
 
     pub(crate) fn pull(&mut self, buf: &mut [f32], rank: usize) -> Result<u64> {
-        let server = self.server(buf.len(), rank)?;
-        buf.copy_from_slice(&server.values);
-        Ok(server.version)
+        self.server.pull(buf, rank)
     }
 
     pub(crate) fn push(&mut self, delta: &[f32], rank: usize) -> Result<()> {
-        let server = self.server(delta.len(), rank)?;
-        server
-            .values
-            .iter_mut()
-            .zip(delta)
-            .for_each(|(v, d)| *v += *d);
-        server.version += 1;
-        Ok(())
+        self.server.push(delta, rank)
     }
 
     /// Applies request `req` from `rank` and writes the reply into `reply`.

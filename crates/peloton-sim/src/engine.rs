@@ -30,8 +30,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use peloton_core::transport::{
-    check_counter, check_rank, check_request_len, shard_ranges, CommStats, Communicator, CounterOp,
-    RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
+    check_counter, check_rank, check_request_len, CommStats, Communicator, CounterOp,
+    ParameterServer, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
 };
 use peloton_core::{Error, Result};
 use serde::Serialize;
@@ -124,17 +124,11 @@ struct State {
     trace: Trace,
     /// Shared counters (asynchronous coordination), updated in turn order.
     counters: [u64; COUNTERS],
-    server: Option<Server>,
-}
-
-/// The simulated parameter server. Shard `s` lives on node `s mod nodes` (servers share the
-/// workers' machines, as in the author's EASGD code). Operations take effect at their issue
-/// time, in (virtual time, rank) order; their cost is the round trip to the farthest shard
-/// plus moving every shard's bytes through the worker's links.
-struct Server {
-    ranges: Vec<std::ops::Range<usize>>,
-    values: Vec<f32>,
-    version: u64,
+    /// The simulated parameter server. Shard `s` lives on node `s mod nodes` (servers share
+    /// the workers' machines, as in the author's EASGD code). Operations take effect at their
+    /// issue time, in (virtual time, rank) order; their cost is the round trip to the farthest
+    /// shard plus moving every shard's bytes through the worker's links.
+    server: ParameterServer,
 }
 
 struct Shared {
@@ -322,7 +316,7 @@ impl SimWorld {
             next_request: 0,
             trace: Trace::new(cluster.trace_events, n),
             counters: [0; COUNTERS],
-            server: None,
+            server: ParameterServer::default(),
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -1001,20 +995,7 @@ impl Communicator for SimComm {
         let me = self.me();
         let st = self.state()?;
         let mut st = self.shared.wait_turn(st, me)?;
-        let ranges = shard_ranges(init.len(), shards);
-        let server = st.server.get_or_insert_with(|| Server {
-            ranges: ranges.clone(),
-            values: init.to_vec(),
-            version: 0,
-        });
-        if server.values.len() != init.len() || server.ranges.len() != ranges.len() {
-            return Err(Error::Transport(format!(
-                "parameter server holds {} values in {} shards, worker {me} asked for {} values in {shards}",
-                server.values.len(),
-                server.ranges.len(),
-                init.len()
-            )));
-        }
+        st.server.init(init, shards, me)?;
         self.shared.after_change(&mut st, &[]);
         Ok(())
     }
@@ -1023,11 +1004,8 @@ impl Communicator for SimComm {
         let me = self.me();
         let st = self.state()?;
         let mut st = self.shared.wait_turn(st, me)?;
-        let server = self.server_of(&mut st, buf.len())?;
-        buf.copy_from_slice(&server.values);
-        let version = server.version;
-        let ranges = server.ranges.clone();
-        let cost = self.server_cost(&ranges, true);
+        let version = st.server.pull(buf, me)?;
+        let cost = self.server_cost(st.server.ranges(), true);
         self.advance(&mut st, "pull", cost, 0, 4 * buf.len() as u64);
         Ok(version)
     }
@@ -1036,15 +1014,8 @@ impl Communicator for SimComm {
         let me = self.me();
         let st = self.state()?;
         let mut st = self.shared.wait_turn(st, me)?;
-        let server = self.server_of(&mut st, delta.len())?;
-        server
-            .values
-            .iter_mut()
-            .zip(delta)
-            .for_each(|(v, d)| *v += *d);
-        server.version += 1;
-        let ranges = server.ranges.clone();
-        let cost = self.server_cost(&ranges, false);
+        st.server.push(delta, me)?;
+        let cost = self.server_cost(st.server.ranges(), false);
         self.advance(&mut st, "push", cost, 4 * delta.len() as u64, 0);
         Ok(())
     }
@@ -1074,20 +1045,6 @@ impl Communicator for SimComm {
 }
 
 impl SimComm {
-    fn server_of<'a>(&self, st: &'a mut State, len: usize) -> Result<&'a mut Server> {
-        let me = self.me();
-        let server = st.server.as_mut().ok_or_else(|| {
-            Error::Transport("the parameter server is used before server_init".into())
-        })?;
-        if server.values.len() != len {
-            return Err(Error::Transport(format!(
-                "parameter server holds {} values, worker {me} used {len}",
-                server.values.len()
-            )));
-        }
-        Ok(server)
-    }
-
     /// Virtual seconds of a parameter-server operation over `ranges`: every shard's bytes
     /// cross the link to its server's node (one after the other through the worker's NIC),
     /// plus the latency of the farthest shard, twice for a pull (request, then reply).

@@ -321,6 +321,10 @@ pub fn run_worker(
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
 ) -> Result<WorkerOutcome> {
+    let prepared = prepare(comm, factory, config, emit)?;
+    if let Some(schedule) = prepared.algorithm.schedule() {
+        return asynchronous::run_async_worker(comm, config, emit, prepared, schedule);
+    }
     let Prepared {
         mut learner,
         mut params,
@@ -330,20 +334,7 @@ pub fn run_worker(
         mut shared_state,
         mut diag,
         layout_fingerprint,
-    } = prepare(comm, factory, config, emit)?;
-    if let Some(schedule) = algorithm.schedule() {
-        let prepared = Prepared {
-            learner,
-            params,
-            algorithm,
-            total_steps,
-            state_len,
-            shared_state,
-            diag,
-            layout_fingerprint,
-        };
-        return asynchronous::run_async_worker(comm, config, emit, prepared, schedule);
-    }
+    } = prepared;
     let rank = comm.rank();
     let n = comm.size();
     let len = params.len();

@@ -247,6 +247,80 @@ pub fn shard_ranges(len: usize, shards: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+/// A parameter server held by one owner that applies every operation in turn (the
+/// simulator's shared state, MPI's service thread): the vector in [`shard_ranges`] layout and
+/// its version. The threads transport locks each shard instead and keeps its own.
+#[derive(Debug, Default)]
+pub struct ParameterServer {
+    server: Option<ServerVector>,
+}
+
+#[derive(Debug)]
+struct ServerVector {
+    ranges: Vec<std::ops::Range<usize>>,
+    values: Vec<f32>,
+    /// Pushes applied so far.
+    version: u64,
+}
+
+impl ParameterServer {
+    /// The first call creates the server from `init`; later ones check the shape.
+    pub fn init(&mut self, init: &[f32], shards: usize, rank: usize) -> Result<()> {
+        let ranges = shard_ranges(init.len(), shards);
+        let server = self.server.get_or_insert_with(|| ServerVector {
+            ranges: ranges.clone(),
+            values: init.to_vec(),
+            version: 0,
+        });
+        if server.values.len() != init.len() || server.ranges.len() != ranges.len() {
+            return Err(Error::Transport(format!(
+                "parameter server holds {} values in {} shards, worker {rank} asked for {} values in {shards}",
+                server.values.len(),
+                server.ranges.len(),
+                init.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn vector(&mut self, len: usize, rank: usize) -> Result<&mut ServerVector> {
+        let server = self.server.as_mut().ok_or_else(|| {
+            Error::Transport("the parameter server is used before server_init".into())
+        })?;
+        if server.values.len() != len {
+            return Err(Error::Transport(format!(
+                "parameter server holds {} values, worker {rank} used {len}",
+                server.values.len()
+            )));
+        }
+        Ok(server)
+    }
+
+    /// Copies the vector into `buf`; returns its version.
+    pub fn pull(&mut self, buf: &mut [f32], rank: usize) -> Result<u64> {
+        let server = self.vector(buf.len(), rank)?;
+        buf.copy_from_slice(&server.values);
+        Ok(server.version)
+    }
+
+    /// Adds `delta` to the vector (every shard at once) and counts one version.
+    pub fn push(&mut self, delta: &[f32], rank: usize) -> Result<()> {
+        let server = self.vector(delta.len(), rank)?;
+        server
+            .values
+            .iter_mut()
+            .zip(delta)
+            .for_each(|(v, d)| *v += *d);
+        server.version += 1;
+        Ok(())
+    }
+
+    /// The shard ranges (empty before `init`).
+    pub fn ranges(&self) -> &[std::ops::Range<usize>] {
+        self.server.as_ref().map_or(&[], |s| &s.ranges)
+    }
+}
+
 /// A worker slowed down or stopped on purpose (fault injection). On the simulator `at` is
 /// virtual seconds; on threads it is wall-clock seconds since the worker started.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
