@@ -33,9 +33,7 @@ pub struct CheckpointManifest {
 
 /// FNV-1a of a config file's bytes: the fingerprint every checkpoint file carries.
 pub fn fingerprint(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    peloton_core::layout::fnv1a(text.bytes())
 }
 
 /// The folder of a run's checkpoints.

@@ -460,11 +460,7 @@ impl Recorder {
 /// FNV-1a over the bit patterns of `values`: two runs ended with the same parameters, bit for
 /// bit, exactly when their checksums match (up to a 2⁻⁶⁴ accident).
 pub(crate) fn checksum(values: &[f32]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in values.iter().flat_map(|v| v.to_bits().to_le_bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = peloton_core::layout::fnv1a(values.iter().flat_map(|v| v.to_bits().to_le_bytes()));
     format!("{h:016x}")
 }
 

@@ -35,7 +35,8 @@ mod imp {
     use peloton_mpi::{abort_job, is_shared_error, Mpi, MpiComm, NodeLayout};
 
     use crate::config::ExperimentConfig;
-    use crate::run_folder::{default_path, RunFolder};
+    // The ranks compare their resolved configs through the run folder's config fingerprint.
+    use crate::run_folder::{default_path, fingerprint, RunFolder};
     use crate::train::{display, print_summary, progress_bar, Header, Recorder, TrainOptions};
 
     /// Test hook: `PELOTON_MPI_TEST_PANIC=RANK:STEP` makes that rank panic at its first worker
@@ -88,13 +89,6 @@ mod imp {
             }
             Err(Failure::Local(e)) => abort_job(rank, &format!("{e:#}"), 1),
         }
-    }
-
-    /// FNV-1a of a string: the ranks compare their resolved configs through it.
-    fn fingerprint(text: &str) -> u64 {
-        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        })
     }
 
     /// Applies the MPI job's shape to the config: one worker per rank, and for multi-leader

@@ -70,23 +70,23 @@ impl ParamLayout {
     /// A 64-bit fingerprint of names, shapes and offsets, used by ranks to check that they
     /// agree on the model before training (FNV-1a: stable across platforms and releases).
     pub fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= *b as u64;
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        for s in &self.segments {
-            eat(s.name.as_bytes());
-            eat(&[0xff]);
-            for d in &s.shape {
-                eat(&(*d as u64).to_le_bytes());
-            }
-            eat(&(s.offset as u64).to_le_bytes());
-        }
-        h
+        fnv1a(self.segments.iter().flat_map(|s| {
+            let shape = s.shape.iter().flat_map(|d| (*d as u64).to_le_bytes());
+            s.name
+                .bytes()
+                .chain([0xff])
+                .chain(shape)
+                .chain((s.offset as u64).to_le_bytes())
+        }))
     }
+}
+
+/// FNV-1a, 64 bits: the one hash behind every fingerprint and checksum peloton compares
+/// across ranks, runs and files (stable across platforms and releases; not cryptographic).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,21 @@ use peloton_sim::{
     run_sim, run_workers as run_sim_workers, ClusterConfig, ComputeModel, Fault, FaultKind,
 };
 
+/// These tests share 2 cores. Those whose assertions depend on how the OS schedules worker
+/// threads (who gets a ticket, who takes a step before a stop fault) run alone (write lock);
+/// the others share the machine (read locks). Seen without this, with the machine loaded: a
+/// 4-worker threads run in which workers 1 and 2 never got a ticket (steps [4646, 0, 0, 3354]),
+/// so the stop fault aimed at worker 2 never fired.
+static THREADS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    THREADS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shared_machine() -> std::sync::RwLockReadGuard<'static, ()> {
+    THREADS.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn quadratic() -> ProblemConfig {
     ProblemConfig::Quadratic(QuadraticConfig {
         dim: 10,
@@ -155,6 +170,7 @@ fn final_loss(report: &RunReport) -> f64 {
 /// checked more loosely: 0.1 and 0.9.
 #[test]
 fn every_asynchronous_algorithm_converges_on_threads_and_in_the_simulator() {
+    let _machine = alone();
     for n in [2usize, 4, 8] {
         for (algorithm, optimizer) in asynchronous_for(n) {
             let name = format!("N = {n}, {}", algorithm.name());
@@ -214,6 +230,7 @@ fn time_to_target(events: &[Event], target: f64) -> Option<f64> {
 /// reaches the target loss in less simulated time.
 #[test]
 fn asynchronous_lsgd_beats_synchronous_lsgd_with_a_straggler() {
+    let _machine = shared_machine();
     let mut c = cluster(0.01);
     c.compute.sigma = 0.0;
     c.faults = vec![Fault {
@@ -265,6 +282,7 @@ fn asynchronous_lsgd_beats_synchronous_lsgd_with_a_straggler() {
 /// straggler.
 #[test]
 fn simulated_asynchronous_runs_are_bit_for_bit_reproducible() {
+    let _machine = shared_machine();
     let mut c = cluster(0.01);
     c.faults = vec![Fault {
         worker: 1,
@@ -355,6 +373,7 @@ fn easgd_worker(
 /// values below 10, each rounding at most 2⁻²⁴ relative). The same holds in the simulator.
 #[test]
 fn the_parameter_server_loses_no_update() {
+    let _machine = shared_machine();
     let init: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
     let check = |results: Vec<peloton_core::Result<(Vec<f64>, Vec<f32>)>>| {
         let results: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
@@ -388,6 +407,7 @@ fn the_parameter_server_loses_no_update() {
 /// asynchronous EASGD or AD-PSGD: the others finish, the report says who stopped and when.
 #[test]
 fn a_stopped_worker_does_not_stop_asynchronous_easgd_or_ad_psgd() {
+    let _machine = alone();
     for algorithm in [
         async_easgd(2),
         AlgorithmConfig::AdPsgd(AdPsgdConfig::default()),
@@ -458,6 +478,7 @@ fn a_stopped_worker_does_not_stop_asynchronous_easgd_or_ad_psgd() {
 /// instead of hanging.
 #[test]
 fn a_stopped_worker_ends_asynchronous_lsgd_cleanly() {
+    let _machine = shared_machine();
     let config = run_config(
         4,
         200,
@@ -484,6 +505,7 @@ fn a_stopped_worker_ends_asynchronous_lsgd_cleanly() {
 /// fewer of the run's steps.
 #[test]
 fn a_slowed_thread_takes_fewer_steps() {
+    let _machine = alone();
     let config = run_config(
         4,
         150,

@@ -691,7 +691,7 @@ fn stats_from(v: &[u64]) -> Result<CommStats> {
 
 /// What a synchronous worker saves at a checkpoint, besides its algorithm's own state.
 struct WorkerState<'a> {
-    params: &'a mut Vec<f32>,
+    params: &'a mut [f32],
     losses: &'a [f64],
     interval: (f64, u64),
     window: &'a LossWindow,
