@@ -308,17 +308,29 @@ impl ExperimentConfig {
         }
         self.run_config().validate()?;
         if !self.checkpoint.is_off() {
-            if !matches!(self.transport, TransportConfig::Threads { .. }) {
+            if matches!(self.transport, TransportConfig::Mpi) {
                 bail!(
-                    "checkpoint.every: checkpoints are supported on the threads transport, not on {} yet",
-                    self.transport.name()
+                    "checkpoint.every: checkpoints are supported on the threads transport and the simulator, not on mpi yet"
                 );
             }
-            if self.algorithm.is_async() {
+            if self.algorithm.is_async() && !matches!(self.transport, TransportConfig::Sim { .. })
+            {
                 bail!(
-                    "checkpoint.every: checkpoints of asynchronous algorithms ({}) are not supported yet",
+                    "checkpoint.every: checkpoints of asynchronous algorithms ({}) need the simulator (transport.kind = \"sim\"): on threads the workers' interleaving cannot be reproduced",
                     self.algorithm.name()
                 );
+            }
+            if let TransportConfig::Sim { cluster } = &self.transport {
+                if self.algorithm.is_async()
+                    && cluster
+                        .faults
+                        .iter()
+                        .any(|f| f.kind == peloton_sim::FaultKind::Stop)
+                {
+                    bail!(
+                        "checkpoint.every: checkpoints of an asynchronous run cannot be combined with \"stop\" faults (a stopped worker never reaches a checkpoint cut)"
+                    );
+                }
             }
         }
         match &self.transport {

@@ -444,8 +444,17 @@ fn catalog() -> Vec<Row> {
             .file("plain/metrics.jsonl", ""),
         row("resume a finished run", &["train", "--resume", "runs/old"], "finished already"),
         row("resume a folder that is not a run", &["train", "--resume", "nowhere"], "needs a run folder"),
-        row("checkpoints on the simulator", &quad(&["--transport", "sim", "--set", "checkpoint.every=2"]), "threads transport"),
-        row("checkpoints of an asynchronous algorithm", &quad(&["--algorithm", "async-easgd", "--set", "checkpoint.every=2"]), "asynchronous"),
+        row("checkpoints of an asynchronous algorithm on threads", &quad(&["--algorithm", "async-easgd", "--set", "checkpoint.every=2"]), "need the simulator"),
+        row(
+            "checkpoints of an asynchronous run with a time budget",
+            &quad(&["--algorithm", "async-easgd", "--transport", "sim", "--set", "checkpoint.every=2", "--set", "time_budget=1.0"]),
+            "without time_budget",
+        ),
+        row(
+            "checkpoints of an asynchronous run with a stop fault",
+            &quad(&["--algorithm", "async-easgd", "--transport", "sim", "--set", "checkpoint.every=2", "--set", "transport.cluster.faults=[{worker=1, at=0.5, kind=\"stop\"}]"]),
+            "\"stop\" faults",
+        ),
         // The watchdog and the divergence policy.
         row("watchdog negative", &quad(&["--set", "watchdog_seconds=-1"]), "watchdog_seconds"),
         row("watchdog NaN", &quad(&["--set", "watchdog_seconds=nan"]), "watchdog_seconds"),

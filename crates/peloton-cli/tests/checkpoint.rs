@@ -368,19 +368,7 @@ fn resume_refuses_what_it_cannot_continue() {
     .unwrap();
     fails(&resume(&mine), "another configuration");
 
-    // Checkpoints need the threads transport and a synchronous algorithm.
-    fails(
-        &strings(&[
-            "train",
-            "--problem",
-            "softmax",
-            "--transport",
-            "sim",
-            "--set",
-            "checkpoint.every=5",
-        ]),
-        "threads transport",
-    );
+    // Asynchronous checkpoints need the simulator (threads cannot reproduce the interleaving).
     fails(
         &strings(&[
             "train",
@@ -391,7 +379,7 @@ fn resume_refuses_what_it_cannot_continue() {
             "--set",
             "checkpoint.every=5",
         ]),
-        "asynchronous",
+        "need the simulator",
     );
     // --resume takes the folder's own config (clap refuses the mix, with its usage text).
     let out = peloton(&strings(&["train", "--resume", "x", "--steps", "5"]));

@@ -91,6 +91,22 @@ impl Nics {
         }
     }
 
+    /// When each node's (outbound, inbound) NIC is next free, for a checkpoint.
+    pub fn busy_until(&self) -> (&[f64], &[f64]) {
+        (&self.outbound_free, &self.inbound_free)
+    }
+
+    /// Restores what [`Nics::busy_until`] returned; the node count must match.
+    pub fn set_busy_until(&mut self, outbound: &[f64], inbound: &[f64]) -> bool {
+        if outbound.len() != self.outbound_free.len() || inbound.len() != self.inbound_free.len()
+        {
+            return false;
+        }
+        self.outbound_free.copy_from_slice(outbound);
+        self.inbound_free.copy_from_slice(inbound);
+        true
+    }
+
     /// A message of `bytes` sent at `time` over `link`; `nodes = (from, to)` share NICs when
     /// `contention` and the nodes differ. Intra-node messages never queue.
     pub fn transfer(

@@ -21,6 +21,12 @@
 //!   parallel on the host's cores.
 //! * **Deadlocks** (every unfinished worker blocked) end the run with an error naming what each
 //!   worker waits for, instead of hanging.
+//! * **Checkpoint cuts** ([`Communicator::checkpoint_cut`]): a worker *parks* in turn order
+//!   (at its `(clock, rank)`), drops out of the turn order, and waits without virtual time
+//!   passing; when every running worker has parked, the engine's whole state — clocks, NIC
+//!   queues, counters, the parameter server, traffic totals and messages in flight — is the
+//!   checkpoint's transport state, and everyone goes on. A resumed run puts it back
+//!   ([`Communicator::restore_cut`]) before its first step, so it continues exactly.
 //! * **Diagnostics** (consensus distance, evaluation averages: [`Communicator::set_diagnostic`])
 //!   cost no time, but as collectives they still align the members' clocks to the latest
 //!   member, as any real measurement would.
@@ -29,6 +35,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use peloton_core::checkpoint::StateDict;
 use peloton_core::transport::{
     check_counter, check_rank, check_request_len, CommStats, Communicator, CounterOp,
     ParameterServer, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
@@ -49,7 +56,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Status {
     Active,
     Blocked(String),
+    /// Waiting at a checkpoint cut (out of the turn order, no time passes).
+    Parked,
     Done,
+}
+
+/// What a checkpoint cut does once every running worker has parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutKind {
+    /// Take the engine's state for world rank 0's checkpoint file.
+    Save,
+    /// Put back the state a worker deposited (a resumed run).
+    Restore,
 }
 
 struct Message {
@@ -129,6 +147,12 @@ struct State {
     /// issue time, in (virtual time, rank) order; their cost is the round trip to the farthest
     /// shard plus moving every shard's bytes through the worker's links.
     server: ParameterServer,
+    /// The checkpoint cut in progress: its kind and, for a restore, the deposited state.
+    cut: Option<(CutKind, Option<StateDict>)>,
+    /// The engine state taken at the latest save cut, until world rank 0 collects it.
+    cut_state: Option<StateDict>,
+    /// Workers at the cut that keep answering their peers until the others arrive.
+    serving: Vec<bool>,
 }
 
 struct Shared {
@@ -182,10 +206,142 @@ impl State {
             .enumerate()
             .filter_map(|(w, s)| match s {
                 Status::Blocked(what) => Some(format!("worker {w} waits for {what}")),
+                Status::Parked => Some(format!("worker {w} waits at a checkpoint cut")),
                 _ => None,
             })
             .collect();
-        (!waits.is_empty()).then(|| format!("deadlock in the simulated run: {}", waits.join("; ")))
+        // Only parked (and finished) workers: a cut about to complete, not a deadlock.
+        let blocked = self
+            .status
+            .iter()
+            .any(|s| matches!(s, Status::Blocked(_)));
+        blocked.then(|| format!("deadlock in the simulated run: {}", waits.join("; ")))
+    }
+
+    /// The engine's state at a checkpoint cut (every running worker parked).
+    fn snapshot(&self) -> Result<StateDict> {
+        if !self.pending.is_empty() || !self.sends.is_empty() {
+            return Err(Error::Checkpoint(
+                "a collective or a non-blocking send is in progress at a checkpoint cut".into(),
+            ));
+        }
+        let mut s = StateDict::new();
+        s.put_f64s("clock", &self.clock);
+        s.put_u64s("counters", &self.counters);
+        s.put_dict("server", self.server.save_state());
+        let (outbound, inbound) = self.nics.busy_until();
+        s.put_f64s("nic_outbound", outbound);
+        s.put_f64s("nic_inbound", inbound);
+        let column = |f: fn(&WorkerTotals) -> f64| -> Vec<f64> { self.totals.iter().map(f).collect() };
+        s.put_f64s("compute_seconds", &column(|t| t.compute_seconds));
+        s.put_f64s("communicate_seconds", &column(|t| t.communicate_seconds));
+        s.put_f64s("blocked_seconds", &column(|t| t.blocked_seconds));
+        let counts: Vec<u64> = self
+            .totals
+            .iter()
+            .flat_map(|t| [t.bytes_sent, t.bytes_received, t.operations])
+            .collect();
+        s.put_u64s("traffic", &counts);
+        let links: Vec<u64> = self
+            .link_bytes
+            .iter()
+            .flat_map(|(&(from, to), &bytes)| [from as u64, to as u64, bytes])
+            .collect();
+        s.put_u64s("link_bytes", &links);
+        s.put_u64s(
+            "events",
+            &[self.messages, self.collectives, self.next_request],
+        );
+        let mut mail = StateDict::new();
+        for (w, queue) in self.mailboxes.iter().enumerate() {
+            for (i, m) in queue.iter().enumerate() {
+                let mut d = StateDict::new();
+                d.put_u64s("header", &[m.group, m.src as u64, u64::from(m.tag)]);
+                d.put_f64("arrival", m.arrival);
+                d.put_f32s("data", &m.data);
+                mail.put_dict(&format!("{w:06}.{i:09}"), d);
+            }
+        }
+        s.put_dict("mailboxes", mail);
+        Ok(s)
+    }
+
+    /// Puts back what [`State::snapshot`] took (the world must have the same shape).
+    fn restore(&mut self, s: &StateDict) -> Result<()> {
+        let n = self.clock.len();
+        let bad = |what: &str| Error::Checkpoint(format!("simulator state: {what}"));
+        let clock = s.f64s("clock")?;
+        if clock.len() != n {
+            return Err(bad(&format!(
+                "{} worker clocks, this run has {n} workers",
+                clock.len()
+            )));
+        }
+        self.clock.copy_from_slice(clock);
+        let counters = s.u64s("counters")?;
+        if counters.len() != COUNTERS {
+            return Err(bad("wrong number of shared counters"));
+        }
+        self.counters.copy_from_slice(counters);
+        self.server.load_state(s.dict("server")?)?;
+        if !self
+            .nics
+            .set_busy_until(s.f64s("nic_outbound")?, s.f64s("nic_inbound")?)
+        {
+            return Err(bad("the node count differs"));
+        }
+        let (compute, communicate, blocked) = (
+            s.f64s("compute_seconds")?,
+            s.f64s("communicate_seconds")?,
+            s.f64s("blocked_seconds")?,
+        );
+        let traffic = s.u64s("traffic")?;
+        if [compute.len(), communicate.len(), blocked.len()] != [n; 3] || traffic.len() != 3 * n {
+            return Err(bad("per-worker totals of the wrong length"));
+        }
+        for (w, t) in self.totals.iter_mut().enumerate() {
+            t.compute_seconds = compute[w];
+            t.communicate_seconds = communicate[w];
+            t.blocked_seconds = blocked[w];
+            t.bytes_sent = traffic[3 * w];
+            t.bytes_received = traffic[3 * w + 1];
+            t.operations = traffic[3 * w + 2];
+        }
+        let links = s.u64s("link_bytes")?;
+        if !links.len().is_multiple_of(3) {
+            return Err(bad("link bytes are not (from, to, bytes) triples"));
+        }
+        self.link_bytes = links
+            .chunks_exact(3)
+            .map(|c| ((c[0] as usize, c[1] as usize), c[2]))
+            .collect();
+        let &[messages, collectives, next_request] = s.u64s("events")? else {
+            return Err(bad("event counts must be three numbers"));
+        };
+        (self.messages, self.collectives, self.next_request) =
+            (messages, collectives, next_request);
+        self.mailboxes.iter_mut().for_each(VecDeque::clear);
+        let mail = s.dict("mailboxes")?;
+        // Keys are zero-padded, so their order is each mailbox's order.
+        for key in mail.keys() {
+            let d = mail.dict(key)?;
+            let w = key
+                .split_once('.')
+                .and_then(|(w, _)| w.parse::<usize>().ok())
+                .filter(|&w| w < n)
+                .ok_or_else(|| bad(&format!("bad mailbox entry {key:?}")))?;
+            let &[group, src, tag] = d.u64s("header")? else {
+                return Err(bad("a message header must be three numbers"));
+            };
+            self.mailboxes[w].push_back(Message {
+                group,
+                src: src as usize,
+                tag: Tag::try_from(tag).map_err(|_| bad("a message tag is out of range"))?,
+                data: d.f32s("data")?.to_vec(),
+                arrival: d.f64("arrival")?,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +387,74 @@ impl Shared {
             }
             st = self.wake[me].wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Parks `me` at a checkpoint cut of `kind` (depositing `state` for a restore) and waits
+    /// until the cut is complete. Call in turn order for a save cut.
+    fn park<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        me: usize,
+        kind: CutKind,
+        state: Option<StateDict>,
+    ) -> Result<MutexGuard<'a, State>> {
+        match &mut st.cut {
+            Some((k, _)) if *k != kind => {
+                let message = format!(
+                    "worker {me} arrived at a checkpoint cut of another kind ({kind:?} / {k:?})"
+                );
+                drop(st);
+                self.abort(me, &message);
+                return Err(Error::Transport(message));
+            }
+            Some((_, deposit)) => {
+                if state.is_some() {
+                    *deposit = state;
+                }
+            }
+            None => st.cut = Some((kind, state)),
+        }
+        st.status[me] = Status::Parked;
+        self.complete_cut(&mut st, me)?;
+        loop {
+            if let Some(e) = st.abort_error() {
+                return Err(e);
+            }
+            if st.status[me] != Status::Parked {
+                return Ok(st);
+            }
+            st = self.wake[me].wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// When every running worker has parked: takes or restores the engine state and lets
+    /// everyone go on. Otherwise passes the turn on (parking left the turn order).
+    fn complete_cut(&self, st: &mut State, me: usize) -> Result<()> {
+        let everyone = st
+            .status
+            .iter()
+            .all(|s| matches!(s, Status::Parked | Status::Done));
+        if !everyone || st.cut.is_none() {
+            self.after_change(st, &[]);
+            return Ok(());
+        }
+        let (kind, deposit) = st.cut.take().expect("checked above");
+        let outcome = match kind {
+            CutKind::Save => st.snapshot().map(|s| st.cut_state = Some(s)),
+            CutKind::Restore => deposit.map_or(Ok(()), |d| st.restore(&d)),
+        };
+        if let Err(e) = outcome {
+            st.aborted = Some((Some(me), e.to_string()));
+            self.wake.iter().for_each(Condvar::notify_all);
+            return Err(e);
+        }
+        for s in st.status.iter_mut() {
+            if *s == Status::Parked {
+                *s = Status::Active;
+            }
+        }
+        self.wake.iter().for_each(Condvar::notify_all);
+        Ok(())
     }
 
     /// Marks `me` blocked on `what` and waits until another worker wakes it.
@@ -317,6 +541,9 @@ impl SimWorld {
             trace: Trace::new(cluster.trace_events, n),
             counters: [0; COUNTERS],
             server: ParameterServer::default(),
+            cut: None,
+            cut_state: None,
+            serving: vec![false; n],
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -426,6 +653,10 @@ impl Drop for SimComm {
                         woken.push(w);
                     }
                 }
+            }
+            // The others may all be waiting at a checkpoint cut for this worker.
+            if st.cut.is_some() && self.shared.complete_cut(&mut st, me).is_err() {
+                return;
             }
             self.shared.after_change(&mut st, &woken);
         }
@@ -1031,6 +1262,55 @@ impl Communicator for SimComm {
             .filter(|m| m.group == self.group && m.tag == tag && m.arrival <= now)
             .min_by(|a, b| a.arrival.total_cmp(&b.arrival).then(a.src.cmp(&b.src)))
             .map(|m| (m.src, m.data.len())))
+    }
+
+    fn checkpoint_cut(
+        &mut self,
+        mut serve: Option<&mut dyn FnMut(&mut dyn Communicator) -> Result<()>>,
+    ) -> Result<Option<StateDict>> {
+        if !self.is_world {
+            return Err(Error::Transport(
+                "a checkpoint cut is taken on the world communicator".into(),
+            ));
+        }
+        let me = self.me();
+        loop {
+            // In turn: whether a serving worker sees the others parked, and so the whole cut,
+            // follows virtual time, not the host's thread timing.
+            let st = self.state()?;
+            let mut st = self.shared.wait_turn(st, me)?;
+            st.serving[me] = serve.is_some();
+            // Serving workers wait for the others, not for each other (two passive AD-PSGD
+            // workers never send to one another).
+            let others_parked = st.status.iter().enumerate().all(|(j, s)| {
+                j == me || matches!(s, Status::Parked | Status::Done) || st.serving[j]
+            });
+            match serve.as_mut() {
+                Some(serve) if !others_parked => {
+                    drop(st);
+                    serve(self)?;
+                    self.pause()?;
+                }
+                _ => {
+                    st.serving[me] = false;
+                    let mut st = self.shared.park(st, me, CutKind::Save, None)?;
+                    return Ok(if me == 0 { st.cut_state.take() } else { None });
+                }
+            }
+        }
+    }
+
+    fn restore_cut(&mut self, state: &StateDict) -> Result<()> {
+        if !self.is_world {
+            return Err(Error::Transport(
+                "a checkpoint cut is restored on the world communicator".into(),
+            ));
+        }
+        let me = self.me();
+        let st = self.state()?;
+        let deposit = (!state.is_empty()).then(|| state.clone());
+        drop(self.shared.park(st, me, CutKind::Restore, deposit)?);
+        Ok(())
     }
 
     fn pause(&mut self) -> Result<()> {

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::asynchronous::{self, Staleness, DONE};
 use super::{Algorithm, AsyncSchedule, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, CounterOp, Tag};
@@ -195,6 +196,47 @@ impl Algorithm for AdPsgd {
 
     fn staleness(&mut self) -> Option<(f64, u64)> {
         self.staleness.take()
+    }
+
+    // Between two steps no exchange is in progress: an active worker has its reply, and a
+    // passive one answered what it received (see `serves_at_cut`).
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        let live: Vec<u64> = self.neighbours.iter().map(|&w| w as u64).collect();
+        state.put_u64s("neighbours", &live);
+        if let Some(rng) = &self.rng {
+            state.put_rng("rng", rng);
+        }
+        state.put_dict("history", self.history.save_state());
+        state.put_dict("staleness", self.staleness.save_state());
+        state.put_u64("exchanges", self.exchanges);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        let live = state.u64s("neighbours")?;
+        if live.iter().any(|&w| w as usize >= self.workers) {
+            return Err(Error::Checkpoint(
+                "ad-psgd: a neighbour is out of range".into(),
+            ));
+        }
+        self.neighbours = live.iter().map(|&w| w as usize).collect();
+        self.rng = if state.contains("rng") {
+            Some(state.rng("rng")?)
+        } else {
+            None
+        };
+        self.history.load_state(state.dict("history")?)?;
+        self.staleness.load_state(state.dict("staleness")?)?;
+        self.exchanges = state.u64("exchanges")?;
+        Ok(())
+    }
+
+    fn serves_at_cut(&self, rank: usize) -> bool {
+        !Self::active(rank)
+    }
+
+    fn serve_at_cut(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
+        self.serve(comm, params)
     }
 }
 

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::asynchronous::{Staleness, DONE};
 use super::easgd::EasgdConfig;
 use super::{Algorithm, AsyncSchedule, StepContext};
+use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, CounterOp};
@@ -156,6 +157,24 @@ impl Algorithm for AsyncEasgd {
 
     fn staleness(&mut self) -> Option<(f64, u64)> {
         self.staleness.take()
+    }
+
+    // Between two steps `pending` is false; the server's center is the transport's state.
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_f32s("center", &self.center);
+        state.put_f32s("delta", &self.delta);
+        state.put_u64s("last_version", &self.last_version.map_or(vec![], |v| vec![v]));
+        state.put_dict("staleness", self.staleness.save_state());
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        state.f32s_into("center", &mut self.center)?;
+        state.f32s_into("delta", &mut self.delta)?;
+        self.last_version = state.u64s("last_version")?.first().copied();
+        self.staleness.load_state(state.dict("staleness")?)?;
+        self.pending = false;
+        Ok(())
     }
 
     fn center(&self) -> Option<&[f32]> {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lsgd::{Lsgd, LsgdConfig};
 use super::{Algorithm, AsyncSchedule, StepContext};
+use crate::checkpoint::StateDict;
 use crate::transport::Communicator;
 use crate::Result;
 
@@ -72,6 +73,14 @@ impl Algorithm for AsyncLsgd {
     ) -> Result<()> {
         let global = (index + 1).is_multiple_of(self.inner.global_every());
         self.inner.leader_round(comm, params, metric, global)
+    }
+
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        self.inner.save_state(state)
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.inner.load_state(state)
     }
 
     fn leader(&self) -> Option<usize> {

@@ -20,8 +20,9 @@
 //! without the worker that sets it, so no ticket of round r_now + 2 exists yet and every
 //! worker agrees on where the run ends (no worker can be left waiting inside a round).
 
+use crate::checkpoint::StateDict;
 use crate::transport::{Communicator, CounterOp};
-use crate::Result;
+use crate::{Error, Result};
 
 /// The shared counter of tickets handed out.
 pub const WORK: usize = 0;
@@ -99,14 +100,19 @@ impl TicketPlan {
         }
     }
 
-    /// Takes the next ticket; `out_of_time` asks for the run to stop (see the module docs).
-    pub fn next(&self, comm: &mut dyn Communicator, out_of_time: bool) -> Result<Ticket> {
+    /// Takes the next ticket: its number and what it means. `out_of_time` asks for the run to
+    /// stop (see the module docs).
+    pub fn next(
+        &self,
+        comm: &mut dyn Communicator,
+        out_of_time: bool,
+    ) -> Result<(u64, Ticket)> {
         let ticket = comm.counter(WORK, CounterOp::Add(1))?;
         if out_of_time {
             comm.counter(STOP, CounterOp::SetMin(self.stop_request(ticket)))?;
         }
         let stop = comm.counter(STOP, CounterOp::Get)?;
-        Ok(self.decide(ticket, stop))
+        Ok((ticket, self.decide(ticket, stop)))
     }
 }
 
@@ -120,6 +126,27 @@ pub struct Staleness {
 }
 
 impl Staleness {
+    pub fn save_state(&self) -> StateDict {
+        let mut s = StateDict::new();
+        s.put_f64("sum", self.sum);
+        s.put_u64s("count_max", &[self.count, self.max]);
+        s
+    }
+
+    pub fn load_state(&mut self, s: &StateDict) -> Result<()> {
+        let &[count, max] = s.u64s("count_max")? else {
+            return Err(Error::Checkpoint(
+                "staleness: count_max must be two numbers".into(),
+            ));
+        };
+        *self = Self {
+            sum: s.f64("sum")?,
+            count,
+            max,
+        };
+        Ok(())
+    }
+
     pub fn record(&mut self, steps: u64) {
         self.sum += steps as f64;
         self.count += 1;
@@ -168,6 +195,24 @@ pub struct StepClock {
 impl StepClock {
     /// Enough history for any realistic staleness; older timestamps count from the oldest.
     const KEEP: usize = 4096;
+
+    pub fn save_state(&self) -> StateDict {
+        let mut s = StateDict::new();
+        s.put_f64s("times", &self.marks.iter().map(|m| m.0).collect::<Vec<_>>());
+        s.put_u64s("steps", &self.marks.iter().map(|m| m.1).collect::<Vec<_>>());
+        s
+    }
+
+    pub fn load_state(&mut self, s: &StateDict) -> Result<()> {
+        let (times, steps) = (s.f64s("times")?, s.u64s("steps")?);
+        if times.len() != steps.len() || times.len() > Self::KEEP {
+            return Err(Error::Checkpoint(
+                "step clock: times and steps differ in length".into(),
+            ));
+        }
+        self.marks = times.iter().copied().zip(steps.iter().copied()).collect();
+        Ok(())
+    }
 
     /// At time `time` the worker had done `steps` steps.
     pub fn record(&mut self, time: f64, steps: u64) {

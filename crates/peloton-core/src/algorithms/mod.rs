@@ -171,6 +171,17 @@ pub trait Algorithm: Send {
     fn staleness(&mut self) -> Option<(f64, u64)> {
         None
     }
+    /// Whether this worker must keep answering its peers while it waits at a checkpoint cut
+    /// for the others (a passive AD-PSGD worker: an active peer still in its step waits for
+    /// the reply). Such a worker's [`Algorithm::serve_at_cut`] is called until every other
+    /// worker has reached the cut.
+    fn serves_at_cut(&self, _rank: usize) -> bool {
+        false
+    }
+    /// Answers what peers sent so far (see [`Algorithm::serves_at_cut`]).
+    fn serve_at_cut(&mut self, _comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How the runner schedules an asynchronous algorithm.

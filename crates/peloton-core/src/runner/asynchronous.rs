@@ -19,18 +19,33 @@
 //! reproducible bit for bit; on threads the interleaving follows the OS scheduler and runs
 //! differ from one another (the same config and seed give statistically, not bitwise, equal
 //! results).
+//!
+//! **Checkpoints** (simulator only: on threads the interleaving, and so any cut, is not
+//! reproducible). There is no step at which asynchronous workers meet, so a checkpoint is a
+//! *cut* in ticket order ([`Cuts`]): checkpoint k falls at ticket T_k, the ticket of global
+//! step k·every·N, rounded up to the start of a round cycle for algorithms with rounds (so
+//! every started round completes before anyone waits). The worker that draws a step ticket
+//! ≥ T_k keeps it and waits at the cut ([`Communicator::checkpoint_cut`]); so does every other
+//! worker at its next ticket, after finishing the step (or round) it is in. A passive AD-PSGD
+//! worker keeps answering requests while it waits, since an active peer may still be inside
+//! its exchange. Once every worker waits, nothing is in flight: each writes its state (the
+//! held ticket included) and world rank 0 adds the simulator's (clocks, queues, counters,
+//! the parameter server). Waiting costs no virtual time, but operations just after the cut
+//! can be ordered differently from a run without checkpoints, so a run with checkpoints is
+//! reproducible bit for bit — resumed or not — yet not bit-identical to one without.
 
 use std::collections::BTreeMap;
 
 use super::{
-    DiagnosticTraffic, EvalModel, EvalRecord, Event, Prepared, RunConfig, WorkerOutcome,
-    WorkerRecord,
+    CheckpointParts, DiagnosticTraffic, EvalModel, EvalRecord, Event, Prepared, RunConfig,
+    WorkerOutcome, WorkerRecord,
 };
 use crate::algorithms::asynchronous::{Ticket, TicketPlan, DONE};
 use crate::algorithms::leader::{elect, LossWindow};
 use crate::algorithms::{Algorithm, AsyncSchedule};
+use crate::checkpoint::{self, Identity, StateDict};
 use crate::learner::{LearnerContext, LearnerFactory};
-use crate::transport::{Communicator, CounterOp};
+use crate::transport::{Communicator, CommunicatorExt, CounterOp};
 use crate::{Error, Result};
 
 /// One worker's whole asynchronous run (after the shared preparation).
@@ -49,7 +64,7 @@ pub(super) fn run_async_worker(
         state_len,
         mut shared_state,
         mut diag,
-        layout_fingerprint: _,
+        layout_fingerprint,
     } = prepared;
     let rank = comm.rank();
     let n = comm.size() as u64;
@@ -74,10 +89,88 @@ pub(super) fn run_async_worker(
     };
     let mut stopped_at = None;
     let mut final_evals = Vec::new();
+    let identity = config.checkpoint.as_ref().map(|c| Identity {
+        rank: rank as u64,
+        workers: n,
+        config: c.fingerprint,
+        layout: layout_fingerprint,
+        algorithm: config.algorithm.name().to_string(),
+    });
+    let mut cuts = config
+        .checkpoint
+        .as_ref()
+        .map(|c| Cuts::new(plan, c.every, total_steps));
+    // A ticket drawn at a checkpoint cut, kept across it (and across a resume).
+    let mut held: Option<u64> = None;
+    if let (Some(c), Some(identity), Some(cuts)) = (&config.checkpoint, &identity, &mut cuts) {
+        if let Some(at) = c.resume {
+            let saved = checkpoint::load(&c.worker_file(at, rank))?;
+            saved.check(identity, at)?;
+            let r = &saved.runner;
+            r.f32s_into("params", &mut params)?;
+            losses = r.f64s("losses")?.to_vec();
+            window.load_state(r.dict("window")?)?;
+            r.f32s_into("shared_state", &mut shared_state)?;
+            progress.load_state(r.dict("progress")?)?;
+            held = Some(r.u64("held_ticket")?);
+            cuts.next = r.u64("next_cut")?;
+            optimizer.load_state(&saved.optimizer)?;
+            learner.load_state(&saved.learner)?;
+            algorithm
+                .load_state(&saved.algorithm)
+                .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
+            diag.run(comm, |c| c.agree("the checkpoint step to resume", at))?;
+            // Clocks, counters, the parameter server: as they were at the cut.
+            comm.restore_cut(&saved.transport)?;
+            // After the agreement above: the restored totals do not hold its traffic.
+            diag.0 = super::stats_from(r.u64s("diagnostic_traffic")?)?;
+        }
+    }
 
     loop {
         let out_of_time = config.time_budget.is_some_and(|b| clock(comm) >= b);
-        let global = match plan.next(comm, out_of_time)? {
+        let (number, ticket) = match held.take() {
+            // Time budgets are refused with checkpoints, so no stop was requested.
+            Some(number) => (number, plan.decide(number, 0)),
+            None => plan.next(comm, out_of_time)?,
+        };
+        if let (Some(cuts), Some(identity), Ticket::Step { .. }) = (&mut cuts, &identity, ticket) {
+            if cuts.due(number) {
+                let label = cuts.label();
+                cuts.advance();
+                // Wait for everyone (a passive AD-PSGD worker answering its peers meanwhile),
+                // then write this worker's state with the ticket it holds.
+                let transport = if algorithm.serves_at_cut(rank) {
+                    let mut serve = |c: &mut dyn Communicator| algorithm.serve_at_cut(c, &mut params);
+                    comm.checkpoint_cut(Some(&mut serve))?
+                } else {
+                    comm.checkpoint_cut(None)?
+                };
+                let mut runner = StateDict::new();
+                runner.put_f32s("params", &params);
+                runner.put_f64s("losses", &losses);
+                runner.put_dict("window", window.save_state());
+                runner.put_f32s("shared_state", &shared_state);
+                runner.put_dict("progress", progress.save_state());
+                runner.put_u64("held_ticket", number);
+                runner.put_u64("next_cut", cuts.next);
+                runner.put_u64s("diagnostic_traffic", &super::stats_to(diag.0));
+                super::write_checkpoint(
+                    config,
+                    identity,
+                    label,
+                    emit,
+                    CheckpointParts {
+                        runner,
+                        optimizer: &optimizer,
+                        learner: learner.as_mut(),
+                        algorithm: algorithm.as_ref(),
+                        transport: transport.unwrap_or_default(),
+                    },
+                )?;
+            }
+        }
+        let global = match ticket {
             Ticket::Stop => break,
             Ticket::Round { index } => {
                 algorithm.round(comm, &mut params, index, window.mean())?;
@@ -211,6 +304,30 @@ struct Progress {
 }
 
 impl Progress {
+    fn save_state(&self) -> StateDict {
+        let mut s = StateDict::new();
+        s.put_u64s(
+            "counts",
+            &[self.step, self.work, self.interval_count, self.logged_at],
+        );
+        s.put_f64("interval_sum", self.interval_sum);
+        s.put_f64("lr", f64::from(self.lr));
+        s
+    }
+
+    fn load_state(&mut self, s: &StateDict) -> Result<()> {
+        let &[step, work, interval_count, logged_at] = s.u64s("counts")? else {
+            return Err(Error::Checkpoint(
+                "progress: counts must be four numbers".into(),
+            ));
+        };
+        (self.step, self.work, self.interval_count, self.logged_at) =
+            (step, work, interval_count, logged_at);
+        self.interval_sum = s.f64("interval_sum")?;
+        self.lr = s.f64("lr")? as f32;
+        Ok(())
+    }
+
     fn add_loss(&mut self, loss: f64) {
         self.interval_sum += loss;
         self.interval_count += 1;
@@ -248,6 +365,75 @@ impl Progress {
         };
         (self.interval_sum, self.interval_count, self.logged_at) = (0.0, 0, self.step);
         record
+    }
+}
+
+/// Where an asynchronous run's checkpoint cuts fall, in tickets (see the module docs).
+struct Cuts {
+    plan: TicketPlan,
+    /// Global steps between two cuts (`every × N`).
+    every_global: u64,
+    every: u64,
+    /// The first ticket that is not a step or round ticket (the budget's end).
+    end: Option<u64>,
+    /// The next cut (1, 2, …).
+    next: u64,
+}
+
+impl Cuts {
+    fn new(plan: TicketPlan, every: u64, total_steps: Option<u64>) -> Self {
+        let end = total_steps.map(|s| {
+            let budget = s.saturating_mul(plan.workers);
+            match plan.round_steps {
+                Some(r) => budget.div_ceil(r).saturating_mul(r + plan.workers),
+                None => budget,
+            }
+        });
+        Self {
+            plan,
+            every_global: every.saturating_mul(plan.workers),
+            every,
+            end,
+            next: 1,
+        }
+    }
+
+    /// The ticket of cut `k`: global step k·every·N, rounded up to a cycle's start with rounds
+    /// (its first N tickets are then step tickets: everyone draws one and waits, and no round
+    /// is left half-entered).
+    fn ticket(&self, k: u64) -> u64 {
+        let global = k.saturating_mul(self.every_global);
+        match self.plan.round_steps {
+            Some(r) => global
+                .div_ceil(r)
+                .saturating_mul(r.saturating_add(self.plan.workers)),
+            None => global,
+        }
+    }
+
+    /// Whether drawing ticket `number` reaches the next cut. A cut so close to the end that
+    /// the N tickets drawn at it would include a stop is skipped: a worker that leaves could
+    /// not wait at it.
+    fn due(&self, number: u64) -> bool {
+        let at = self.ticket(self.next);
+        number >= at
+            && self
+                .end
+                .is_some_and(|end| at.saturating_add(self.plan.workers) <= end)
+    }
+
+    /// The checkpoint's step label: cut k is "step k·every" (every worker's average).
+    fn label(&self) -> u64 {
+        self.next.saturating_mul(self.every)
+    }
+
+    /// Moves past the cut just taken (and past later cuts at the same ticket).
+    fn advance(&mut self) {
+        let at = self.ticket(self.next);
+        self.next += 1;
+        while self.ticket(self.next) <= at {
+            self.next += 1;
+        }
     }
 }
 
@@ -354,10 +540,17 @@ fn average<'a>(vectors: impl Iterator<Item = &'a [f32]>) -> Vec<f32> {
 /// counts, so there is no common step to wait for. An event is released once every worker has
 /// reported a later time, so the stream is in time order; on the simulator (virtual time) it
 /// is identical from run to run.
+///
+/// A checkpoint cut splits the stream: every event before it is sent before any worker's
+/// `Checkpoint` (they were all waiting at the cut), so the first `Checkpoint` releases
+/// everything pending, and nothing more is released until the last worker's `Checkpoint` is
+/// passed on: the committed metrics then end exactly at the cut, where a resumed run goes on.
 pub(super) struct TimeOrder {
     latest: Vec<f64>,
     pending: BTreeMap<(u64, usize, u64), Event>,
     sequence: u64,
+    /// Workers that wrote their file of the checkpoint in progress.
+    checkpoints: usize,
 }
 
 impl TimeOrder {
@@ -366,15 +559,31 @@ impl TimeOrder {
             latest: vec![0.0; workers],
             pending: BTreeMap::new(),
             sequence: 0,
+            checkpoints: 0,
         }
     }
 
     pub(super) fn push(&mut self, event: Event, out: &mut dyn FnMut(&Event)) {
         let (seconds, worker) = match &event {
-            // Asynchronous runs take no checkpoints (RunConfig::validate refuses them).
-            Event::Started { .. } | Event::Checkpoint { .. } | Event::Diverged { .. } => {
-                return out(&event)
+            Event::Checkpoint { step, .. } => {
+                if self.checkpoints == 0 {
+                    std::mem::take(&mut self.pending)
+                        .into_values()
+                        .for_each(|e| out(&e));
+                }
+                self.checkpoints += 1;
+                if self.checkpoints == self.latest.len() {
+                    self.checkpoints = 0;
+                    out(&Event::Checkpoint {
+                        step: *step,
+                        worker: 0,
+                    });
+                    self.release(out);
+                }
+                return;
             }
+            // Asynchronous runs never reset diverged workers (RunConfig::validate).
+            Event::Started { .. } | Event::Diverged { .. } => return out(&event),
             Event::Worker(r) => (r.seconds, r.worker),
             Event::Eval(e) => (e.seconds, e.worker.unwrap_or(0)),
         };
@@ -385,9 +594,18 @@ impl TimeOrder {
         let key = (seconds.max(0.0).to_bits(), worker, self.sequence);
         self.sequence += 1;
         self.pending.insert(key, event);
+        if self.checkpoints == 0 {
+            self.release(out);
+        }
+    }
+
+    /// Passes on the events every worker has reported a *later* time than: any event still
+    /// to come has a time at least its worker's latest, so it sorts after them whatever the
+    /// order in which the workers' threads delivered theirs (a tie would not).
+    fn release(&mut self, out: &mut dyn FnMut(&Event)) {
         let watermark = self.latest.iter().copied().fold(f64::INFINITY, f64::min);
         while let Some(entry) = self.pending.first_entry() {
-            if f64::from_bits(entry.key().0) > watermark {
+            if f64::from_bits(entry.key().0) >= watermark {
                 break;
             }
             out(&entry.remove());

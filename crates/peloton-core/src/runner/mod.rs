@@ -170,8 +170,10 @@ impl RunConfig {
         if let Some(c) = &self.checkpoint {
             ensure_config!(c.every >= 1, "checkpoint.every must be at least 1 step");
             ensure_config!(
-                !self.algorithm.is_async(),
-                "checkpoints of asynchronous algorithms ({}) are not supported yet; use a synchronous algorithm or turn checkpoints off",
+                !self.algorithm.is_async()
+                    || (self.time_budget.is_none()
+                        && (self.steps.is_some() || self.epochs.is_some())),
+                "checkpoints of an asynchronous run ({}) need a steps or epochs budget without time_budget: its cuts are placed by the work budget",
                 self.algorithm.name()
             );
         }
@@ -372,8 +374,6 @@ pub fn run_worker(
             window.load_state(r.dict("window")?)?;
             r.f32s_into("shared_state", &mut shared_state)?;
             clock_offset = r.f64("seconds")?;
-            diag.0 = stats_from(r.u64s("diagnostic_traffic")?)?;
-            traffic.resume(comm.stats(), stats_from(r.u64s("traffic")?)?);
             optimizer.load_state(&saved.optimizer)?;
             learner.load_state(&saved.learner)?;
             algorithm
@@ -381,6 +381,11 @@ pub fn run_worker(
                 .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
             // Every worker restored the same step, or the run would mix two cuts.
             diag.run(comm, |c| c.agree("the checkpoint step to resume", at))?;
+            // The simulator's clocks, queues and counters, as they were at the cut.
+            comm.restore_cut(&saved.transport)?;
+            traffic.resume(comm.stats(), stats_from(r.u64s("traffic")?)?);
+            // After the agreement above, whose traffic the checkpoint's totals do not hold.
+            diag.0 = stats_from(r.u64s("diagnostic_traffic")?)?;
         }
     }
     // Virtual time on the simulator, wall-clock time elsewhere.
@@ -714,10 +719,11 @@ fn save_checkpoint(
     emit: &(dyn Fn(Event) + Sync),
     state: WorkerState<'_>,
 ) -> Result<()> {
-    let (Some(c), Some(identity)) = (&config.checkpoint, identity) else {
+    let Some(identity) = identity else {
         return Ok(());
     };
     state.algorithm.drain(comm, state.params)?;
+    let transport = comm.checkpoint_cut(None)?.unwrap_or_default();
     let mut runner = StateDict::new();
     runner.put_f32s("params", state.params);
     runner.put_f64s("losses", state.losses);
@@ -729,21 +735,58 @@ fn save_checkpoint(
     runner.put_u64s("diagnostic_traffic", &stats_to(state.diag.0));
     // After the drain: its messages are part of the traffic so far.
     runner.put_u64s("traffic", &stats_to(state.traffic.total(comm.stats())));
+    write_checkpoint(
+        config,
+        identity,
+        step,
+        emit,
+        CheckpointParts {
+            runner,
+            optimizer: state.optimizer,
+            learner: state.learner,
+            algorithm: state.algorithm,
+            transport,
+        },
+    )
+}
+
+/// What a worker's checkpoint file holds besides its identity.
+pub(crate) struct CheckpointParts<'a> {
+    /// The runner's own state (parameters, losses, counters).
+    pub runner: StateDict,
+    pub optimizer: &'a crate::optim::Sgd,
+    pub learner: &'a mut dyn crate::learner::Learner,
+    pub algorithm: &'a dyn crate::algorithms::Algorithm,
+    /// The transport's state at the cut (world rank 0's file; empty elsewhere).
+    pub transport: StateDict,
+}
+
+/// Writes this worker's file of the checkpoint at `step` (atomically) and tells the caller.
+pub(crate) fn write_checkpoint(
+    config: &RunConfig,
+    identity: &Identity,
+    step: u64,
+    emit: &(dyn Fn(Event) + Sync),
+    parts: CheckpointParts<'_>,
+) -> Result<()> {
+    let Some(c) = &config.checkpoint else {
+        return Ok(());
+    };
     let mut algorithm = StateDict::new();
-    state
+    parts
         .algorithm
         .save_state(&mut algorithm)
         .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
     let mut learner = StateDict::new();
-    state.learner.save_state(&mut learner)?;
+    parts.learner.save_state(&mut learner)?;
     let file = WorkerCheckpoint {
         identity: identity.clone(),
         step,
-        runner,
-        optimizer: state.optimizer.save_state(),
+        runner: parts.runner,
+        optimizer: parts.optimizer.save_state(),
         algorithm,
         learner,
-        transport: StateDict::new(),
+        transport: parts.transport,
     };
     checkpoint::save(&c.worker_file(step, identity.rank as usize), &file)?;
     emit(Event::Checkpoint {
@@ -1060,6 +1103,11 @@ pub fn run_threads_with_faults(
         f.validate(config.workers)
             .map_err(|e| Error::Config(format!("transport.faults: {e}")))?;
     }
+    ensure_config!(
+        config.checkpoint.is_none() || !config.algorithm.is_async(),
+        "checkpoints of asynchronous algorithms ({}) need the simulator: on threads the workers' interleaving, and so any cut of it, cannot be reproduced",
+        config.algorithm.name()
+    );
     let watchdog = config.watchdog.map(std::time::Duration::from_secs_f64);
     run_with(config, factory, on_event, &|work| {
         threads::run_workers_with_options(config.workers, faults, watchdog, |comm| work(comm))

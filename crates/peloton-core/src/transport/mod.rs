@@ -26,6 +26,7 @@
 
 pub mod threads;
 
+use crate::checkpoint::StateDict;
 use crate::{Error, Result};
 
 /// Message tag for point-to-point operations.
@@ -187,6 +188,41 @@ pub trait Communicator: Send {
         Err(unsupported("any-source polling"))
     }
 
+    // ---- Checkpoints of the transport's own state -----------------------------------------
+    //
+    // A transport whose state decides the rest of the run (the simulator: virtual clocks, link
+    // queues, shared counters, the parameter server, messages in flight) takes part in
+    // checkpoints. Real transports have nothing of their own to save: the defaults return at
+    // once.
+
+    /// Waits at a consistent cut of the whole run: returns once every worker still running
+    /// has called it, with the transport's state at that moment for world rank 0 (`None` for
+    /// the others, and on transports with no state of their own). No virtual time passes
+    /// while a worker waits. `serve` is called, with time passing, while *other* workers have
+    /// still to arrive, for a worker that must keep answering its peers until they reach the
+    /// cut (a passive AD-PSGD worker); with `None` the worker simply waits. Called on the
+    /// world communicator, by every worker, the same number of times.
+    fn checkpoint_cut(
+        &mut self,
+        _serve: Option<&mut dyn FnMut(&mut dyn Communicator) -> Result<()>>,
+    ) -> Result<Option<StateDict>> {
+        Ok(None)
+    }
+
+    /// A resumed run: puts back the transport state one worker's checkpoint holds (world
+    /// rank 0 passes what [`Communicator::checkpoint_cut`] returned, the others an empty
+    /// state). Every worker calls it, after its own preparation and before its first step;
+    /// it returns once every worker did.
+    fn restore_cut(&mut self, state: &StateDict) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Checkpoint(
+                "the checkpoint holds a simulator's state (clocks, queues, counters); resume it on the simulator".into(),
+            ))
+        }
+    }
+
     /// Nothing to do until a peer acts: lets a little time pass (the simulator advances this
     /// worker's clock by its poll interval; real transports yield the CPU briefly). Called by
     /// polling loops so that they make progress in virtual time.
@@ -318,6 +354,39 @@ impl ParameterServer {
     /// The shard ranges (empty before `init`).
     pub fn ranges(&self) -> &[std::ops::Range<usize>] {
         self.server.as_ref().map_or(&[], |s| &s.ranges)
+    }
+
+    /// The server's whole state, for a checkpoint (empty before `init`).
+    pub fn save_state(&self) -> StateDict {
+        let mut state = StateDict::new();
+        if let Some(s) = &self.server {
+            state.put_u64("shards", s.ranges.len() as u64);
+            state.put_f32s("values", &s.values);
+            state.put_u64("version", s.version);
+        }
+        state
+    }
+
+    /// Restores what [`ParameterServer::save_state`] saved.
+    pub fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        if state.is_empty() {
+            self.server = None;
+            return Ok(());
+        }
+        let values = state.f32s("values")?.to_vec();
+        let shards = state.usize("shards")?;
+        if shards == 0 || shards > values.len().max(1) {
+            return Err(Error::Checkpoint(format!(
+                "parameter server: {shards} shards for {} values",
+                values.len()
+            )));
+        }
+        self.server = Some(ServerVector {
+            ranges: shard_ranges(values.len(), shards),
+            values,
+            version: state.u64("version")?,
+        });
+        Ok(())
     }
 }
 
