@@ -139,6 +139,77 @@ fn every_synchronous_algorithm_resumes_exactly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every asynchronous algorithm on the simulator, and synchronous ones whose messages or
+/// clocks the simulator carries across the cut, resume exactly: parameters, every metrics
+/// line including its virtual time, and the simulator's report.
+#[test]
+fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
+    let dir = scratch("sim-algorithms");
+    let cases: &[(&str, &[&str])] = &[
+        ("async-easgd", &["algorithm.servers=2"]),
+        (
+            "async-eamsgd",
+            &["optimizer.momentum=0.9", "optimizer.nesterov=true"],
+        ),
+        ("ad-psgd", &[]),
+        ("async-lsgd", &["algorithm.tau=3"]),
+        ("async-lsgd", &["algorithm.group_size=2", "algorithm.tau_global=8"]),
+        ("all-reduce", &["optimizer.momentum=0.9"]),
+        ("lsgd", &["algorithm.group_size=2"]),
+        ("sgp", &["algorithm.overlap=true", "algorithm.staleness=2"]),
+        ("d-psgd", &[]),
+    ];
+    for (i, (algorithm, settings)) in cases.iter().enumerate() {
+        let source = dir.join(format!("{i}-{algorithm}"));
+        let mut args = strings(&[
+            "train",
+            "--problem",
+            "softmax",
+            "--workers",
+            "4",
+            "--steps",
+            "57",
+            "--transport",
+            "sim",
+            "--set",
+            "transport.cluster.workers_per_node=2",
+            "--set",
+            "transport.cluster.compute.sigma=0.5",
+            "--set",
+            "log_every=5",
+            "--eval-every",
+            "20",
+            "--quiet",
+            "--set",
+            "checkpoint.every=7",
+            "--algorithm",
+            algorithm,
+            "--out",
+        ]);
+        args.push(source.display().to_string());
+        for s in settings.iter() {
+            args.push("--set".into());
+            args.push(s.to_string());
+        }
+        ok(&args);
+        let copy = dir.join(format!("{i}-{algorithm}-resumed"));
+        resume_last_checkpoint_matches(&source, &copy);
+        // Virtual times too, and the simulator's totals (the trace restarts at a resume).
+        let raw = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        assert_eq!(raw(&source), raw(&copy), "{algorithm}: virtual times differ");
+        let report = |run: &Path| {
+            let text = std::fs::read_to_string(run.join("sim.json")).unwrap();
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            for key in ["wall_seconds", "events_per_second", "trace_events"] {
+                v.as_object_mut().unwrap().remove(key);
+            }
+            v
+        };
+        assert_eq!(report(&source), report(&copy), "{algorithm}: sim.json differs");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_network_with_batch_norm_and_momentum_resumes_exactly() {
     let dir = scratch("network");
@@ -173,17 +244,48 @@ fn a_network_with_batch_norm_and_momentum_resumes_exactly() {
 }
 
 /// The acceptance test: SIGKILL at 20 random points of a run, resuming each time; the end is
-/// the uninterrupted run's, bit for bit.
+/// the uninterrupted run's, bit for bit (threads transport, a synchronous algorithm).
 #[test]
 fn killed_twenty_times_and_resumed_ends_bit_for_bit_like_the_uninterrupted_run() {
-    let dir = scratch("sigkill");
+    killed_twenty_times_and_resumed(
+        "sigkill",
+        &[
+            "--algorithm",
+            "lsgd",
+            "--set",
+            "optimizer.momentum=0.9",
+        ],
+    );
+}
+
+/// The same for an asynchronous algorithm on the simulator: the cuts, the simulator's clocks,
+/// queues and counters, and a passive AD-PSGD worker answering its peers at the cut.
+#[test]
+fn asynchronous_run_on_the_simulator_killed_twenty_times_ends_bit_for_bit() {
+    killed_twenty_times_and_resumed(
+        "sigkill-async",
+        &[
+            "--algorithm",
+            "ad-psgd",
+            "--transport",
+            "sim",
+            "--set",
+            "optimizer.momentum=0.9",
+            "--set",
+            "transport.cluster.compute.sigma=0.3",
+        ],
+    );
+}
+
+/// Runs a 4-worker, 3000-step softmax run with `settings` once straight through, then again
+/// killed with SIGKILL at 20 random points and resumed each time, and compares the two.
+fn killed_twenty_times_and_resumed(name: &str, settings: &[&str]) {
+    let dir = scratch(name);
     let run = |out: &Path| {
         let mut args = strings(&[
             "train",
             "--problem",
             "softmax",
-            "--algorithm",
-            "lsgd",
             "--workers",
             "4",
             "--steps",
@@ -193,10 +295,9 @@ fn killed_twenty_times_and_resumed_ends_bit_for_bit_like_the_uninterrupted_run()
             "--quiet",
             "--set",
             "checkpoint.every=10",
-            "--set",
-            "optimizer.momentum=0.9",
-            "--out",
         ]);
+        args.extend(strings(settings));
+        args.push("--out".into());
         args.push(out.display().to_string());
         args
     };
