@@ -111,6 +111,15 @@ impl ModelConfig {
             self.hidden.iter().all(|&h| h > 0),
             "model.hidden sizes must be positive"
         );
+        // Each layer's weights, from the widest input (CIFAR-10's 3·32·32) through the hidden
+        // sizes to 10 classes.
+        let widths: Vec<usize> = std::iter::once(3 * 32 * 32)
+            .chain(self.hidden.iter().copied())
+            .chain(std::iter::once(10))
+            .collect();
+        for pair in widths.windows(2) {
+            peloton_core::limits::ensure_values("a layer of model.hidden", pair)?;
+        }
         if let Some(t) = self.threads {
             ensure_config!(t >= 1, "model.threads must be at least 1");
         }

@@ -313,8 +313,7 @@ impl ExperimentConfig {
                     "checkpoint.every: checkpoints are supported on the threads transport and the simulator, not on mpi yet"
                 );
             }
-            if self.algorithm.is_async() && !matches!(self.transport, TransportConfig::Sim { .. })
-            {
+            if self.algorithm.is_async() && !matches!(self.transport, TransportConfig::Sim { .. }) {
                 bail!(
                     "checkpoint.every: checkpoints of asynchronous algorithms ({}) need the simulator (transport.kind = \"sim\"): on threads the workers' interleaving cannot be reproduced",
                     self.algorithm.name()

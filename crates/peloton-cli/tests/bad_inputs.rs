@@ -279,6 +279,20 @@ fn catalog() -> Vec<Row> {
         row("time budget negative", &quad(&["--set", "time_budget=-1.0"]), "time_budget must be a positive number of seconds, got -1"),
         row("log_every zero", &quad(&["--set", "log_every=0"]), "log_every must be at least 1"),
         row("leader_window zero", &quad(&["--set", "leader_window=0"]), "leader_window must be at least 1"),
+        // Sizes no worker can hold: refused in validation, not by a worker's allocation.
+        row("leader_window beyond memory", &quad(&["--set", "leader_window=1000000000000"]), "more losses than a worker keeps"),
+        row("quadratic dim beyond memory", &quad(&["--set", "problem.dim=10000000000000"]), "problem.dim = 10000000000000 values is more than a worker can hold"),
+        row(
+            "softmax dataset beyond memory",
+            &train(&["--problem", "softmax", "--set", "problem.train_samples=4000000000", "--set", "problem.features=4000000000"], &[]),
+            "problem.train_samples × problem.features = 4000000000 × 4000000000 values",
+        ),
+        row(
+            "matrix completion beyond memory",
+            &train(&["--problem", "matrix-completion", "--set", "problem.d=100000"], &[("--steps", "2")]),
+            "problem.d × problem.d = 100000 × 100000 values",
+        ),
+        row("MLP layer beyond memory", &on_mnist("mnist", &["--set", "model.hidden=[100000000000]"]), "a layer of model.hidden = 3072 × 100000000000 values"),
         row("center without a center", &quad(&["--eval-model", "center"]), "eval.model = \"center\" needs an algorithm with a center"),
         row("batch size zero", &on_mnist("mnist", &["--batch-size", "0"]), "data.batch_size must be at least 1"),
         row("dirichlet alpha zero", &on_mnist("mnist", &["--set", "data.partition.kind=dirichlet", "--set", "data.partition.alpha=0"]), "data.partition.alpha must be positive, got 0"),

@@ -153,7 +153,10 @@ fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
         ),
         ("ad-psgd", &[]),
         ("async-lsgd", &["algorithm.tau=3"]),
-        ("async-lsgd", &["algorithm.group_size=2", "algorithm.tau_global=8"]),
+        (
+            "async-lsgd",
+            &["algorithm.group_size=2", "algorithm.tau_global=8"],
+        ),
         ("all-reduce", &["optimizer.momentum=0.9"]),
         ("lsgd", &["algorithm.group_size=2"]),
         ("sgp", &["algorithm.overlap=true", "algorithm.staleness=2"]),
@@ -196,7 +199,11 @@ fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
         resume_last_checkpoint_matches(&source, &copy);
         // Virtual times too, and the simulator's totals (the trace restarts at a resume).
         let raw = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-        assert_eq!(raw(&source), raw(&copy), "{algorithm}: virtual times differ");
+        assert_eq!(
+            raw(&source),
+            raw(&copy),
+            "{algorithm}: virtual times differ"
+        );
         let report = |run: &Path| {
             let text = std::fs::read_to_string(run.join("sim.json")).unwrap();
             let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -205,7 +212,11 @@ fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
             }
             v
         };
-        assert_eq!(report(&source), report(&copy), "{algorithm}: sim.json differs");
+        assert_eq!(
+            report(&source),
+            report(&copy),
+            "{algorithm}: sim.json differs"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -249,12 +260,7 @@ fn a_network_with_batch_norm_and_momentum_resumes_exactly() {
 fn killed_twenty_times_and_resumed_ends_bit_for_bit_like_the_uninterrupted_run() {
     killed_twenty_times_and_resumed(
         "sigkill",
-        &[
-            "--algorithm",
-            "lsgd",
-            "--set",
-            "optimizer.momentum=0.9",
-        ],
+        &["--algorithm", "lsgd", "--set", "optimizer.momentum=0.9"],
     );
 }
 

@@ -21,6 +21,7 @@ mod error;
 pub mod kernels;
 pub mod layout;
 pub mod learner;
+pub mod limits;
 pub mod optim;
 pub mod runner;
 pub mod seed;

@@ -56,6 +56,8 @@ struct Entry {
 impl MatrixCompletionConfig {
     pub fn validate(&self) -> Result<()> {
         ensure_config!(self.d >= 1, "problem.d must be at least 1");
+        // Every entry of the upper triangle is visited to draw the observed ones.
+        peloton_core::limits::ensure_values("problem.d × problem.d", &[self.d, self.d])?;
         ensure_config!(
             self.rank >= 1 && self.rank <= self.d,
             "problem.rank must be in 1..=d"

@@ -43,6 +43,7 @@ impl Default for QuadraticConfig {
 impl QuadraticConfig {
     pub fn validate(&self) -> Result<()> {
         ensure_config!(self.dim >= 1, "problem.dim must be at least 1");
+        peloton_core::limits::ensure_values("problem.dim", &[self.dim])?;
         ensure_config!(
             self.condition >= 1.0,
             "problem.condition must be ≥ 1, got {}",

@@ -9,6 +9,7 @@
 use peloton_core::checkpoint::StateDict;
 use peloton_core::layout::ParamLayout;
 use peloton_core::learner::{Evaluation, Learner, LearnerContext};
+use peloton_core::limits::ensure_values;
 use peloton_core::{ensure_config, seed, Result};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -66,6 +67,18 @@ impl SoftmaxConfig {
             self.test_samples >= 1,
             "problem.test_samples must be at least 1"
         );
+        ensure_values(
+            "problem.train_samples × problem.features",
+            &[self.train_samples, self.features],
+        )?;
+        ensure_values(
+            "problem.test_samples × problem.features",
+            &[self.test_samples, self.features],
+        )?;
+        ensure_values(
+            "problem.classes × problem.features (the model)",
+            &[self.classes, self.features],
+        )?;
         ensure_config!(
             self.l2.is_finite() && self.l2 >= 0.0,
             "problem.l2 must be ≥ 0"

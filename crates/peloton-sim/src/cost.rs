@@ -98,8 +98,7 @@ impl Nics {
 
     /// Restores what [`Nics::busy_until`] returned; the node count must match.
     pub fn set_busy_until(&mut self, outbound: &[f64], inbound: &[f64]) -> bool {
-        if outbound.len() != self.outbound_free.len() || inbound.len() != self.inbound_free.len()
-        {
+        if outbound.len() != self.outbound_free.len() || inbound.len() != self.inbound_free.len() {
             return false;
         }
         self.outbound_free.copy_from_slice(outbound);

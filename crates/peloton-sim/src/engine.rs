@@ -211,10 +211,7 @@ impl State {
             })
             .collect();
         // Only parked (and finished) workers: a cut about to complete, not a deadlock.
-        let blocked = self
-            .status
-            .iter()
-            .any(|s| matches!(s, Status::Blocked(_)));
+        let blocked = self.status.iter().any(|s| matches!(s, Status::Blocked(_)));
         blocked.then(|| format!("deadlock in the simulated run: {}", waits.join("; ")))
     }
 
@@ -232,7 +229,8 @@ impl State {
         let (outbound, inbound) = self.nics.busy_until();
         s.put_f64s("nic_outbound", outbound);
         s.put_f64s("nic_inbound", inbound);
-        let column = |f: fn(&WorkerTotals) -> f64| -> Vec<f64> { self.totals.iter().map(f).collect() };
+        let column =
+            |f: fn(&WorkerTotals) -> f64| -> Vec<f64> { self.totals.iter().map(f).collect() };
         s.put_f64s("compute_seconds", &column(|t| t.compute_seconds));
         s.put_f64s("communicate_seconds", &column(|t| t.communicate_seconds));
         s.put_f64s("blocked_seconds", &column(|t| t.blocked_seconds));
@@ -1169,6 +1167,17 @@ impl Communicator for SimComm {
 
     fn now(&self) -> Option<f64> {
         Some(lock(&self.shared.state).clock[self.world_rank])
+    }
+
+    fn stopped_by_fault(&self) -> Option<f64> {
+        let me = self.me();
+        let now = lock(&self.shared.state).clock[me];
+        self.shared
+            .cluster
+            .faults
+            .iter()
+            .any(|f| f.worker == me && f.kind == FaultKind::Stop && now >= f.at)
+            .then_some(now)
     }
 
     fn compute(&mut self, step: u64) -> Result<()> {

@@ -163,7 +163,10 @@ impl Algorithm for AsyncEasgd {
     fn save_state(&self, state: &mut StateDict) -> Result<()> {
         state.put_f32s("center", &self.center);
         state.put_f32s("delta", &self.delta);
-        state.put_u64s("last_version", &self.last_version.map_or(vec![], |v| vec![v]));
+        state.put_u64s(
+            "last_version",
+            &self.last_version.map_or(vec![], |v| vec![v]),
+        );
         state.put_dict("staleness", self.staleness.save_state());
         Ok(())
     }

@@ -102,11 +102,7 @@ impl TicketPlan {
 
     /// Takes the next ticket: its number and what it means. `out_of_time` asks for the run to
     /// stop (see the module docs).
-    pub fn next(
-        &self,
-        comm: &mut dyn Communicator,
-        out_of_time: bool,
-    ) -> Result<(u64, Ticket)> {
+    pub fn next(&self, comm: &mut dyn Communicator, out_of_time: bool) -> Result<(u64, Ticket)> {
         let ticket = comm.counter(WORK, CounterOp::Add(1))?;
         if out_of_time {
             comm.counter(STOP, CounterOp::SetMin(self.stop_request(ticket)))?;

@@ -128,6 +128,14 @@ pub(super) fn run_async_worker(
     }
 
     loop {
+        // A stopped worker leaves before drawing more work (without collective rounds the
+        // others go on), even one the scheduler starved of every step so far.
+        if schedule.round_tau.is_none() && held.is_none() {
+            if let Some(at) = comm.stopped_by_fault() {
+                stopped_at = Some(at);
+                break;
+            }
+        }
         let out_of_time = config.time_budget.is_some_and(|b| clock(comm) >= b);
         let (number, ticket) = match held.take() {
             // Time budgets are refused with checkpoints, so no stop was requested.
@@ -141,7 +149,8 @@ pub(super) fn run_async_worker(
                 // Wait for everyone (a passive AD-PSGD worker answering its peers meanwhile),
                 // then write this worker's state with the ticket it holds.
                 let transport = if algorithm.serves_at_cut(rank) {
-                    let mut serve = |c: &mut dyn Communicator| algorithm.serve_at_cut(c, &mut params);
+                    let mut serve =
+                        |c: &mut dyn Communicator| algorithm.serve_at_cut(c, &mut params);
                     comm.checkpoint_cut(Some(&mut serve))?
                 } else {
                     comm.checkpoint_cut(None)?

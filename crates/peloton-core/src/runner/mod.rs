@@ -152,6 +152,12 @@ impl RunConfig {
         ensure_config!(self.log_every >= 1, "log_every must be at least 1");
         ensure_config!(self.leader_window >= 1, "leader_window must be at least 1");
         ensure_config!(
+            self.leader_window <= 1 << 24,
+            "leader_window = {} is more losses than a worker keeps (at most 2^24 = {})",
+            self.leader_window,
+            1u64 << 24
+        );
+        ensure_config!(
             self.eval_model != EvalModel::Center || self.algorithm.has_center(),
             "eval.model = \"center\" needs an algorithm with a center variable (easgd, eamsgd); {} has none",
             self.algorithm.name()

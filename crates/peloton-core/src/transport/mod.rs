@@ -140,6 +140,13 @@ pub trait Communicator: Send {
     fn compute(&mut self, _step: u64) -> Result<()> {
         Ok(())
     }
+    /// When an injected `stop` fault has taken this worker out (transports with faults: the
+    /// fault's time has come on this worker's clock), the time now; otherwise `None`.
+    /// [`Communicator::compute`] fails such a worker's next step; asynchronous workers also
+    /// ask before drawing work, so a worker that never gets to compute still leaves.
+    fn stopped_by_fault(&self) -> Option<f64> {
+        None
+    }
     /// While on, operations are measurements outside the algorithm (consensus distance,
     /// evaluation models, budget checks): the simulator lets them take no virtual time.
     fn set_diagnostic(&mut self, _on: bool) {}

@@ -669,6 +669,15 @@ impl Communicator for ThreadComm {
         }
     }
 
+    fn stopped_by_fault(&self) -> Option<f64> {
+        let elapsed = self.world.started.elapsed().as_secs_f64();
+        self.world
+            .faults
+            .iter()
+            .any(|f| f.worker == self.world_rank && f.kind == FaultKind::Stop && elapsed >= f.at)
+            .then_some(elapsed)
+    }
+
     fn compute(&mut self, _step: u64) -> Result<()> {
         let me = self.world_rank;
         let now = Instant::now();
