@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use peloton_core::checkpoint::StateDict;
 use peloton_core::transport::{
-    check_counter, check_rank, check_request_len, CommStats, Communicator, CounterOp,
+    check_counter, check_rank, check_request_len, CommStats, Communicator, CounterOp, CutService,
     ParameterServer, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
 };
 use peloton_core::{Error, Result};
@@ -1275,7 +1275,7 @@ impl Communicator for SimComm {
 
     fn checkpoint_cut(
         &mut self,
-        mut serve: Option<&mut dyn FnMut(&mut dyn Communicator) -> Result<()>>,
+        mut serve: Option<&mut CutService<'_>>,
     ) -> Result<Option<StateDict>> {
         if !self.is_world {
             return Err(Error::Transport(

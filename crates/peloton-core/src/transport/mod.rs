@@ -209,10 +209,7 @@ pub trait Communicator: Send {
     /// still to arrive, for a worker that must keep answering its peers until they reach the
     /// cut (a passive AD-PSGD worker); with `None` the worker simply waits. Called on the
     /// world communicator, by every worker, the same number of times.
-    fn checkpoint_cut(
-        &mut self,
-        _serve: Option<&mut dyn FnMut(&mut dyn Communicator) -> Result<()>>,
-    ) -> Result<Option<StateDict>> {
+    fn checkpoint_cut(&mut self, _serve: Option<&mut CutService<'_>>) -> Result<Option<StateDict>> {
         Ok(None)
     }
 
@@ -238,6 +235,10 @@ pub trait Communicator: Send {
         Ok(())
     }
 }
+
+/// What a worker does while it waits at a checkpoint cut for the others
+/// ([`Communicator::checkpoint_cut`]): answer its peers through the communicator it is given.
+pub type CutService<'a> = dyn FnMut(&mut dyn Communicator) -> Result<()> + 'a;
 
 /// Number of shared counters every transport provides ([`Communicator::counter`]).
 pub const COUNTERS: usize = 8;
