@@ -80,6 +80,37 @@ fn resume_last_checkpoint_matches(source: &Path, copy: &Path) {
     assert_same_run(source, copy);
 }
 
+/// A 57-step softmax run of `algorithm` on 4 workers into `out`, checkpointed every 7 steps,
+/// with `flags` and `--set` `settings`.
+fn short_run(out: &Path, algorithm: &str, flags: &[&str], settings: &[&str]) -> Vec<String> {
+    let mut args = strings(&[
+        "train",
+        "--problem",
+        "softmax",
+        "--workers",
+        "4",
+        "--steps",
+        "57",
+        "--set",
+        "log_every=5",
+        "--eval-every",
+        "20",
+        "--quiet",
+        "--set",
+        "checkpoint.every=7",
+        "--algorithm",
+        algorithm,
+    ]);
+    args.extend(strings(flags));
+    for s in settings {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    args.push("--out".into());
+    args.push(out.display().to_string());
+    args
+}
+
 #[test]
 fn every_synchronous_algorithm_resumes_exactly() {
     let dir = scratch("every-algorithm");
@@ -109,31 +140,7 @@ fn every_synchronous_algorithm_resumes_exactly() {
     ];
     for (i, (algorithm, settings)) in cases.iter().enumerate() {
         let source = dir.join(format!("{i}-{algorithm}"));
-        let mut args = strings(&[
-            "train",
-            "--problem",
-            "softmax",
-            "--workers",
-            "4",
-            "--steps",
-            "57",
-            "--set",
-            "log_every=5",
-            "--eval-every",
-            "20",
-            "--quiet",
-            "--set",
-            "checkpoint.every=7",
-            "--algorithm",
-            algorithm,
-            "--out",
-        ]);
-        args.push(source.display().to_string());
-        for s in settings.iter() {
-            args.push("--set".into());
-            args.push(s.to_string());
-        }
-        ok(&args);
+        ok(&short_run(&source, algorithm, &[], settings));
         resume_last_checkpoint_matches(&source, &dir.join(format!("{i}-{algorithm}-resumed")));
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -162,39 +169,18 @@ fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
         ("sgp", &["algorithm.overlap=true", "algorithm.staleness=2"]),
         ("d-psgd", &[]),
     ];
+    // Two nodes, so messages queue on NICs; noisy compute, so clocks drift apart.
+    let simulator = [
+        "--transport",
+        "sim",
+        "--set",
+        "transport.cluster.workers_per_node=2",
+        "--set",
+        "transport.cluster.compute.sigma=0.5",
+    ];
     for (i, (algorithm, settings)) in cases.iter().enumerate() {
         let source = dir.join(format!("{i}-{algorithm}"));
-        let mut args = strings(&[
-            "train",
-            "--problem",
-            "softmax",
-            "--workers",
-            "4",
-            "--steps",
-            "57",
-            "--transport",
-            "sim",
-            "--set",
-            "transport.cluster.workers_per_node=2",
-            "--set",
-            "transport.cluster.compute.sigma=0.5",
-            "--set",
-            "log_every=5",
-            "--eval-every",
-            "20",
-            "--quiet",
-            "--set",
-            "checkpoint.every=7",
-            "--algorithm",
-            algorithm,
-            "--out",
-        ]);
-        args.push(source.display().to_string());
-        for s in settings.iter() {
-            args.push("--set".into());
-            args.push(s.to_string());
-        }
-        ok(&args);
+        ok(&short_run(&source, algorithm, &simulator, settings));
         let copy = dir.join(format!("{i}-{algorithm}-resumed"));
         resume_last_checkpoint_matches(&source, &copy);
         // Virtual times too, and the simulator's totals (the trace restarts at a resume).

@@ -173,21 +173,25 @@ fn a_slow_worker_slows_synchronous_training() {
 
 /// Point-to-point on the transport: arrival = send time + α + nβ, and two messages leaving
 /// one node for another queue on the NICs.
-#[test]
-fn messages_arrive_at_the_hand_computed_times() {
-    let link = Link {
-        latency_us: 10.0,
-        bandwidth_gbps: 8.0,
-    }; // β = 1 ns/B
-    let c = ClusterConfig {
+/// Two nodes of two workers, no compute time, 10 µs and 1 ns/B between the nodes.
+fn two_nodes_of_two() -> ClusterConfig {
+    ClusterConfig {
         workers_per_node: 2,
-        inter: link,
+        inter: Link {
+            latency_us: 10.0,
+            bandwidth_gbps: 8.0,
+        }, // β = 1 ns/B
         compute: ComputeModel {
             seconds: 0.0,
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn messages_arrive_at_the_hand_computed_times() {
+    let c = two_nodes_of_two();
     // Workers 0 and 1 (node 0) each send 250 floats (1000 B) to worker 2 (node 1) at t = 0.
     let (results, _) = run_workers(4, &c, 0, |comm| {
         let data = vec![1.0f32; 250];
@@ -286,19 +290,7 @@ fn sixty_four_workers_simulate() {
 fn a_checkpoint_cut_carries_messages_in_flight_into_a_resumed_world() {
     use peloton_core::checkpoint::StateDict;
     use peloton_core::transport::CounterOp;
-    let link = Link {
-        latency_us: 10.0,
-        bandwidth_gbps: 8.0,
-    }; // β = 1 ns/B
-    let c = ClusterConfig {
-        workers_per_node: 2,
-        inter: link,
-        compute: ComputeModel {
-            seconds: 0.0,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let c = two_nodes_of_two();
     // After the cut (or the restore), worker 2 receives what 0 and 1 sent before it; worker 3
     // adds to a counter on either side of the cut.
     let after = |comm: &mut peloton_sim::SimComm| -> peloton_core::Result<Vec<f64>> {

@@ -43,9 +43,9 @@ use super::{
 use crate::algorithms::asynchronous::{Ticket, TicketPlan, DONE};
 use crate::algorithms::leader::{elect, LossWindow};
 use crate::algorithms::{Algorithm, AsyncSchedule};
-use crate::checkpoint::{self, Identity, StateDict};
+use crate::checkpoint::{self, StateDict};
 use crate::learner::{LearnerContext, LearnerFactory};
-use crate::transport::{Communicator, CommunicatorExt, CounterOp};
+use crate::transport::{Communicator, CounterOp};
 use crate::{Error, Result};
 
 /// One worker's whole asynchronous run (after the shared preparation).
@@ -89,13 +89,7 @@ pub(super) fn run_async_worker(
     };
     let mut stopped_at = None;
     let mut final_evals = Vec::new();
-    let identity = config.checkpoint.as_ref().map(|c| Identity {
-        rank: rank as u64,
-        workers: n,
-        config: c.fingerprint,
-        layout: layout_fingerprint,
-        algorithm: config.algorithm.name().to_string(),
-    });
+    let identity = super::checkpoint_identity(config, rank, n as usize, layout_fingerprint);
     let mut cuts = config
         .checkpoint
         .as_ref()
@@ -114,14 +108,15 @@ pub(super) fn run_async_worker(
             progress.load_state(r.dict("progress")?)?;
             held = Some(r.u64("held_ticket")?);
             cuts.next = r.u64("next_cut")?;
-            optimizer.load_state(&saved.optimizer)?;
-            learner.load_state(&saved.learner)?;
-            algorithm
-                .load_state(&saved.algorithm)
-                .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
-            diag.run(comm, |c| c.agree("the checkpoint step to resume", at))?;
-            // Clocks, counters, the parameter server: as they were at the cut.
-            comm.restore_cut(&saved.transport)?;
+            super::restore_components(
+                comm,
+                config,
+                &saved,
+                &mut optimizer,
+                learner.as_mut(),
+                algorithm.as_mut(),
+                &mut diag,
+            )?;
             // After the agreement above: the restored totals do not hold its traffic.
             diag.0 = super::stats_from(r.u64s("diagnostic_traffic")?)?;
         }

@@ -360,13 +360,7 @@ pub fn run_worker(
     // A resumed run continues the traffic counters and the clock where the checkpoint was.
     let mut traffic = Traffic::default();
     let mut clock_offset = 0.0;
-    let identity = config.checkpoint.as_ref().map(|c| Identity {
-        rank: rank as u64,
-        workers: n as u64,
-        config: c.fingerprint,
-        layout: layout_fingerprint,
-        algorithm: config.algorithm.name().to_string(),
-    });
+    let identity = checkpoint_identity(config, rank, n, layout_fingerprint);
     if let (Some(c), Some(identity)) = (&config.checkpoint, &identity) {
         if let Some(at) = c.resume {
             let saved = checkpoint::load(&c.worker_file(at, rank))?;
@@ -380,15 +374,15 @@ pub fn run_worker(
             window.load_state(r.dict("window")?)?;
             r.f32s_into("shared_state", &mut shared_state)?;
             clock_offset = r.f64("seconds")?;
-            optimizer.load_state(&saved.optimizer)?;
-            learner.load_state(&saved.learner)?;
-            algorithm
-                .load_state(&saved.algorithm)
-                .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
-            // Every worker restored the same step, or the run would mix two cuts.
-            diag.run(comm, |c| c.agree("the checkpoint step to resume", at))?;
-            // The simulator's clocks, queues and counters, as they were at the cut.
-            comm.restore_cut(&saved.transport)?;
+            restore_components(
+                comm,
+                config,
+                &saved,
+                &mut optimizer,
+                learner.as_mut(),
+                algorithm.as_mut(),
+                &mut diag,
+            )?;
             traffic.resume(comm.stats(), stats_from(r.u64s("traffic")?)?);
             // After the agreement above, whose traffic the checkpoint's totals do not hold.
             diag.0 = stats_from(r.u64s("diagnostic_traffic")?)?;
@@ -754,6 +748,46 @@ fn save_checkpoint(
             transport,
         },
     )
+}
+
+/// Who a worker's checkpoint files belong to, when the run takes checkpoints.
+fn checkpoint_identity(
+    config: &RunConfig,
+    rank: usize,
+    workers: usize,
+    layout: u64,
+) -> Option<Identity> {
+    config.checkpoint.as_ref().map(|c| Identity {
+        rank: rank as u64,
+        workers: workers as u64,
+        config: c.fingerprint,
+        layout,
+        algorithm: config.algorithm.name().to_string(),
+    })
+}
+
+/// A resumed worker, after its runner's own state: restores the optimizer's, learner's and
+/// algorithm's states from `saved`, checks that every worker resumes the same checkpoint (or
+/// the run would mix two cuts), and puts back the transport's state at the cut (the
+/// simulator's clocks, queues, counters and parameter server).
+fn restore_components(
+    comm: &mut dyn Communicator,
+    config: &RunConfig,
+    saved: &WorkerCheckpoint,
+    optimizer: &mut crate::optim::Sgd,
+    learner: &mut dyn crate::learner::Learner,
+    algorithm: &mut dyn crate::algorithms::Algorithm,
+    diag: &mut DiagnosticTraffic,
+) -> Result<()> {
+    optimizer.load_state(&saved.optimizer)?;
+    learner.load_state(&saved.learner)?;
+    algorithm
+        .load_state(&saved.algorithm)
+        .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;
+    diag.run(comm, |c| {
+        c.agree("the checkpoint step to resume", saved.step)
+    })?;
+    comm.restore_cut(&saved.transport)
 }
 
 /// What a worker's checkpoint file holds besides its identity.
