@@ -308,11 +308,6 @@ impl ExperimentConfig {
         }
         self.run_config().validate()?;
         if !self.checkpoint.is_off() {
-            if matches!(self.transport, TransportConfig::Mpi) {
-                bail!(
-                    "checkpoint.every: checkpoints are supported on the threads transport and the simulator, not on mpi yet"
-                );
-            }
             if self.algorithm.is_async() && !matches!(self.transport, TransportConfig::Sim { .. }) {
                 bail!(
                     "checkpoint.every: checkpoints of asynchronous algorithms ({}) need the simulator (transport.kind = \"sim\"): on threads the workers' interleaving cannot be reproduced",

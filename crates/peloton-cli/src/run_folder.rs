@@ -36,6 +36,45 @@ pub fn fingerprint(text: &str) -> u64 {
     peloton_core::layout::fnv1a(text.bytes())
 }
 
+/// Commits the checkpoint of `step` in the run folder `run`, whose worker files are all
+/// written: writes `checkpoints/latest.json` atomically (with the length `metrics_bytes` of
+/// `metrics.jsonl` at that point), then removes every older checkpoint.
+pub fn commit_manifest(
+    run: &Path,
+    step: u64,
+    metrics_bytes: u64,
+    config_fingerprint: u64,
+) -> Result<()> {
+    let manifest = CheckpointManifest {
+        format_version: peloton_core::checkpoint::FORMAT_VERSION,
+        step,
+        metrics_bytes,
+        config_fingerprint: format!("{config_fingerprint:016x}"),
+    };
+    let dir = checkpoints_dir(run);
+    write_atomic(
+        &dir.join("latest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    // Older checkpoints are superseded; newer ones may be being written right now.
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        let name = entry.file_name();
+        let older = name
+            .to_str()
+            .and_then(peloton_core::checkpoint::parse_step_dir)
+            .is_some_and(|s| s < step);
+        if older {
+            std::fs::remove_dir_all(entry.path()).with_context(|| {
+                format!(
+                    "cannot remove the old checkpoint {}",
+                    entry.path().display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The folder of a run's checkpoints.
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
@@ -138,33 +177,7 @@ impl RunFolder {
         self.metrics.flush().context("cannot write metrics.jsonl")?;
         let file = self.metrics.get_ref();
         file.sync_data().context("cannot write metrics.jsonl")?;
-        let manifest = CheckpointManifest {
-            format_version: peloton_core::checkpoint::FORMAT_VERSION,
-            step,
-            metrics_bytes: file.metadata()?.len(),
-            config_fingerprint: format!("{config_fingerprint:016x}"),
-        };
-        let dir = checkpoints_dir(&self.path);
-        write_atomic(
-            &dir.join("latest.json"),
-            serde_json::to_string_pretty(&manifest)?.as_bytes(),
-        )?;
-        // Older checkpoints are superseded; newer ones may be being written right now.
-        for entry in std::fs::read_dir(&dir)?.flatten() {
-            let name = entry.file_name();
-            let older = name
-                .to_str()
-                .and_then(peloton_core::checkpoint::parse_step_dir)
-                .is_some_and(|s| s < step);
-            if older {
-                std::fs::remove_dir_all(entry.path()).with_context(|| {
-                    format!(
-                        "cannot remove the old checkpoint {}",
-                        entry.path().display()
-                    )
-                })?;
-            }
-        }
+        commit_manifest(&self.path, step, file.metadata()?.len(), config_fingerprint)?;
         Ok(())
     }
 

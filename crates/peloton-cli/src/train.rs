@@ -16,7 +16,7 @@ use crate::config::{ExperimentConfig, TransportConfig};
 use crate::run_folder::{
     checkpoints_dir, default_path, fingerprint, read_manifest, write_atomic, RunFolder,
 };
-use crate::train_mpi::train_mpi;
+use crate::train_mpi::{train_mpi, MpiResume};
 
 /// What `train` prints and writes.
 pub struct TrainOptions {
@@ -72,7 +72,7 @@ pub(crate) fn describe_eval(e: &EvalRecord) -> String {
 /// Runs the experiment; returns the run folder.
 pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBuf> {
     if config.transport == TransportConfig::Mpi {
-        return train_mpi(config, options);
+        return train_mpi(config, options, None);
     }
     config.validate()?;
     let path = options
@@ -163,6 +163,20 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
         // Every worker's file is read and checked before the folder is touched: a damaged or
         // foreign checkpoint must not cost the run its metrics.
         peloton_core::checkpoint::verify(&checkpoints_dir(run_dir), m.step, config.workers, fp)?;
+    }
+    if config.transport == TransportConfig::Mpi {
+        // Every rank of `mpirun … peloton train --resume RUN_DIR` got here; rank 0 alone
+        // reopens the folder.
+        return train_mpi(
+            &config,
+            options,
+            Some(MpiResume {
+                dir: run_dir.to_path_buf(),
+                step: manifest.as_ref().map(|m| m.step),
+                metrics_bytes: manifest.as_ref().map_or(0, |m| m.metrics_bytes),
+                fingerprint: fp,
+            }),
+        );
     }
     let folder = RunFolder::reopen(run_dir, manifest.as_ref().map_or(0, |m| m.metrics_bytes))?;
     if !options.quiet {

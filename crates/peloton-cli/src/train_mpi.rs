@@ -10,10 +10,21 @@
 //! Asynchronous algorithms run on rank 0's service thread (`peloton_mpi::MpiComm::start_services`);
 //! rank 0 also evaluates their final average, leader or center model from the gathered outcomes.
 
+/// `peloton train --resume RUN_DIR` of an MPI run: every rank continues from the checkpoint
+/// of `step` (`None`: from the start) in `dir`, whose `config.toml` has fingerprint
+/// `fingerprint`; rank 0 cuts `metrics.jsonl` back to `metrics_bytes`.
+pub struct MpiResume {
+    pub dir: std::path::PathBuf,
+    pub step: Option<u64>,
+    pub metrics_bytes: u64,
+    pub fingerprint: u64,
+}
+
 #[cfg(not(feature = "mpi"))]
 pub fn train_mpi(
     _config: &crate::config::ExperimentConfig,
     _options: &crate::train::TrainOptions,
+    _resume: Option<MpiResume>,
 ) -> anyhow::Result<std::path::PathBuf> {
     anyhow::bail!(
         "this peloton was built without MPI support: rebuild with `cargo build --release -p peloton-cli --features mpi` (needs libopenmpi-dev openmpi-bin libclang-dev) and start it with mpirun"
@@ -29,14 +40,18 @@ mod imp {
 
     use anyhow::{anyhow, Result};
     use peloton_core::algorithms::AlgorithmConfig;
+    use peloton_core::checkpoint::CheckpointConfig;
     use peloton_core::learner::LearnerFactory;
     use peloton_core::runner::Event;
     use peloton_core::transport::{Communicator, CommunicatorExt};
     use peloton_mpi::{abort_job, is_shared_error, Mpi, MpiComm, NodeLayout};
 
+    use super::MpiResume;
     use crate::config::ExperimentConfig;
     // The ranks compare their resolved configs through the run folder's config fingerprint.
-    use crate::run_folder::{default_path, fingerprint, RunFolder};
+    use crate::run_folder::{
+        checkpoints_dir, commit_manifest, default_path, fingerprint, RunFolder,
+    };
     use crate::train::{display, print_summary, progress_bar, Header, Recorder, TrainOptions};
 
     /// Test hook: `PELOTON_MPI_TEST_PANIC=RANK:STEP` makes that rank panic at its first worker
@@ -55,7 +70,11 @@ mod imp {
         Local(anyhow::Error),
     }
 
-    pub fn train_mpi(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBuf> {
+    pub fn train_mpi(
+        config: &ExperimentConfig,
+        options: &TrainOptions,
+        resume: Option<MpiResume>,
+    ) -> Result<PathBuf> {
         let mpi = if config.algorithm.is_async() {
             Mpi::init_for_services()?
         } else {
@@ -75,7 +94,14 @@ mod imp {
                     .watchdog
                     .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
             );
-            train_rank(&mpi, &mut setup, &mut world, config, options)
+            train_rank(
+                &mpi,
+                &mut setup,
+                &mut world,
+                config,
+                options,
+                resume.as_ref(),
+            )
         };
         match outcome {
             Ok(path) => Ok(path),
@@ -132,10 +158,31 @@ mod imp {
         config: &ExperimentConfig,
         rank: usize,
         options: &TrainOptions,
+        resume: Option<&MpiResume>,
     ) -> Result<(Box<dyn LearnerFactory>, Folder, u64)> {
         config.validate()?;
-        let text = config.to_toml()?;
         let factory = config.factory()?;
+        if let Some(r) = resume {
+            // Every rank's events up to the checkpoint are there (its worker file was checked
+            // with the others' by `train::resume`).
+            if let Some(step) = r.step {
+                for w in 0..config.workers {
+                    let events = peloton_mpi::events_file(&checkpoints_dir(&r.dir), step, w);
+                    anyhow::ensure!(
+                        events.is_file(),
+                        "{} is missing: the checkpoint of step {step} is incomplete",
+                        events.display()
+                    );
+                }
+            }
+            let folder = if rank == 0 {
+                Some((RunFolder::reopen(&r.dir, r.metrics_bytes)?, r.dir.clone()))
+            } else {
+                None
+            };
+            return Ok((factory, folder, r.fingerprint));
+        }
+        let text = config.to_toml()?;
         let folder = if rank == 0 {
             let path = options
                 .out
@@ -148,12 +195,67 @@ mod imp {
         Ok((factory, folder, fingerprint(&text)))
     }
 
+    /// Rank 0's `path` on every rank (collective): checkpoint files go into the run folder,
+    /// which every rank must see.
+    fn broadcast_path(comm: &mut MpiComm, path: Option<&PathBuf>) -> peloton_core::Result<PathBuf> {
+        // Bytes travel one per f32 (exact), after their count.
+        let bytes = path
+            .map(|p| p.display().to_string().into_bytes())
+            .unwrap_or_default();
+        let mut len = [bytes.len() as f32];
+        comm.broadcast(&mut len, 0)?;
+        let mut buf: Vec<f32> = bytes.iter().map(|&b| f32::from(b)).collect();
+        buf.resize(len[0] as usize, 0.0);
+        comm.broadcast(&mut buf, 0)?;
+        let text: Vec<u8> = buf.iter().map(|&b| b as u8).collect();
+        Ok(PathBuf::from(String::from_utf8_lossy(&text).into_owned()))
+    }
+
+    /// Rank 0, once its own file of the checkpoint of `step` is written: waits (under the
+    /// watchdog's limit) until every rank's worker file and events are written too, then
+    /// commits the checkpoint. Nothing is in `metrics.jsonl` yet: an MPI run writes it at the
+    /// end, from the events the checkpoint keeps.
+    fn commit_when_complete(
+        run: &std::path::Path,
+        step: u64,
+        workers: usize,
+        fingerprint: u64,
+        limit: std::time::Duration,
+    ) -> Result<()> {
+        let checkpoints = CheckpointConfig {
+            every: 1,
+            dir: checkpoints_dir(run),
+            fingerprint,
+            resume: None,
+        };
+        let deadline = std::time::Instant::now() + limit;
+        for w in 0..workers {
+            let files = [
+                checkpoints.worker_file(step, w),
+                peloton_mpi::events_file(&checkpoints.dir, step, w),
+            ];
+            for f in files {
+                while !f.is_file() {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "rank {w} did not write {} within {:.0} s: the checkpoint of step {step} is not committed",
+                        f.display(),
+                        limit.as_secs_f64()
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        commit_manifest(run, step, 0, fingerprint)
+    }
+
     fn train_rank(
         mpi: &Mpi,
         setup: &mut MpiComm,
         world: &mut MpiComm,
         config: &ExperimentConfig,
         options: &TrainOptions,
+        resume: Option<&MpiResume>,
     ) -> std::result::Result<PathBuf, Failure> {
         let rank = world.rank();
         let shared = |e: peloton_core::Error| Failure::Shared(e.into());
@@ -162,7 +264,7 @@ mod imp {
         let quiet = options.quiet || rank != 0;
 
         // Every rank learns which ranks could not start, so that all of them stop together.
-        let prepared = prepare(&config, rank, options);
+        let prepared = prepare(&config, rank, options, resume);
         let failed = setup
             .gather_scalar(if prepared.is_ok() { 0.0 } else { 1.0 })
             .map_err(shared)?;
@@ -198,7 +300,25 @@ mod imp {
             );
         }
 
-        let run = config.run_config();
+        let mut run = config.run_config();
+        // Checkpoints: every rank writes its own files into rank 0's run folder.
+        let committing = if config.checkpoint.is_off() {
+            None
+        } else {
+            let path = match resume {
+                Some(r) => r.dir.clone(),
+                None => broadcast_path(setup, folder.as_ref().map(|(_, p)| p)).map_err(shared)?,
+            };
+            run.checkpoint = Some(CheckpointConfig {
+                every: config.checkpoint.every,
+                dir: checkpoints_dir(&path),
+                fingerprint: hash,
+                resume: resume.and_then(|r| r.step),
+            });
+            Some(path)
+        };
+        let limit = std::time::Duration::from_secs_f64(run.watchdog.unwrap_or(600.0));
+        let commit_error = std::sync::Mutex::new(None::<anyhow::Error>);
         let panic_at = std::env::var(PANIC_HOOK_VAR).ok().and_then(|v| {
             let (r, s) = v.split_once(':')?;
             Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?))
@@ -225,6 +345,14 @@ mod imp {
                     && !slept.swap(true, std::sync::atomic::Ordering::Relaxed)
                 {
                     std::thread::sleep(pause);
+                }
+            }
+            if let (Some(path), Event::Checkpoint { step, .. }, 0) = (&committing, event, rank) {
+                if let Err(e) = commit_when_complete(path, *step, config.workers, hash, limit) {
+                    commit_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
                 }
             }
             if let Some(header) = &header {
@@ -258,6 +386,10 @@ mod imp {
                 return Err(failure(e));
             }
         };
+        if let Some(e) = commit_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            let _ = recorder.finish(&config, Err(format!("{e:#}")));
+            return Err(Failure::Local(e));
+        }
         let last = recorder
             .finish(&config, Ok(&report))
             .map_err(Failure::Local)?;

@@ -636,3 +636,68 @@ fn asynchronous_algorithms_run_and_converge_on_mpi() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A synchronous MPI run whose job dies (a rank panics: `MPI_Abort`) and is resumed with
+/// `mpirun … peloton train --resume RUN_DIR` ends like the run that never died: every
+/// worker's parameters, the final evaluations, the traffic and every metrics line. Each rank
+/// writes its own checkpoint file and its events so far (rank 0 writes the metrics only at
+/// the end); rank 0 commits a checkpoint once every rank's files are there.
+#[test]
+fn an_mpi_run_whose_job_died_resumes_exactly() {
+    let _machine = shared_machine();
+    if !have_mpirun() {
+        return;
+    }
+    let dir = scratch("resume");
+    let extra = [
+        "--transport",
+        "mpi",
+        "--algorithm",
+        "lsgd",
+        "--set",
+        "optimizer.momentum=0.9",
+        "--set",
+        "checkpoint.every=7",
+    ];
+    let reference = dir.join("reference");
+    let out = mpirun(4, &train_args(&reference, &extra)).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let interrupted = dir.join("interrupted");
+    let out = mpirun(4, &train_args(&interrupted, &extra))
+        .env("PELOTON_MPI_TEST_PANIC", "2:30")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the job should have died: {}",
+        text(&out)
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(interrupted.join("checkpoints/latest.json"))
+            .unwrap_or_else(|e| panic!("no checkpoint was committed ({e}): {}", text(&out))),
+    )
+    .unwrap();
+    let step = manifest["step"].as_u64().unwrap();
+    assert!((7..=28).contains(&step), "{manifest}");
+    assert!(!interrupted.join("summary.json").exists() || summary(&interrupted)["status"] != "ok");
+
+    let resume: Vec<String> = [
+        "train",
+        "--resume",
+        &interrupted.display().to_string(),
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = mpirun(4, &resume).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fingerprint(&reference),
+        fingerprint(&interrupted),
+        "resumed from step {step}"
+    );
+    println!("the job died after step 30 was reached; resumed from step {step}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -90,7 +90,7 @@ mod watchdog;
 #[cfg(feature = "mpi")]
 pub use comm::{MpiComm, MAX_TAG, SHARED_ERROR_MARK};
 #[cfg(feature = "mpi")]
-pub use run::{run, NodeLayout};
+pub use run::{events_file, load_events, run, NodeLayout};
 
 #[cfg(feature = "mpi")]
 pub use imp::*;

@@ -2,10 +2,12 @@
 //! detection of which ranks share a node.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use mpi::topology::Communicator as _;
 use mpi::traits::*;
+use peloton_core::checkpoint;
 use peloton_core::learner::LearnerFactory;
 use peloton_core::runner::{
     final_evaluations, run_worker, EvalRecord, Event, LinkTraffic, RunConfig, RunReport,
@@ -316,6 +318,29 @@ fn decode(bytes: &[u8], rank: usize) -> Result<(WorkerOutcome, Vec<Event>)> {
     Ok((outcome, head.events.into_iter().map(Event::from).collect()))
 }
 
+/// Where rank `rank` keeps its events up to the checkpoint of `step`, beside its worker file.
+pub fn events_file(checkpoints: &Path, step: u64, rank: usize) -> PathBuf {
+    checkpoint::step_dir(checkpoints, step).join(format!("events-{rank}.json"))
+}
+
+/// Writes `events` (JSON; ∞ and NaN as bit patterns) atomically.
+fn save_events(path: &Path, events: &[Event]) -> Result<()> {
+    let wire: Vec<WireEvent> = events.iter().map(WireEvent::from).collect();
+    let json = serde_json::to_vec(&wire)
+        .map_err(|e| Error::Checkpoint(format!("cannot encode the events: {e}")))?;
+    checkpoint::write_atomic(path, &json)
+        .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Reads what [`save_events`] wrote.
+pub fn load_events(path: &Path) -> Result<Vec<Event>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", path.display())))?;
+    let wire: Vec<WireEvent> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Checkpoint(format!("{} is corrupted: {e}", path.display())))?;
+    Ok(wire.into_iter().map(Event::from).collect())
+}
+
 /// One step's evaluations, worker records and divergence resets.
 type StepEvents = (Vec<EvalRecord>, Vec<WorkerRecord>, Vec<Event>);
 
@@ -328,7 +353,7 @@ fn deliver(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) {
             Event::Started { .. } => on_event(&event),
             Event::Worker(r) => steps.entry(r.step).or_default().1.push(r),
             Event::Eval(e) => steps.entry(e.step).or_default().0.push(e),
-            // MPI runs take no checkpoints yet (the CLI refuses them): nothing to commit.
+            // Rank 0 committed each checkpoint during the run; none is left to commit.
             Event::Checkpoint { .. } => {}
             Event::Diverged { step, .. } => steps.entry(step).or_default().2.push(event),
         }
@@ -397,10 +422,38 @@ pub fn run(
             .watchdog
             .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
     );
-    let events = Mutex::new(Vec::new());
+    // A resumed run starts with this rank's events up to the checkpoint (rank 0 writes the
+    // metrics only at the end, so they live with the checkpoint, not in metrics.jsonl).
+    let resumed = match &config.checkpoint {
+        Some(c) => match c.resume {
+            Some(step) => Some(load_events(&events_file(&c.dir, step, comm.rank()))?),
+            None => None,
+        },
+        None => None,
+    };
+    let is_resumed = resumed.is_some();
+    let events = Mutex::new(resumed.unwrap_or_default());
+    let failed_save = Mutex::new(None);
     let emit = |e: Event| {
+        let mut events = events.lock().unwrap_or_else(|e| e.into_inner());
+        // First the events file, then `live`: rank 0's commits the checkpoint once every
+        // rank's files, its own included, are written.
+        match (&e, &config.checkpoint) {
+            // The worker file of `step` is written: so are this rank's events so far.
+            (Event::Checkpoint { step, worker }, Some(c)) => {
+                if let Err(err) = save_events(&events_file(&c.dir, *step, *worker), &events) {
+                    failed_save
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(err);
+                }
+            }
+            // The original run's start is among the events restored.
+            (Event::Started { .. }, _) if is_resumed => {}
+            _ => events.push(e.clone()),
+        }
+        drop(events);
         live(&e);
-        events.lock().unwrap_or_else(|e| e.into_inner()).push(e);
     };
     let asynchronous = config.algorithm.is_async();
     if asynchronous {
@@ -419,6 +472,9 @@ pub fn run(
     };
     if asynchronous {
         comm.stop_services()?;
+    }
+    if let Some(e) = failed_save.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
     }
     let events = events.into_inner().unwrap_or_else(|e| e.into_inner());
     let bytes = encode(&outcome, &events)?;
