@@ -9,6 +9,11 @@
 //! results of all ranks are gathered to it at the end, so the folder reads like a threads run.
 //! Asynchronous algorithms run on rank 0's service thread (`peloton_mpi::MpiComm::start_services`);
 //! rank 0 also evaluates their final average, leader or center model from the gathered outcomes.
+//!
+//! Checkpoints (synchronous algorithms): every rank writes its worker file and its events so
+//! far into rank 0's run folder (its path is broadcast; the folder must be visible to every
+//! rank), and rank 0 commits each checkpoint once all of them are there. `mpirun … peloton
+//! train --resume RUN_DIR` ([`MpiResume`]) restores each rank's state and events.
 
 /// `peloton train --resume RUN_DIR` of an MPI run: every rank continues from the checkpoint
 /// of `step` (`None`: from the start) in `dir`, whose `config.toml` has fingerprint

@@ -397,6 +397,10 @@ fn deliver_by_time(per_rank: Vec<Vec<Event>>, on_event: &mut dyn FnMut(&Event)) 
 /// `live` sees this rank's own events as they happen (progress display). `config` must be
 /// validated, with `workers` equal to the number of ranks.
 ///
+/// With checkpoints, each rank also writes its events so far beside its worker file
+/// ([`events_file`]) when the runner reports the file written, and a resumed run starts from
+/// them: the metrics of an MPI run exist only at its end.
+///
 /// Asynchronous algorithms get the services of [`MpiComm::start_services`] for the run; rank 0
 /// then evaluates the final average, leader or center model from the gathered outcomes, as
 /// the threads runner does after its join. After an error that is not shared
