@@ -350,3 +350,39 @@ fn a_checkpoint_cut_carries_messages_in_flight_into_a_resumed_world() {
     close(resumed[0][0], 1e-6);
     close(resumed[1][0], 2e-6);
 }
+
+/// A simulator state that does not fit the world (another worker count, a damaged entry) is
+/// refused with an error naming what is wrong, on every worker, not a panic or a hang.
+#[test]
+fn a_simulator_state_of_another_world_is_refused() {
+    use peloton_core::checkpoint::StateDict;
+    let c = two_nodes_of_two();
+    let (results, _) = run_workers(4, &c, 0, |comm| {
+        let state = comm.checkpoint_cut(None)?;
+        Ok(state)
+    })
+    .unwrap();
+    let state = results.into_iter().next().unwrap().unwrap().unwrap();
+    let mut wrong = state.clone();
+    wrong.put_f64s("clock", &[0.0; 3]);
+    let mut damaged = state;
+    damaged.put_u64s("counters", &[1, 2]);
+    for (bad, expected) in [
+        (wrong, "3 worker clocks, this run has 4 workers"),
+        (damaged, "wrong number of shared counters"),
+    ] {
+        let (results, _) = run_workers(4, &c, 0, |comm| {
+            let mine = if comm.rank() == 0 {
+                bad.clone()
+            } else {
+                StateDict::new()
+            };
+            comm.restore_cut(&mine)
+        })
+        .unwrap();
+        for r in results {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+    }
+}
