@@ -138,7 +138,7 @@ impl StateDict {
         self.put(key, StateValue::Dict(dict));
     }
 
-    fn get(&self, key: &str) -> Result<&StateValue> {
+    pub fn get(&self, key: &str) -> Result<&StateValue> {
         self.0
             .get(key)
             .ok_or_else(|| Error::Checkpoint(format!("the checkpoint has no entry '{key}'")))

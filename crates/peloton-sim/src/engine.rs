@@ -271,14 +271,14 @@ impl State {
         let clock = s.f64s("clock")?;
         if clock.len() != n {
             return Err(bad(&format!(
-                "{} worker clocks, this run has {n} workers",
+                "clock: {} worker clocks, this run has {n} workers",
                 clock.len()
             )));
         }
         self.clock.copy_from_slice(clock);
         let counters = s.u64s("counters")?;
         if counters.len() != COUNTERS {
-            return Err(bad("wrong number of shared counters"));
+            return Err(bad("counters: wrong number of shared counters"));
         }
         self.counters.copy_from_slice(counters);
         self.server.load_state(s.dict("server")?)?;
@@ -286,7 +286,7 @@ impl State {
             .nics
             .set_busy_until(s.f64s("nic_outbound")?, s.f64s("nic_inbound")?)
         {
-            return Err(bad("the node count differs"));
+            return Err(bad("nic_outbound, nic_inbound: the node count differs"));
         }
         let (compute, communicate, blocked) = (
             s.f64s("compute_seconds")?,
@@ -295,7 +295,9 @@ impl State {
         );
         let traffic = s.u64s("traffic")?;
         if [compute.len(), communicate.len(), blocked.len()] != [n; 3] || traffic.len() != 3 * n {
-            return Err(bad("per-worker totals of the wrong length"));
+            return Err(bad(
+                "compute_seconds, communicate_seconds, blocked_seconds, traffic: per-worker totals of the wrong length",
+            ));
         }
         for (w, t) in self.totals.iter_mut().enumerate() {
             t.compute_seconds = compute[w];
@@ -307,14 +309,16 @@ impl State {
         }
         let links = s.u64s("link_bytes")?;
         if !links.len().is_multiple_of(3) {
-            return Err(bad("link bytes are not (from, to, bytes) triples"));
+            return Err(bad("link_bytes: not (from, to, bytes) triples"));
         }
         self.link_bytes = links
             .chunks_exact(3)
             .map(|c| ((c[0] as usize, c[1] as usize), c[2]))
             .collect();
         let &[messages, collectives, next_request] = s.u64s("events")? else {
-            return Err(bad("event counts must be three numbers"));
+            return Err(bad(
+                "events: must be three numbers (messages, collectives, requests)",
+            ));
         };
         (self.messages, self.collectives, self.next_request) =
             (messages, collectives, next_request);

@@ -365,12 +365,31 @@ fn a_simulator_state_of_another_world_is_refused() {
     let state = results.into_iter().next().unwrap().unwrap().unwrap();
     let mut wrong = state.clone();
     wrong.put_f64s("clock", &[0.0; 3]);
-    let mut damaged = state;
+    let mut damaged = state.clone();
     damaged.put_u64s("counters", &[1, 2]);
-    for (bad, expected) in [
-        (wrong, "3 worker clocks, this run has 4 workers"),
-        (damaged, "wrong number of shared counters"),
-    ] {
+    let mut cases = vec![
+        (
+            wrong,
+            "clock: 3 worker clocks, this run has 4 workers".to_string(),
+        ),
+        (
+            damaged,
+            "counters: wrong number of shared counters".to_string(),
+        ),
+    ];
+    // Every entry is needed: without it, or with a value of another kind, the error names it.
+    for key in state.keys() {
+        let mut without = StateDict::new();
+        let mut retyped = StateDict::new();
+        for k in state.keys().filter(|&k| k != key) {
+            without.put(k, state.get(k).unwrap().clone());
+            retyped.put(k, state.get(k).unwrap().clone());
+        }
+        retyped.put_bool(key, true);
+        cases.push((without, key.to_string()));
+        cases.push((retyped, key.to_string()));
+    }
+    for (bad, expected) in cases {
         let (results, _) = run_workers(4, &c, 0, |comm| {
             let mine = if comm.rank() == 0 {
                 bad.clone()
@@ -382,7 +401,7 @@ fn a_simulator_state_of_another_world_is_refused() {
         .unwrap();
         for r in results {
             let e = r.unwrap_err().to_string();
-            assert!(e.contains(expected), "{e}");
+            assert!(e.contains(&expected), "{expected}: {e}");
         }
     }
 }
