@@ -82,7 +82,8 @@ pub struct ExperimentConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSection {
-    /// Local steps between checkpoints; 0 (the default) takes none.
+    /// Local steps between checkpoints; 0 (the default) takes none. An asynchronous run (on
+    /// the simulator) takes checkpoint k when the whole run has done k·every·N local steps.
     #[serde(default)]
     pub every: u64,
 }

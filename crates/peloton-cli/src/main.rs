@@ -131,7 +131,8 @@ struct TrainArgs {
     #[arg(short, long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue the interrupted run in RUN_DIR from its last checkpoint, exactly as if it had
-    /// never stopped (its config.toml has `[checkpoint] every = N`; threads transport).
+    /// never stopped (its config.toml has `[checkpoint] every = N`; threads, the simulator,
+    /// or `mpirun -n N peloton train --resume RUN_DIR` for an MPI run).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
         "config", "algorithm", "problem", "model", "dataset", "data_dir", "device", "batch_size",
         "workers", "steps", "epochs", "time_budget", "seed", "lr", "eval_every", "eval_model",
