@@ -56,17 +56,27 @@ fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
 
 /// Benchmarks `model` on `device` with batches of `batch` synthetic images of its usual input
 /// shape, using all cores.
+/// The learner of a one-worker run of `config` on `data`, and its initial parameters.
+fn single_worker(config: ModelConfig, data: &DataConfig) -> Result<(NetworkLearner, Vec<f32>)> {
+    let task = NetworkTask::load(config, data, 1, 0)?;
+    let ctx = LearnerContext {
+        rank: 0,
+        workers: 1,
+        seed: 0,
+    };
+    let mut learner = NetworkLearner::new(&task, ctx)?;
+    let mut params = vec![0.0; learner.layout().len()];
+    learner.init_params(&mut params);
+    Ok((learner, params))
+}
+
 pub fn model_step(
     model: ModelName,
     device: DeviceKind,
     batch: usize,
     repeats: usize,
 ) -> Result<ModelBench> {
-    let (channels, size) = match model {
-        ModelName::Mlp | ModelName::Lenet => (1, 28),
-        ModelName::Cnn7 => (3, 28),
-        _ => (3, 32),
-    };
+    let [channels, size, _] = model.typical_input();
     let data = DataConfig {
         batch_size: batch,
         synthetic: SyntheticConfig {
@@ -82,17 +92,9 @@ pub fn model_step(
     let mut config = ModelConfig::new(model);
     config.device = device;
     config.threads = Some(cores);
-    let task = NetworkTask::load(config, &data, 1, 0)?;
-    let mut learner = NetworkLearner::new(
-        &task,
-        LearnerContext {
-            rank: 0,
-            workers: 1,
-            seed: 0,
-        },
-    )?;
-    let mut params = vec![0.0; learner.layout().len()];
-    learner.init_params(&mut params);
+    // The same kernels on both sides: the batch split is measured by `bench --training`.
+    config.split_batch = false;
+    let (mut learner, mut params) = single_worker(config, &data)?;
     let mut grad = vec![0.0; params.len()];
     let mut b = Batch::default();
     learner.next_batch(&mut b);
@@ -201,4 +203,30 @@ pub fn format_table(rows: &[ModelBench]) -> String {
         );
     }
     s
+}
+
+/// Seconds the default evaluation takes per 10,000 test images of `model`'s input shape
+/// (timed on `images` generated images after one untimed evaluation, then scaled), with
+/// the evaluation lanes a worker uses (every core on `flex`), and the lanes it used.
+pub fn eval_seconds_per_10k(model: ModelName, images: usize) -> Result<(f64, usize)> {
+    let [channels, size, _] = model.typical_input();
+    let data = DataConfig {
+        batch_size: 32,
+        eval_batch_size: 500,
+        synthetic: SyntheticConfig {
+            channels,
+            size,
+            train: 64,
+            test: images.max(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (mut learner, params) = single_worker(ModelConfig::new(model), &data)?;
+    learner.evaluate(&params)?;
+    let t = Instant::now();
+    learner.evaluate(&params)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    Ok((seconds * 10_000.0 / images.max(1) as f64, cores))
 }

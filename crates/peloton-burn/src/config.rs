@@ -87,6 +87,17 @@ pub struct ModelConfig {
     /// evenly over the in-process workers (at least 1), so workers never oversubscribe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// On `flex`, a worker with more than one thread splits each batch over them: one model
+    /// replica per thread computes a contiguous part, and the parts' gradients are averaged
+    /// by sample count (burn's own multi-threaded kernels gain almost nothing: BENCHMARKS.md,
+    /// "Where the cores go"). BatchNorm then normalizes each part by its own statistics, as
+    /// data-parallel replicas do; `false` keeps whole-batch statistics and burn's threads.
+    #[serde(default = "yes")]
+    pub split_batch: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -103,6 +114,7 @@ impl ModelConfig {
             batch_norm: BatchNormPolicy::Local,
             recompute_batches: None,
             threads: None,
+            split_batch: true,
         }
     }
 

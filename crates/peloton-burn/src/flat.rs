@@ -94,6 +94,29 @@ impl FlatMap {
         module.visit(&mut r);
     }
 
+    /// Where the buffers of `module` (a part of the mapped model, e.g. one BatchNorm layer:
+    /// running mean, then running variance) lie in the buffer table: `(offset, numel)` in
+    /// visit order.
+    pub fn buffer_slots<M: Module>(&self, module: &M) -> Vec<(usize, usize)> {
+        struct Slots<'a> {
+            map: &'a FlatMap,
+            out: Vec<(usize, usize)>,
+        }
+        impl ModuleVisitor for Slots<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(&(false, offset, numel)) = self.map.slots.get(&param.id) {
+                    self.out.push((offset, numel));
+                }
+            }
+        }
+        let mut v = Slots {
+            map: self,
+            out: Vec::new(),
+        };
+        module.visit(&mut v);
+        v.out
+    }
+
     /// Moves the gradients of the trainable tensors from `grads` into `out` (zero for a
     /// parameter the loss does not depend on).
     pub fn read_grads<M: Module>(&self, module: &M, grads: &mut Gradients, out: &mut [f32]) {

@@ -20,11 +20,13 @@ use peloton_core::seed::{self, Rng};
 use peloton_core::{Error, Result};
 use peloton_data::loader::fill_batch;
 use peloton_data::{Batch, DataConfig, LoadedData, ShardLoader};
+use rand::Rng as _;
 
 use crate::config::{BatchNormPolicy, DeviceKind, ModelConfig};
 use crate::flat::FlatMap;
 use crate::init::{initialize, Scheme};
-use crate::models::{Net, Pass};
+use crate::memory::{estimate, EstimateInput, MemoryEstimate};
+use crate::models::{BatchStats, Net, Pass};
 
 /// Everything needed to build the workers' learners: the model config and the data,
 /// loaded and sharded once for all in-process workers.
@@ -47,6 +49,31 @@ impl NetworkTask {
             data: Arc::new(loaded),
         })
     }
+
+    /// What a run of `workers` in-process workers of this task is expected to hold
+    /// ([`crate::memory`]), from the model's layer shapes and the data's sizes.
+    pub fn memory_estimate(&self, workers: usize) -> Result<MemoryEstimate> {
+        let input = self.data.input_shape();
+        let params = self
+            .model
+            .name
+            .parameters(input, self.data.classes(), &self.model.hidden);
+        let data_bytes = [&self.data.train, &self.data.test]
+            .iter()
+            .map(|d| (d.pixels().len() + d.labels().len()) as u64)
+            .sum();
+        Ok(estimate(&EstimateInput {
+            model: self.model.name,
+            hidden: &self.model.hidden,
+            input,
+            classes: self.data.classes(),
+            params,
+            batch_size: self.data.batch_size,
+            eval_batch_size: self.data.eval_batch_size.min(self.data.test.len().max(1)),
+            data_bytes,
+            workers,
+        }))
+    }
 }
 
 impl LearnerFactory for NetworkTask {
@@ -59,9 +86,9 @@ impl LearnerFactory for NetworkTask {
 pub struct NetworkLearner {
     rank: usize,
     seed: u64,
-    net: Option<Net>,
     /// The training (autodiff) device.
     device: Device,
+    /// The model's segment tables (the same for every lane's replica, in the same order).
     flat: FlatMap,
     scheme: Scheme,
     loader: ShardLoader,
@@ -70,8 +97,118 @@ pub struct NetworkLearner {
     dropout_rng: Rng,
     policy: BatchNormPolicy,
     recompute_batches: Option<usize>,
-    /// This worker's kernel threads (shared with `install` calls that borrow `self`).
-    pool: Arc<Kernels>,
+    device_kind: DeviceKind,
+    /// The worker's training lanes: lane 0 holds the model whose BatchNorm statistics are
+    /// the worker's; with more than one lane, a batch is split over them ([`ModelConfig`]'s
+    /// `split_batch`).
+    lanes: Vec<Lane>,
+    /// Evaluation's lanes (one thread each, as many as the machine has cores on `flex`),
+    /// made at the first evaluation: evaluation is exact on any number of lanes.
+    eval_lanes: Option<Vec<Kernels>>,
+}
+
+/// A replica of the model on kernel threads of its own.
+struct Lane {
+    net: Option<Net>,
+    flat: FlatMap,
+    kernels: Kernels,
+    grad: Vec<f32>,
+    part: Batch,
+}
+
+impl Lane {
+    fn net(&self) -> &Net {
+        self.net.as_ref().expect("the model is always put back")
+    }
+
+    /// Writes `values` into the replica's parameters (`buffers = false`) or statistics.
+    fn write(&mut self, values: &[f32], buffers: bool) {
+        if buffers {
+            // Fold pending updates in first, or a stale one would overwrite what is written.
+            let _ = self.net().valid();
+        }
+        let net = self.net.take().expect("the model is always put back");
+        self.net = Some(self.flat.write(net, values, buffers));
+    }
+
+    /// The replica's BatchNorm statistics (pending updates folded in first).
+    fn read_buffers(&self, out: &mut [f32]) {
+        self.kernels.enter();
+        self.flat.read(&self.net().valid(), out, true);
+    }
+
+    /// Forward and backward of `batch` at the parameters last written, with the gradient of
+    /// the batch's mean loss written into `grad`; returns that loss.
+    fn loss_and_grad(
+        &self,
+        device: &Device,
+        batch: &Batch,
+        rng: Option<&mut Rng>,
+        grad: &mut [f32],
+    ) -> f32 {
+        let net = self.net();
+        let flat = &self.flat;
+        self.kernels.install(|| {
+            let x = images(batch, device);
+            let targets = Tensor::<1, Int>::from_data(
+                TensorData::new(batch.labels.clone(), [batch.len()]),
+                device,
+            );
+            let mut pass = Pass {
+                train: true,
+                rng,
+                batch_stats: None,
+            };
+            let logits = net.forward(x, &mut pass);
+            let loss = CrossEntropyLossConfig::new()
+                .init(&logits.device())
+                .forward(logits, targets);
+            let value = loss.clone().into_scalar::<f32>();
+            let mut grads = loss.backward();
+            flat.read_grads(net, &mut grads, grad);
+            value
+        })
+    }
+}
+
+/// `batch` as an `N×C×H×W` tensor on `device`.
+fn images(batch: &Batch, device: &Device) -> Tensor<4> {
+    let [c, h, w] = batch.shape;
+    let data = TensorData::new(batch.images.clone(), [batch.len(), c, h, w]);
+    Tensor::from_data(data, device)
+}
+
+/// Runs jobs `0..jobs` on `lanes` (job j on lane j mod lanes, each lane on a thread of its
+/// own) and returns the results in job order, so whatever is summed from them is summed in
+/// the same order on any number of lanes.
+fn on_lanes<T: Send>(lanes: &[Kernels], jobs: usize, job: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    if lanes.len() <= 1 || jobs <= 1 {
+        return (0..jobs).map(|j| lanes[0].install(|| job(j))).collect();
+    }
+    let mut out: Vec<Option<T>> = (0..jobs).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .enumerate()
+            .map(|(l, lane)| {
+                scope.spawn(move || {
+                    (l..jobs)
+                        .step_by(lanes.len())
+                        .map(|j| (j, lane.install(|| job(j))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(results) => results.into_iter().for_each(|(j, r)| out[j] = Some(r)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    out.into_iter()
+        .map(|r| r.expect("every job ran on its lane"))
+        .collect()
 }
 
 /// Where a worker's tensor kernels get their threads, so that workers × threads never
@@ -112,6 +249,15 @@ impl Kernels {
         }
     }
 
+    /// The kernel threads of this pool.
+    pub(crate) fn threads(&self) -> usize {
+        match self {
+            Kernels::Rayon(pool) => pool.current_num_threads(),
+            #[cfg(feature = "tch")]
+            Kernels::Torch(threads) => *threads,
+        }
+    }
+
     /// Runs `f` with this worker's kernel threads.
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match self {
@@ -143,14 +289,33 @@ impl NetworkLearner {
     pub fn new(task: &NetworkTask, ctx: LearnerContext) -> Result<Self> {
         let device = task.model.device.device(task.model.cuda_index)?.autodiff();
         let data = Arc::clone(&task.data);
-        let net = Net::new(
-            task.model.name,
-            data.input_shape(),
-            data.classes(),
-            &task.model.hidden,
-            &device,
-        )?;
-        let flat = FlatMap::discover(&net);
+        let threads = task.threads_per_worker;
+        // Splitting the batch is how a worker uses several cores on `flex`: burn's own kernel
+        // threads barely help there (BENCHMARKS.md, "Where the cores go"). LibTorch's do.
+        let (lane_count, lane_threads) =
+            if task.model.split_batch && task.model.device == DeviceKind::Flex && threads > 1 {
+                (threads, 1)
+            } else {
+                (1, threads)
+            };
+        let mut lanes = Vec::with_capacity(lane_count);
+        for _ in 0..lane_count {
+            let net = Net::new(
+                task.model.name,
+                data.input_shape(),
+                data.classes(),
+                &task.model.hidden,
+                &device,
+            )?;
+            let flat = FlatMap::discover(&net);
+            lanes.push(Lane {
+                grad: vec![0.0; flat.params.len()],
+                net: Some(net),
+                flat,
+                kernels: Kernels::new(task.model.device, lane_threads, ctx.rank)?,
+                part: Batch::default(),
+            });
+        }
         let shard = data
             .shards
             .get(ctx.rank)
@@ -164,111 +329,239 @@ impl NetworkLearner {
             &data.normalization,
             seed::rng(ctx.seed, "batches", ctx.rank as u64),
         )?;
-        let pool = Arc::new(Kernels::new(
-            task.model.device,
-            task.threads_per_worker,
-            ctx.rank,
-        )?);
         Ok(Self {
             rank: ctx.rank,
             seed: ctx.seed,
-            scheme: net.init_scheme(),
-            net: Some(net),
+            scheme: lanes[0].net().init_scheme(),
+            flat: lanes[0].flat.clone(),
             device,
-            flat,
             loader,
             data,
             batch: Batch::default(),
             dropout_rng: seed::rng(ctx.seed, "dropout", ctx.rank as u64),
             policy: task.model.batch_norm,
             recompute_batches: task.model.recompute_batches,
-            pool,
+            device_kind: task.model.device,
+            lanes,
+            eval_lanes: None,
         })
     }
 
-    fn take_net(&mut self) -> Net {
-        self.net.take().expect("the model is always put back")
+    /// Training lanes of this worker (1 unless it splits its batches over several cores).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
-    /// Writes `params` into the model's trainable tensors.
-    fn load(&mut self, params: &[f32]) {
-        let net = self.take_net();
-        self.net = Some(self.flat.write(net, params, false));
-    }
-
-    fn images(&self, batch: &Batch, device: &Device) -> Tensor<4> {
-        let [c, h, w] = batch.shape;
-        let data = TensorData::new(batch.images.clone(), [batch.len(), c, h, w]);
-        Tensor::from_data(data, device)
-    }
-
-    /// Runs the shard through the model in training mode (no backward), with BatchNorm
-    /// momentum 1/(k+1) at batch k, which leaves the cumulative average of the batch
-    /// statistics in the running buffers.
-    fn recompute_batch_norm(&mut self) {
-        let mut net = self.take_net();
+    /// The recomputed BatchNorm statistics of `model`'s parameters over the shard's first
+    /// batches (all of them, or `recompute_batches`), written into `buffers`: each batch
+    /// normalized by its own statistics on the inference device (no tape), the statistics
+    /// folded in batch order with momentum 1/(k+1) at batch k — the cumulative average, as a
+    /// training-mode pass with that momentum leaves it. One batch of activations lives at a
+    /// time on each lane, and the result is the same on any number of lanes.
+    fn recompute_batch_norm(&self, lanes: &[Kernels], model: &Net, buffers: &mut [f32]) {
         let size = self.data.batch_size;
         let limit = self.recompute_batches.unwrap_or(usize::MAX);
-        let mut batch = Batch::default();
-        for (k, chunk) in self
-            .loader
-            .shard()
-            .chunks_exact(size)
-            .take(limit)
-            .enumerate()
-        {
-            for bn in net.batch_norms_mut() {
-                bn.momentum = 1.0 / (k as f64 + 1.0);
-            }
+        let shard = self.loader.shard();
+        let batches = (shard.len() / size).min(limit);
+        let device = self.device.clone().without_autodiff();
+        let (data, tables) = (&self.data, self.loader.tables());
+        let per_batch = on_lanes(lanes, batches, &|k| {
+            let mut batch = Batch::default();
+            let chunk = &shard[k * size..(k + 1) * size];
             fill_batch(
-                &self.data.train,
+                &data.train,
                 chunk,
-                &self.data.augmentation,
-                self.loader.tables(),
+                &data.augmentation,
+                tables,
                 None,
                 &mut batch,
             );
-            let x = self.images(&batch, &self.device).detach();
-            let _ = net.forward(x, &mut Pass::eval());
+            let mut pass = Pass::batch_statistics();
+            let _ = model.forward(images(&batch, &device), &mut pass);
+            pass.batch_stats.unwrap_or_default()
+        });
+        let mut running: Vec<BatchStats> = Vec::new();
+        for (k, stats) in per_batch.into_iter().enumerate() {
+            if k == 0 {
+                running = stats;
+                continue;
+            }
+            let m = (1.0 / (k as f64 + 1.0)) as f32;
+            for (r, s) in running.iter_mut().zip(&stats) {
+                let means = r.mean.iter_mut().zip(&s.mean);
+                for (r, s) in means.chain(r.var.iter_mut().zip(&s.var)) {
+                    *r = *r * (1.0 - m) + *s * m;
+                }
+            }
         }
-        for bn in net.batch_norms_mut() {
-            bn.momentum = 0.1;
+        for (bn, stats) in model.batch_norms().into_iter().zip(&running) {
+            let slots = self.flat.buffer_slots(bn);
+            for (&(offset, numel), values) in slots.iter().zip([&stats.mean, &stats.var]) {
+                if numel == values.len() {
+                    buffers[offset..offset + numel].copy_from_slice(values);
+                }
+            }
         }
-        self.net = Some(net);
     }
+
     /// The mini-batch loss at `params` on `batch`, with its gradient written into `grad`.
+    /// With several lanes the batch is split into contiguous parts, one per lane, and the
+    /// parts' mean losses and gradients are averaged with weights part size / batch size,
+    /// which is the whole batch's mean loss and gradient (up to rounding; BatchNorm
+    /// normalizes each part by its own statistics, as data-parallel replicas do).
     pub fn loss_and_grad_on(
         &mut self,
         params: &[f32],
         batch: &Batch,
         grad: &mut [f32],
     ) -> Result<f64> {
-        self.pool.enter();
-        self.load(params);
         let device = self.device.clone();
-        let x = self.images(batch, &device);
-        let targets = Tensor::<1, Int>::from_data(
-            TensorData::new(batch.labels.clone(), [batch.len()]),
-            &device,
-        );
-        let net = self.net.as_ref().expect("model present");
-        let flat = &self.flat;
-        let rng = &mut self.dropout_rng;
-        let loss = self.pool.install(|| {
-            let mut pass = Pass {
-                train: true,
-                rng: Some(rng),
-            };
-            let logits = net.forward(x, &mut pass);
-            let loss = CrossEntropyLossConfig::new()
-                .init(&logits.device())
-                .forward(logits, targets);
-            let value = loss.clone().into_scalar::<f32>();
-            let mut grads = loss.backward();
-            flat.read_grads(net, &mut grads, grad);
-            value
+        let n = batch.len();
+        let used = self.lanes.len().min(n).max(1);
+        if used == 1 {
+            let lane = &mut self.lanes[0];
+            lane.kernels.enter();
+            lane.write(params, false);
+            let loss = lane.loss_and_grad(&device, batch, Some(&mut self.dropout_rng), grad);
+            return Ok(loss as f64);
+        }
+        let per = batch.images.len() / n;
+        let mut start = 0;
+        for (i, lane) in self.lanes.iter_mut().take(used).enumerate() {
+            let len = n / used + usize::from(i < n % used);
+            lane.part.shape = batch.shape;
+            lane.part.images.clear();
+            lane.part
+                .images
+                .extend_from_slice(&batch.images[start * per..(start + len) * per]);
+            lane.part.labels.clear();
+            lane.part
+                .labels
+                .extend_from_slice(&batch.labels[start..start + len]);
+            start += len;
+        }
+        // Each part's dropout masks come from a stream of its own, seeded from the worker's.
+        let mut streams: Vec<Rng> = (0..used)
+            .map(|_| seed::rng(self.dropout_rng.random::<u64>(), "dropout-part", 0))
+            .collect();
+        let losses: Vec<f32> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .lanes
+                .iter_mut()
+                .zip(streams.iter_mut())
+                .map(|(lane, rng)| {
+                    let device = &device;
+                    scope.spawn(move || {
+                        lane.kernels.enter();
+                        lane.write(params, false);
+                        let mut g = std::mem::take(&mut lane.grad);
+                        let loss = lane.loss_and_grad(device, &lane.part, Some(rng), &mut g);
+                        lane.grad = g;
+                        loss
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
         });
-        Ok(loss as f64)
+        grad.fill(0.0);
+        let mut loss = 0.0f64;
+        for (lane, &l) in self.lanes.iter().zip(&losses) {
+            let w = lane.part.len() as f32 / n as f32;
+            peloton_core::kernels::axpy(grad, w, &lane.grad);
+            loss += w as f64 * l as f64;
+        }
+        self.average_lane_buffers(used);
+        Ok(loss)
+    }
+
+    /// Gives every lane the average of the first `used` lanes' BatchNorm statistics, so the
+    /// worker keeps one set (each lane saw a part of every batch).
+    fn average_lane_buffers(&mut self, used: usize) {
+        let len = self.flat.buffers.len();
+        if len == 0 {
+            return;
+        }
+        let mut sum = vec![0.0f32; len];
+        let mut one = vec![0.0f32; len];
+        for lane in &self.lanes[..used] {
+            lane.read_buffers(&mut one);
+            sum.iter_mut().zip(&one).for_each(|(s, v)| *s += v);
+        }
+        let scale = 1.0 / used as f32;
+        sum.iter_mut().for_each(|s| *s *= scale);
+        for lane in &mut self.lanes {
+            lane.write(&sum, true);
+        }
+    }
+
+    /// Evaluation's lanes: on `flex`, one single-threaded lane per core of the machine (the
+    /// other workers of a synchronous run wait while one evaluates); on LibTorch, one lane
+    /// with the worker's threads.
+    fn make_eval_lanes(&self) -> Result<Vec<Kernels>> {
+        if self.device_kind != DeviceKind::Flex {
+            let threads = self.lanes[0].kernels.threads();
+            return Ok(vec![Kernels::new(self.device_kind, threads, self.rank)?]);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        (0..cores)
+            .map(|_| Kernels::new(DeviceKind::Flex, 1, self.rank))
+            .collect()
+    }
+
+    /// Test loss and accuracy of `params` (after recomputing BatchNorm statistics where
+    /// that is the policy), the test set's batches spread over `lanes`: each batch's loss
+    /// and hits are summed in batch order, so the result is the same on any number of lanes.
+    fn evaluate_on(&mut self, lanes: &[Kernels], params: &[f32]) -> Result<Evaluation> {
+        let lane = &mut self.lanes[0];
+        lane.kernels.enter();
+        lane.write(params, false);
+        let mut model = lane.net().valid();
+        if self.policy == BatchNormPolicy::Recompute {
+            let mut buffers = self.buffers();
+            self.recompute_batch_norm(lanes, &model, &mut buffers);
+            // The recomputed statistics are the worker's from now on (a checkpoint saves them).
+            model = self.flat.write(model, &buffers, true);
+            self.write_shared_state(&buffers);
+        }
+        let device = self.device.clone().without_autodiff();
+        let test = &self.data.test;
+        let size = self.data.eval_batch_size;
+        let (augmentation, tables) = (&self.data.augmentation, self.loader.tables());
+        let model = &model;
+        let batches = test.len().div_ceil(size);
+        let per_batch = on_lanes(lanes, batches, &|k| {
+            let indices: Vec<u32> = (k * size..((k + 1) * size).min(test.len()))
+                .map(|i| i as u32)
+                .collect();
+            let mut batch = Batch::default();
+            fill_batch(test, &indices, augmentation, tables, None, &mut batch);
+            let logits = model
+                .forward(images(&batch, &device), &mut Pass::eval())
+                .into_data()
+                .convert::<f32>();
+            logits
+                .as_slice::<f32>()
+                .map(|logits| score(logits, &batch.labels))
+                .map_err(|e| format!("cannot read logits: {e:?}"))
+        });
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for r in per_batch {
+            let (l, c) = r.map_err(|message| Error::Learner {
+                worker: self.rank,
+                message,
+            })?;
+            loss_sum += l;
+            correct += c;
+        }
+        let n = test.len().max(1) as f64;
+        Ok(Evaluation {
+            loss: loss_sum / n,
+            accuracy: Some(correct as f64 / n),
+            grad_norm: None,
+        })
     }
 
     /// Draws the next training batch of this worker's stream.
@@ -284,16 +577,43 @@ impl NetworkLearner {
     }
 
     fn read_buffers(&self, out: &mut [f32]) {
-        self.pool.enter();
-        // `valid()` folds pending running-statistics updates in before they are read.
-        let synced = self.net.as_ref().expect("model present").valid();
-        self.flat.read(&synced, out, true);
+        self.lanes[0].read_buffers(out);
     }
 
     /// The segment tables of the parameters and of the buffers.
     pub fn flat_map(&self) -> &FlatMap {
         &self.flat
     }
+}
+
+/// The summed cross-entropy (in f64, log-sum-exp shifted by the row's maximum) and the
+/// number of correct predictions (the first maximum wins) of `logits` rows against `labels`.
+fn score(logits: &[f32], labels: &[i64]) -> (f64, usize) {
+    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    let classes = (logits.len() / labels.len().max(1)).max(1);
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = row
+            .iter()
+            .map(|&z| (z as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        loss_sum += log_sum - row[label as usize] as f64;
+        let predicted = row
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &z)| {
+                if z > best.1 {
+                    (i, z)
+                } else {
+                    best
+                }
+            })
+            .0;
+        correct += (predicted == label as usize) as usize;
+    }
+    (loss_sum, correct)
 }
 
 impl Learner for NetworkLearner {
@@ -315,67 +635,13 @@ impl Learner for NetworkLearner {
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
-        self.pool.enter();
-        self.load(params);
-        if self.policy == BatchNormPolicy::Recompute {
-            let pool = Arc::clone(&self.pool);
-            pool.install(|| self.recompute_batch_norm());
-        }
-        let model = self.net.as_ref().expect("model present").valid();
-        let device = self.device.clone().without_autodiff();
-        let test = Arc::clone(&self.data.test);
-        let indices: Vec<u32> = (0..test.len() as u32).collect();
-        let mut batch = Batch::default();
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        for chunk in indices.chunks(self.data.eval_batch_size) {
-            fill_batch(
-                &test,
-                chunk,
-                &self.data.augmentation,
-                self.loader.tables(),
-                None,
-                &mut batch,
-            );
-            let x = self.images(&batch, &device);
-            let logits = self
-                .pool
-                .install(|| model.forward(x, &mut Pass::eval()))
-                .into_data()
-                .convert::<f32>();
-            let logits = logits.as_slice::<f32>().map_err(|e| Error::Learner {
-                worker: self.rank,
-                message: format!("cannot read logits: {e:?}"),
-            })?;
-            let classes = logits.len() / batch.len();
-            for (row, &label) in logits.chunks_exact(classes).zip(&batch.labels) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-                let log_sum = row
-                    .iter()
-                    .map(|&z| (z as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln()
-                    + max;
-                loss_sum += log_sum - row[label as usize] as f64;
-                let predicted = row
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &z)| {
-                        if z > best.1 {
-                            (i, z)
-                        } else {
-                            best
-                        }
-                    })
-                    .0;
-                correct += (predicted == label as usize) as usize;
-            }
-        }
-        let n = test.len().max(1) as f64;
-        Ok(Evaluation {
-            loss: loss_sum / n,
-            accuracy: Some(correct as f64 / n),
-            grad_norm: None,
-        })
+        let lanes = match self.eval_lanes.take() {
+            Some(lanes) => lanes,
+            None => self.make_eval_lanes()?,
+        };
+        let result = self.evaluate_on(&lanes, params);
+        self.eval_lanes = Some(lanes);
+        result
     }
 
     fn steps_per_epoch(&self) -> Option<u64> {
@@ -413,10 +679,9 @@ impl Learner for NetworkLearner {
     }
 
     fn write_shared_state(&mut self, state: &[f32]) {
-        self.pool.enter();
-        // Fold pending updates in first, or a stale one would overwrite what is written.
-        let _ = self.net.as_ref().expect("model present").valid();
-        let net = self.take_net();
-        self.net = Some(self.flat.write(net, state, true));
+        for lane in &mut self.lanes {
+            lane.kernels.enter();
+            lane.write(state, true);
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod flat;
 pub mod init;
 pub mod learner;
+pub mod memory;
 pub mod models;
 
 pub use config::{BatchNormPolicy, DeviceKind, ModelConfig};

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use peloton_burn::memory::MemoryEstimate;
 use peloton_burn::{ModelConfig, ModelName};
 use peloton_core::algorithms::AlgorithmConfig;
 use peloton_core::learner::LearnerFactory;
@@ -54,6 +55,10 @@ pub struct ExperimentConfig {
     /// A worker whose loss or gradient is NaN/∞: "stop" the run, or "reset-to-leader".
     #[serde(default)]
     pub on_divergence: DivergencePolicy,
+    /// Refuse a network run whose memory estimate exceeds the memory available to this
+    /// process (false: run anyway, for those who know better).
+    #[serde(default = "yes")]
+    pub memory_check: bool,
     #[serde(default)]
     pub eval: EvalSection,
     /// An analytic problem (quadratic, softmax, ...); exclusive with `[model]`.
@@ -352,16 +357,38 @@ impl ExperimentConfig {
 
     /// Builds the learners' factory: for a network this reads or generates the data and
     /// shards it, once for all workers.
-    pub fn factory(&self) -> Result<Box<dyn LearnerFactory>> {
+    ///
+    /// A network's memory is estimated before anything runs (`in_process` workers share this
+    /// process: all of them on threads and the simulator, one on MPI), and a run that cannot
+    /// fit in the memory available is refused unless `memory_check = false`.
+    pub fn factory(&self, in_process: usize) -> Result<Prepared> {
         Ok(match self.task()? {
-            Task::Problem(p) => Box::new(p),
-            Task::Network(m, d) => Box::new(peloton_burn::NetworkTask::load(
-                m,
-                &d,
-                self.workers,
-                self.seed,
-            )?),
+            Task::Problem(p) => Prepared {
+                factory: Box::new(p),
+                memory: None,
+            },
+            Task::Network(m, d) => {
+                let task = peloton_burn::NetworkTask::load(m, &d, self.workers, self.seed)?;
+                let memory = task.memory_estimate(in_process)?;
+                if self.memory_check {
+                    if let Some(available) = peloton_burn::memory::available_memory() {
+                        check_memory(&memory, available)?;
+                    }
+                }
+                Prepared {
+                    factory: Box::new(task),
+                    memory: Some(memory),
+                }
+            }
         })
+    }
+
+    /// Workers that share this process: all of them, except on MPI (one per process).
+    pub fn workers_in_process(&self) -> usize {
+        match self.transport {
+            TransportConfig::Mpi => 1,
+            _ => self.workers,
+        }
     }
 
     /// The resolved config as TOML (every default written out). Values stored as `f32` are
@@ -372,6 +399,28 @@ impl ExperimentConfig {
         shorten_floats(&mut value);
         toml::to_string(&value).context("cannot write the resolved config as TOML")
     }
+}
+
+/// The learners' factory of an experiment, with the memory estimate of a network.
+pub struct Prepared {
+    pub factory: Box<dyn LearnerFactory>,
+    pub memory: Option<MemoryEstimate>,
+}
+
+/// Refuses an estimate above `available` bytes, with one line naming both and the way out.
+pub fn check_memory(memory: &MemoryEstimate, available: u64) -> Result<()> {
+    use peloton_burn::memory::human;
+    if memory.total() > available {
+        bail!(
+            "this run needs about {} ({} per worker × {} workers, data {}) but only {} is available; use fewer workers, a smaller model or smaller batches (data.batch_size, data.eval_batch_size), or set memory_check = false to run anyway",
+            human(memory.total()),
+            human(memory.per_worker()),
+            memory.workers,
+            human(memory.data),
+            human(available)
+        );
+    }
+    Ok(())
 }
 
 /// What an experiment trains.

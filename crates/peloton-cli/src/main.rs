@@ -1,5 +1,6 @@
 //! `peloton`: distributed training from the command line.
 
+mod bench_training;
 mod report;
 mod run_folder;
 mod sweep;
@@ -180,6 +181,15 @@ struct BenchArgs {
     /// Messages each worker sends in the simulator measurement.
     #[arg(long, default_value_t = 100_000)]
     messages: usize,
+    /// Measure training throughput instead: aggregate samples/s of 1, 2 and 4 in-process
+    /// workers under each way of sharing the cores, against one worker with all cores, with
+    /// peak RSS and evaluation time per 10,000 images, for --models (default
+    /// lenet,cnn7,resnet20); each configuration is a child `peloton train` run.
+    #[arg(long)]
+    training: bool,
+    /// Steps per worker of each --training configuration (the first 2 are not timed).
+    #[arg(long, default_value_t = 12)]
+    steps: u64,
 }
 
 fn overrides(args: &TrainArgs) -> Result<Vec<Override>> {
@@ -311,6 +321,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if args.training {
+        return training_bench(args);
+    }
     if !args.models.is_empty() {
         anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
         let device: peloton_burn::DeviceKind = toml::Value::String(args.device.clone())
@@ -358,6 +371,42 @@ fn bench(args: &BenchArgs) -> Result<()> {
             args.repeats
         ))
     );
+    Ok(())
+}
+
+/// A model name as the config spells it.
+fn model_name(name: &str) -> Result<peloton_burn::ModelName> {
+    toml::Value::String(name.to_string())
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("unknown model '{name}' (see `peloton list`)"))
+}
+
+fn training_bench(args: &BenchArgs) -> Result<()> {
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    let names = if args.models.is_empty() {
+        vec!["lenet".to_string(), "cnn7".into(), "resnet20".into()]
+    } else {
+        args.models.clone()
+    };
+    let models = names
+        .iter()
+        .map(|n| model_name(n))
+        .collect::<Result<Vec<_>>>()?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    println!(
+        "training throughput on flex, {cores} cores, batch {} per worker, {} steps per worker (all-reduce SGD, generated images; ratio = samples/s / one worker with all cores for burn's kernels, same run):",
+        args.batch, args.steps
+    );
+    let rows = bench_training::run(&models, args.batch, args.steps)?;
+    println!("{}", bench_training::format_table(&rows));
+    println!("evaluation (one worker, its evaluation lanes; timed on 2,000 generated images):");
+    for &model in &models {
+        let (seconds, lanes) = peloton_burn::bench::eval_seconds_per_10k(model, 2_000)?;
+        println!(
+            "{:<9} {seconds:>8.2} s per 10,000 images on {lanes} lanes",
+            model.as_str()
+        );
+    }
     Ok(())
 }
 

@@ -183,34 +183,14 @@ impl RunFolder {
 
     /// Appends one event to `metrics.jsonl`.
     pub fn record(&mut self, event: &Event) -> Result<()> {
-        // Records are serialized directly (not through serde_json::Value) so that f32 fields
-        // keep their shortest form; the "type" key goes first.
-        let (kind, body) = match event {
-            Event::Started {
-                workers,
-                params,
-                steps,
-            } => (
-                "start",
-                json!({"workers": workers, "params": params, "steps": steps}).to_string(),
-            ),
-            Event::Worker(r) => ("worker", serde_json::to_string(r)?),
-            Event::Eval(e) => ("eval", serde_json::to_string(e)?),
-            // Checkpoints are committed by the caller, not recorded as metrics.
-            Event::Checkpoint { .. } => return Ok(()),
-            Event::Diverged {
-                step,
-                worker,
-                loss,
-                reset_to,
-            } => (
-                "diverged",
-                json!({"step": step, "worker": worker, "loss": loss.to_string(), "reset_to": reset_to})
-                    .to_string(),
-            ),
+        let Some(line) = event_line(event)? else {
+            return Ok(());
         };
-        let fields = body.strip_prefix('{').unwrap_or(&body);
-        writeln!(self.metrics, "{{\"type\":\"{kind}\",{fields}")
+        // Each record reaches the file as soon as it is final (the events arrive in their
+        // final order), so `tail -f` shows progress and a killed run keeps every record up to
+        // its last log point. A flush is one write(2); no fsync (that is the checkpoints' job).
+        writeln!(self.metrics, "{line}")
+            .and_then(|_| self.metrics.flush())
             .context("cannot write metrics.jsonl")
     }
 
@@ -222,6 +202,38 @@ impl RunFolder {
             serde_json::to_string_pretty(summary)?.as_bytes(),
         )
     }
+}
+
+/// One event as its `metrics.jsonl` line (`None` for events that are not metrics).
+pub fn event_line(event: &Event) -> Result<Option<String>> {
+    // Records are serialized directly (not through serde_json::Value) so that f32 fields
+    // keep their shortest form; the "type" key goes first.
+    let (kind, body) = match event {
+        Event::Started {
+            workers,
+            params,
+            steps,
+        } => (
+            "start",
+            json!({"workers": workers, "params": params, "steps": steps}).to_string(),
+        ),
+        Event::Worker(r) => ("worker", serde_json::to_string(r)?),
+        Event::Eval(e) => ("eval", serde_json::to_string(e)?),
+        // Checkpoints are committed by the caller, not recorded as metrics.
+        Event::Checkpoint { .. } => return Ok(None),
+        Event::Diverged {
+            step,
+            worker,
+            loss,
+            reset_to,
+        } => (
+            "diverged",
+            json!({"step": step, "worker": worker, "loss": loss.to_string(), "reset_to": reset_to})
+                .to_string(),
+        ),
+    };
+    let fields = body.strip_prefix('{').unwrap_or(&body);
+    Ok(Some(format!("{{\"type\":\"{kind}\",{fields}")))
 }
 
 /// A fresh folder name under `runs/`: `runs/<algorithm>-<problem>-<unix time>[-k]`.

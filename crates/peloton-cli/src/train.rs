@@ -7,12 +7,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use peloton_burn::memory::MemoryEstimate;
 use peloton_core::checkpoint::CheckpointConfig;
 use peloton_core::runner::{run_threads_with_faults, EvalRecord, Event, RunReport, WorkerRecord};
 use peloton_sim::SimReport;
 use serde_json::json;
 
-use crate::config::{ExperimentConfig, TransportConfig};
+use crate::config::{ExperimentConfig, Prepared, TransportConfig};
 use crate::run_folder::{
     checkpoints_dir, default_path, fingerprint, read_manifest, write_atomic, RunFolder,
 };
@@ -79,7 +80,8 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
         .out
         .clone()
         .unwrap_or_else(|| default_path(config.algorithm.name(), &config.task_name()));
-    let factory = config.factory()?;
+    let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
+    print_memory(options, memory.as_ref());
     let mut calibrated;
     let config = match (options.calibrate, &config.transport) {
         (None, _) => config,
@@ -192,7 +194,8 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
             ),
         }
     }
-    let factory = config.factory()?;
+    let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
+    print_memory(options, memory.as_ref());
     let folder = Folder {
         path: run_dir,
         folder,
@@ -205,6 +208,13 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
         folder,
         Some(manifest.map(|m| m.step)),
     )
+}
+
+/// The memory estimate of a network run, before it starts.
+fn print_memory(options: &TrainOptions, memory: Option<&MemoryEstimate>) {
+    if let (false, Some(m)) = (options.quiet, memory) {
+        println!("{m}");
+    }
 }
 
 /// An open run folder, where it is, and the fingerprint of its `config.toml`.
@@ -486,6 +496,7 @@ fn summary_json(
 ) -> serde_json::Value {
     json!({
         "status": "ok",
+        "peak_rss_bytes": peloton_burn::memory::peak_rss(),
         "algorithm": config.algorithm.name(),
         "task": config.task_name(),
         "workers": config.workers,

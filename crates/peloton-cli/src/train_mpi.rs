@@ -18,6 +18,8 @@
 /// `peloton train --resume RUN_DIR` of an MPI run: every rank continues from the checkpoint
 /// of `step` (`None`: from the start) in `dir`, whose `config.toml` has fingerprint
 /// `fingerprint`; rank 0 cuts `metrics.jsonl` back to `metrics_bytes`.
+/// Without the `mpi` feature the resume is refused before any field is read.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub struct MpiResume {
     pub dir: std::path::PathBuf,
     pub step: Option<u64>,
@@ -166,7 +168,7 @@ mod imp {
         resume: Option<&MpiResume>,
     ) -> Result<(Box<dyn LearnerFactory>, Folder, u64)> {
         config.validate()?;
-        let factory = config.factory()?;
+        let factory = config.factory(config.workers_in_process())?.factory;
         if let Some(r) = resume {
             // Every rank's events up to the checkpoint are there (its worker file was checked
             // with the others' by `train::resume`).
@@ -200,8 +202,48 @@ mod imp {
         Ok((factory, folder, fingerprint(&text)))
     }
 
-    /// Rank 0's `path` on every rank (collective): checkpoint files go into the run folder,
-    /// which every rank must see.
+    /// One rank's records as they happen, in `RUN_DIR/ranks/rank-R.jsonl` (flushed per
+    /// record), for a job that dies before rank 0 writes `metrics.jsonl`. A rank whose host
+    /// does not see the run folder streams nothing and says so once.
+    struct LiveRecords {
+        file: Option<std::fs::File>,
+    }
+
+    impl LiveRecords {
+        fn dir(run: &std::path::Path) -> PathBuf {
+            run.join("ranks")
+        }
+
+        /// A resumed run starts the file anew (the checkpoint holds the events before it).
+        fn open(run: &std::path::Path, rank: usize) -> Self {
+            let dir = Self::dir(run);
+            let path = dir.join(format!("rank-{rank}.jsonl"));
+            let file = std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::File::create(&path))
+                .map_err(|e| {
+                    eprintln!(
+                        "note: rank {rank} cannot stream its records to {}: {e} (they reach metrics.jsonl at the end)",
+                        path.display()
+                    )
+                })
+                .ok();
+            Self { file }
+        }
+
+        fn record(&mut self, event: &Event) {
+            use std::io::Write;
+            let Some(file) = &mut self.file else { return };
+            if let Ok(Some(line)) = crate::run_folder::event_line(event) {
+                // One write(2) per record, no buffering; a failed write stops the stream.
+                if writeln!(file, "{line}").is_err() {
+                    self.file = None;
+                }
+            }
+        }
+    }
+
+    /// Rank 0's `path` on every rank (collective): checkpoint and streamed record files go
+    /// into the run folder, which every rank must see.
     fn broadcast_path(comm: &mut MpiComm, path: Option<&PathBuf>) -> peloton_core::Result<PathBuf> {
         // Bytes travel one per f32 (exact), after their count.
         let bytes = path
@@ -222,17 +264,11 @@ mod imp {
     /// end, from the events the checkpoint keeps.
     fn commit_when_complete(
         run: &std::path::Path,
+        checkpoints: &CheckpointConfig,
         step: u64,
         workers: usize,
-        fingerprint: u64,
         limit: std::time::Duration,
     ) -> Result<()> {
-        let checkpoints = CheckpointConfig {
-            every: 1,
-            dir: checkpoints_dir(run),
-            fingerprint,
-            resume: None,
-        };
         let deadline = std::time::Instant::now() + limit;
         for w in 0..workers {
             let files = [
@@ -251,7 +287,7 @@ mod imp {
                 }
             }
         }
-        commit_manifest(run, step, 0, fingerprint)
+        commit_manifest(run, step, 0, checkpoints.fingerprint)
     }
 
     fn train_rank(
@@ -306,14 +342,19 @@ mod imp {
         }
 
         let mut run = config.run_config();
+        let run_dir = match resume {
+            Some(r) => r.dir.clone(),
+            None => broadcast_path(setup, folder.as_ref().map(|(_, p)| p)).map_err(shared)?,
+        };
+        // Rank 0 writes `metrics.jsonl` once every rank's events are gathered; until then each
+        // rank streams its own records to the run folder (where this host sees it), so a
+        // killed job keeps them.
+        let live_records = std::sync::Mutex::new(LiveRecords::open(&run_dir, rank));
         // Checkpoints: every rank writes its own files into rank 0's run folder.
         let committing = if config.checkpoint.is_off() {
             None
         } else {
-            let path = match resume {
-                Some(r) => r.dir.clone(),
-                None => broadcast_path(setup, folder.as_ref().map(|(_, p)| p)).map_err(shared)?,
-            };
+            let path = run_dir.clone();
             run.checkpoint = Some(CheckpointConfig {
                 every: config.checkpoint.every,
                 dir: checkpoints_dir(&path),
@@ -352,14 +393,22 @@ mod imp {
                     std::thread::sleep(pause);
                 }
             }
-            if let (Some(path), Event::Checkpoint { step, .. }, 0) = (&committing, event, rank) {
-                if let Err(e) = commit_when_complete(path, *step, config.workers, hash, limit) {
+            if let (Some(path), Some(checkpoints), Event::Checkpoint { step, .. }, 0) =
+                (&committing, &run.checkpoint, event, rank)
+            {
+                if let Err(e) =
+                    commit_when_complete(path, checkpoints, *step, config.workers, limit)
+                {
                     commit_error
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .get_or_insert(e);
                 }
             }
+            live_records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(event);
             if let Some(header) = &header {
                 display(&bar, header, event);
             }
@@ -398,6 +447,8 @@ mod imp {
         let last = recorder
             .finish(&config, Ok(&report))
             .map_err(Failure::Local)?;
+        // `metrics.jsonl` holds every rank's records now: the streamed copies go.
+        let _ = std::fs::remove_dir_all(LiveRecords::dir(&path));
         if !options.quiet {
             print_summary(false, &report, &last, &path);
         }

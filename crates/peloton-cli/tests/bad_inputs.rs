@@ -293,6 +293,9 @@ fn catalog() -> Vec<Row> {
             "problem.d × problem.d = 100000 × 100000 values",
         ),
         row("MLP layer beyond memory", &on_mnist("mnist", &["--set", "model.hidden=[100000000000]"]), "a layer of model.hidden = 3072 × 100000000000 values"),
+        // 1.6 G parameters × 4 workers (≈ 180 GB with gradients, momentum and the model's
+        // copy): refused by the memory estimate before anything is allocated.
+        row("a run beyond the machine's memory", &train(&["--model", "mlp", "--set", "model.hidden=[40000, 40000]"], &[("--steps", "1")]), "set memory_check = false to run anyway"),
         row("center without a center", &quad(&["--eval-model", "center"]), "eval.model = \"center\" needs an algorithm with a center"),
         row("batch size zero", &on_mnist("mnist", &["--batch-size", "0"]), "data.batch_size must be at least 1"),
         row("dirichlet alpha zero", &on_mnist("mnist", &["--set", "data.partition.kind=dirichlet", "--set", "data.partition.alpha=0"]), "data.partition.alpha must be positive, got 0"),

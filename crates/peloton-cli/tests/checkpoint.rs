@@ -480,3 +480,66 @@ fn resume_refuses_what_it_cannot_continue() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Records reach `metrics.jsonl` as they are made: a run killed with SIGKILL after its first
+/// log point has that record on disk (a buffered writer kept everything until the end).
+#[test]
+fn a_killed_run_keeps_its_records_up_to_the_kill() {
+    for (name, extra) in [("threads", None), ("sim", Some("ethernet-10g"))] {
+        let dir = scratch(&format!("streamed-{name}"));
+        let mut args = strings(&[
+            "train",
+            "--steps",
+            "100",
+            "--set",
+            "log_every=25",
+            "--quiet",
+            "--out",
+        ]);
+        args.push(dir.display().to_string());
+        if let Some(cluster) = extra {
+            args.extend(strings(&["--cluster", cluster]));
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peloton"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary runs");
+        let metrics = dir.join("metrics.jsonl");
+        let start = Instant::now();
+        // The steps of the worker records on disk when the first one shows up.
+        let first_seen = loop {
+            let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+            let steps: Vec<u64> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["type"] == "worker")
+                .filter_map(|v| v["step"].as_u64())
+                .collect();
+            if !steps.is_empty() {
+                break steps;
+            }
+            if dir.join("summary.json").exists() || start.elapsed() > Duration::from_secs(300) {
+                break Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        // Records come every 25 steps; a writer that holds them back shows them all at once,
+        // at the end (under its 8 KiB buffer: 16 records).
+        let last = first_seen.iter().copied().max();
+        assert!(
+            matches!(last, Some(step) if step < 100),
+            "{name}: the records reached the file only at the end (steps seen first: {first_seen:?})"
+        );
+        let text = std::fs::read_to_string(&metrics).expect("metrics.jsonl");
+        assert!(text.ends_with('\n'), "{name}: a record was cut");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("whole JSON lines");
+            assert!(v["type"].is_string());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -22,11 +22,27 @@ pub use mlp::Mlp;
 pub use resnet::ResNet;
 pub use vgg::Vgg;
 
-/// What a forward pass needs besides the input: whether it trains (dropout on), and the
-/// worker's own dropout stream (so that dropout masks are reproducible from the run seed).
+/// What a forward pass needs besides the input: whether it trains (dropout on), the
+/// worker's own dropout stream (so that dropout masks are reproducible from the run seed),
+/// and whether BatchNorm reports its batch statistics.
 pub struct Pass<'a> {
     pub train: bool,
     pub rng: Option<&'a mut Rng>,
+    /// `Some`: every BatchNorm layer normalizes with the batch's own statistics and pushes
+    /// them here, in forward order, on whatever device the pass runs. This is how running
+    /// statistics are recomputed on the inference device: burn's BatchNorm takes its
+    /// training path only on an autodiff device, where a forward pass without a backward
+    /// leaves its whole tape (every saved activation) in the graph until the next backward —
+    /// the 97 ResNet-20 batches of a CIFAR-10 shard held 24 GB that way.
+    pub batch_stats: Option<Vec<BatchStats>>,
+}
+
+/// One BatchNorm layer's statistics over one batch: the per-channel mean and variance as
+/// burn's training path computes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
 }
 
 impl Pass<'_> {
@@ -34,8 +50,39 @@ impl Pass<'_> {
         Pass {
             train: false,
             rng: None,
+            batch_stats: None,
         }
     }
+
+    /// A pass that normalizes with, and collects, each BatchNorm layer's batch statistics.
+    pub fn batch_statistics() -> Pass<'static> {
+        Pass {
+            batch_stats: Some(Vec::new()),
+            ..Pass::eval()
+        }
+    }
+}
+
+/// `bn` applied to `x` as `pass` asks: burn's own forward (batch statistics on the autodiff
+/// device in training, running statistics otherwise), or, when the pass collects batch
+/// statistics, normalization by the batch's statistics on any device, without touching the
+/// running statistics (the caller folds the collected ones in).
+pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, pass: &mut Pass<'_>) -> Tensor<D> {
+    let Some(stats) = pass.batch_stats.as_mut() else {
+        return bn.forward(x);
+    };
+    let out = burn::tensor::module::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    let host = |t: Tensor<1>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default()
+    };
+    stats.push(BatchStats {
+        mean: host(out.mean),
+        var: host(out.variance),
+    });
+    out.output
 }
 
 /// Inverted dropout with a mask drawn from the worker's seeded stream.
@@ -110,6 +157,77 @@ impl ModelName {
     }
 
     /// Checks that the model accepts `[C, H, W]` inputs.
+    /// The images this model is usually trained on, `[C, H, W]`: MNIST's 1×28×28 for the MLP
+    /// and LeNet-5, CIFAR-10's 28×28 crops for CNN7, whole CIFAR-10 images otherwise (what
+    /// the benchmarks generate).
+    pub fn typical_input(&self) -> [usize; 3] {
+        match self {
+            ModelName::Mlp | ModelName::Lenet => [1, 28, 28],
+            ModelName::Cnn7 => [3, 28, 28],
+            _ => [3, 32, 32],
+        }
+    }
+
+    /// The number of trainable parameters of this model on `input` (`[C, H, W]`) images
+    /// with `classes` classes, from its layer shapes (without building it: a memory
+    /// estimate must not allocate what it is about to refuse).
+    pub fn parameters(&self, input: [usize; 3], classes: usize, hidden: &[usize]) -> u64 {
+        let [c, classes] = [input[0] as u64, classes as u64];
+        let linear = |i: u64, o: u64| i * o + o;
+        let conv = |i: u64, o: u64, k: u64, bias: bool| i * o * k * k + if bias { o } else { 0 };
+        match self {
+            ModelName::Mlp => {
+                let widths: Vec<u64> = std::iter::once(input.iter().map(|&d| d as u64).product())
+                    .chain(hidden.iter().map(|&h| h as u64))
+                    .chain(std::iter::once(classes))
+                    .collect();
+                widths.windows(2).map(|w| linear(w[0], w[1])).sum()
+            }
+            ModelName::Lenet => {
+                conv(c, 6, 5, true)
+                    + conv(6, 16, 5, true)
+                    + linear(400, 120)
+                    + linear(120, 84)
+                    + linear(84, classes)
+            }
+            ModelName::Cnn7 => {
+                conv(c, 64, 5, true)
+                    + conv(64, 128, 5, true)
+                    + conv(128, 64, 3, true)
+                    + linear(256, 256)
+                    + linear(256, classes)
+            }
+            ModelName::Resnet20 | ModelName::Resnet32 | ModelName::Resnet56 => {
+                let n = match self {
+                    ModelName::Resnet20 => 3,
+                    ModelName::Resnet32 => 5,
+                    _ => 9,
+                };
+                let mut total = conv(c, 16, 3, false) + 2 * 16;
+                let mut input = 16u64;
+                for planes in [16u64, 32, 64] {
+                    for _ in 0..n {
+                        total += conv(input, planes, 3, false) + conv(planes, planes, 3, false);
+                        total += 4 * planes; // two BatchNorms' γ and β
+                        input = planes;
+                    }
+                }
+                total + linear(64, classes)
+            }
+            ModelName::Vgg16 => {
+                let mut total = 0;
+                let mut input = c;
+                for out in [
+                    64u64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512,
+                ] {
+                    total += conv(input, out, 3, true) + 2 * out;
+                    input = out;
+                }
+                total + linear(512, 512) + linear(512, 512) + linear(512, classes)
+            }
+        }
+    }
+
     pub fn check_input(&self, [c, h, w]: [usize; 3]) -> Result<()> {
         match self {
             ModelName::Mlp => {}
@@ -179,8 +297,17 @@ impl Net {
             Net::Mlp(m) => m.forward(x),
             Net::LeNet(m) => m.forward(x),
             Net::Cnn7(m) => m.forward(x, pass),
-            Net::ResNet(m) => m.forward(x),
+            Net::ResNet(m) => m.forward(x, pass),
             Net::Vgg(m) => m.forward(x, pass),
+        }
+    }
+
+    /// Every BatchNorm layer, in forward order (the order of [`Pass::batch_stats`]).
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        match self {
+            Net::ResNet(m) => m.batch_norms(),
+            Net::Vgg(m) => m.batch_norms(),
+            _ => Vec::new(),
         }
     }
 
@@ -190,15 +317,6 @@ impl Net {
             Net::ResNet(_) => crate::init::Scheme::KaimingNormalFanIn,
             Net::Vgg(_) => crate::init::Scheme::VggConvFanOut,
             _ => crate::init::Scheme::PytorchDefault,
-        }
-    }
-
-    /// Every BatchNorm layer, for the statistics-recomputation policy.
-    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
-        match self {
-            Net::ResNet(m) => m.batch_norms_mut(),
-            Net::Vgg(m) => m.batch_norms_mut(),
-            _ => Vec::new(),
         }
     }
 }

@@ -11,6 +11,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::{batch_norm, Pass};
+
 fn conv3x3(input: usize, output: usize, stride: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([input, output], [3, 3])
         .with_stride([stride, stride])
@@ -47,9 +49,9 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+    fn forward(&self, x: Tensor<4>, pass: &mut Pass<'_>) -> Tensor<4> {
+        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone()), pass));
+        let out = batch_norm(&self.bn2, self.conv2.forward(out), pass);
         let shortcut = match &self.subsample {
             None => x,
             Some(pool) => {
@@ -91,10 +93,10 @@ impl ResNet {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+    pub fn forward(&self, x: Tensor<4>, pass: &mut Pass<'_>) -> Tensor<2> {
+        let mut x = relu(batch_norm(&self.bn1, self.conv1.forward(x), pass));
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward(x, pass);
         }
         // Global average pooling.
         let [n, c, h, w] = x.dims();
@@ -102,11 +104,12 @@ impl ResNet {
         self.linear.forward(pooled)
     }
 
-    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
-        let mut out = vec![&mut self.bn1];
-        for b in &mut self.blocks {
-            out.push(&mut b.bn1);
-            out.push(&mut b.bn2);
+    /// BatchNorm layers in forward order.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut out = vec![&self.bn1];
+        for b in &self.blocks {
+            out.push(&b.bn1);
+            out.push(&b.bn2);
         }
         out
     }

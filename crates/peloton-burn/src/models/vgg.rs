@@ -8,7 +8,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::Pass;
+use super::{batch_norm, Pass};
 
 /// Output channels of each convolution; 0 marks a max pool.
 const CONFIG_D: [usize; 18] = [
@@ -63,7 +63,7 @@ impl Vgg {
                 self.pool.forward(x)
             } else {
                 let l = layers.next().expect("one layer per convolution");
-                relu(l.bn.forward(l.conv.forward(x)))
+                relu(batch_norm(&l.bn, l.conv.forward(x), pass))
             };
         }
         let x = super::flatten(x);
@@ -72,7 +72,8 @@ impl Vgg {
         self.fc3.forward(x)
     }
 
-    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
-        self.features.iter_mut().map(|l| &mut l.bn).collect()
+    /// BatchNorm layers in forward order.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        self.features.iter().map(|l| &l.bn).collect()
     }
 }
