@@ -13,6 +13,7 @@ use peloton_core::optim::OptimizerConfig;
 use peloton_core::runner::{DivergencePolicy, EvalModel, RunConfig, MAX_THREAD_WORKERS};
 use peloton_data::DataConfig;
 use peloton_problems::ProblemConfig;
+use peloton_topology::text_file::read_text_file;
 use serde::{Deserialize, Serialize};
 
 /// The budget used when a file and the flags give none: analytic problems.
@@ -164,7 +165,7 @@ pub fn cluster_table(spec: &str) -> Result<toml::Value> {
         Some(c) => c,
         None => {
             let path = Path::new(spec);
-            let text = std::fs::read_to_string(path).with_context(|| {
+            let text = read_text_file(path).with_context(|| {
                 let names: Vec<&str> = peloton_sim::ClusterConfig::presets()
                     .iter()
                     .map(|p| p.0)
@@ -443,6 +444,9 @@ fn shorten_floats(value: &mut toml::Value) {
     }
 }
 
+/// The most dotted parts a `--set` key may have.
+const MAX_KEY_PARTS: usize = 16;
+
 /// One change on top of the file: a dotted key and a TOML value.
 #[derive(Debug, Clone)]
 pub struct Override {
@@ -461,9 +465,20 @@ impl Override {
         if key.is_empty() || key.split('.').any(str::is_empty) {
             bail!("--set: '{key}' is not a valid dotted key");
         }
+        // No key of an experiment is nested deeper than a few tables; a longer path is a
+        // mistake (and the nested tables it would build are walked recursively).
+        if key.split('.').count() > MAX_KEY_PARTS {
+            let start: String = key.chars().take(40).collect();
+            bail!("--set: '{start}…' has more than {MAX_KEY_PARTS} dotted parts");
+        }
         let raw = raw.trim();
+        // Exactly one TOML value: a value with a line break cannot smuggle in a second key.
+        if raw.contains(['\n', '\r']) {
+            bail!("--set {key}: the value must be on one line");
+        }
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
+            .filter(|t| t.len() == 1)
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
         Ok(Self {
@@ -516,7 +531,7 @@ fn one_line(origin: &str, text: &str, err: &toml::de::Error) -> anyhow::Error {
 pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<ExperimentConfig> {
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
+            let text = read_text_file(p)
                 .with_context(|| format!("cannot read config file {}", p.display()))?;
             parse(&p.display().to_string(), &text, overrides)
         }

@@ -261,9 +261,10 @@ fn parse_slowdown(spec: &str) -> Result<(usize, f64)> {
         ))
     });
     match parsed {
-        Some((w, f)) if f.is_finite() && f >= 1.0 => Ok((w, f)),
+        Some((w, f)) if (1.0..=peloton_core::limits::MAX_SLOWDOWN).contains(&f) => Ok((w, f)),
         _ => anyhow::bail!(
-            "--slowdown {spec:?}: expected WORKER=FACTOR with a factor ≥ 1, e.g. --slowdown 3=5"
+            "--slowdown {spec:?}: expected WORKER=FACTOR with a factor between 1 and {:e}, e.g. --slowdown 3=5",
+            peloton_core::limits::MAX_SLOWDOWN
         ),
     }
 }

@@ -251,7 +251,7 @@ fn x_value(c: &Combination, x: &str) -> Option<f64> {
 
 /// Runs a sweep file.
 pub fn run(args: &RunArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.file)
+    let text = peloton_topology::text_file::read_text_file(&args.file)
         .with_context(|| format!("cannot read sweep file {}", args.file.display()))?;
     let sweep: SweepFile = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(

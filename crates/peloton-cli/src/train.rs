@@ -152,18 +152,9 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
         );
     }
     if let Some(m) = &manifest {
-        let metrics = run_dir.join("metrics.jsonl");
-        let len = std::fs::metadata(&metrics)
-            .with_context(|| format!("cannot read {}", metrics.display()))?
-            .len();
-        anyhow::ensure!(
-            len >= m.metrics_bytes,
-            "{} is shorter ({len} bytes) than at the checkpoint ({} bytes): it was damaged",
-            metrics.display(),
-            m.metrics_bytes
-        );
-        // Every worker's file is read and checked before the folder is touched: a damaged or
-        // foreign checkpoint must not cost the run its metrics.
+        // The kept metrics and every worker's file are read and checked before the folder is
+        // touched: a refused resume leaves every file as it was.
+        check_metrics_prefix(&run_dir.join("metrics.jsonl"), m.metrics_bytes)?;
         peloton_core::checkpoint::verify(&checkpoints_dir(run_dir), m.step, config.workers, fp)?;
     }
     if config.transport == TransportConfig::Mpi {
@@ -180,6 +171,8 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
             }),
         );
     }
+    // The data and the memory check too, before the folder is touched.
+    let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
     let folder = RunFolder::reopen(run_dir, manifest.as_ref().map_or(0, |m| m.metrics_bytes))?;
     if !options.quiet {
         match &manifest {
@@ -194,7 +187,6 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
             ),
         }
     }
-    let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
     print_memory(options, memory.as_ref());
     let folder = Folder {
         path: run_dir,
@@ -367,6 +359,64 @@ pub(crate) fn display(bar: &ProgressBar, header: &Header, event: &Event) {
     }
 }
 
+/// One line of `metrics.jsonl` as a resumed run counts it.
+enum Replayed {
+    Start,
+    Diverged(usize),
+    Worker(WorkerRecord),
+    Other,
+}
+
+impl Replayed {
+    /// Line `i` (0-based) of `metrics`, or an error naming it.
+    fn parse(line: &str, i: usize, metrics: &std::path::Path) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {} is not JSON", metrics.display(), i + 1))?;
+        Ok(match value["type"].as_str() {
+            Some("start") => Replayed::Start,
+            Some("diverged") => Replayed::Diverged(value["worker"].as_u64().unwrap_or(0) as usize),
+            Some("worker") => {
+                Replayed::Worker(serde_json::from_value(value).with_context(|| {
+                    format!(
+                        "{} line {} is not a worker record",
+                        metrics.display(),
+                        i + 1
+                    )
+                })?)
+            }
+            _ => Replayed::Other,
+        })
+    }
+}
+
+/// Checks, before a resume touches anything, that the first `bytes` of `metrics` — what the
+/// checkpoint committed — are whole records that the resumed run can count.
+fn check_metrics_prefix(metrics: &std::path::Path, bytes: u64) -> Result<()> {
+    let data =
+        std::fs::read(metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
+    let prefix = usize::try_from(bytes)
+        .ok()
+        .and_then(|b| data.get(..b))
+        .with_context(|| {
+            format!(
+                "{} is shorter ({} bytes) than at the checkpoint ({bytes} bytes): it was damaged",
+                metrics.display(),
+                data.len()
+            )
+        })?;
+    anyhow::ensure!(
+        prefix.is_empty() || prefix.ends_with(b"\n"),
+        "{}: the checkpoint's {bytes} bytes end inside a record: the file was damaged",
+        metrics.display()
+    );
+    let text = std::str::from_utf8(prefix)
+        .with_context(|| format!("{} is not UTF-8 text: it was damaged", metrics.display()))?;
+    for (i, line) in text.lines().enumerate() {
+        Replayed::parse(line, i, metrics)?;
+    }
+    Ok(())
+}
+
 /// Writes a run's events into its folder and keeps what the summary needs.
 pub(crate) struct Recorder {
     folder: RunFolder,
@@ -405,25 +455,11 @@ impl Recorder {
         let text = std::fs::read_to_string(metrics)
             .with_context(|| format!("cannot read {}", metrics.display()))?;
         for (i, line) in text.lines().enumerate() {
-            let value: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{} line {} is not JSON", metrics.display(), i + 1))?;
-            match value["type"].as_str() {
-                Some("start") => self.skip_start = true,
-                Some("diverged") => {
-                    let worker = value["worker"].as_u64().unwrap_or(0) as usize;
-                    *self.resets.entry(worker).or_default() += 1;
-                }
-                Some("worker") => {
-                    let r: WorkerRecord = serde_json::from_value(value).with_context(|| {
-                        format!(
-                            "{} line {} is not a worker record",
-                            metrics.display(),
-                            i + 1
-                        )
-                    })?;
-                    self.count(&r);
-                }
-                _ => {}
+            match Replayed::parse(line, i, metrics)? {
+                Replayed::Start => self.skip_start = true,
+                Replayed::Diverged(worker) => *self.resets.entry(worker).or_default() += 1,
+                Replayed::Worker(r) => self.count(&r),
+                Replayed::Other => {}
             }
         }
         Ok(())

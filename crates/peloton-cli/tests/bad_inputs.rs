@@ -35,6 +35,9 @@ struct Row {
     /// Files written (relative to the scratch folder) after the common ones, possibly
     /// replacing one of them: a broken dataset file, an experiment file.
     files: Vec<(&'static str, Vec<u8>)>,
+    /// Named pipes made (with `mkfifo`) in the scratch folder: a reader that opens one
+    /// blocks until a writer comes, which none ever does here.
+    fifos: Vec<&'static str>,
     /// Text the error line must contain.
     expect: &'static str,
 }
@@ -44,6 +47,7 @@ fn row(name: &'static str, args: &[&'static str], expect: &'static str) -> Row {
         name,
         args: args.to_vec(),
         files: Vec::new(),
+        fifos: Vec::new(),
         expect,
     }
 }
@@ -53,6 +57,12 @@ impl Row {
     fn file(mut self, path: &'static str, bytes: impl Into<Vec<u8>>) -> Self {
         self.files.retain(|(p, _)| *p != path);
         self.files.push((path, bytes.into()));
+        self
+    }
+
+    /// Makes `path` a named pipe.
+    fn fifo(mut self, path: &'static str) -> Self {
+        self.fifos.push(path);
         self
     }
 
@@ -276,7 +286,7 @@ fn catalog() -> Vec<Row> {
         // Budgets and run settings.
         row("steps zero", &quad(&["--steps", "0"]), "steps must be at least 1"),
         row("epochs zero", &quad(&["--epochs", "0"]), "epochs must be positive, got 0"),
-        row("time budget negative", &quad(&["--set", "time_budget=-1.0"]), "time_budget must be a positive number of seconds, got -1"),
+        row("time budget negative", &quad(&["--set", "time_budget=-1.0"]), "time_budget must be a positive number of seconds up to 1e9 (about 32 years), got -1"),
         row("log_every zero", &quad(&["--set", "log_every=0"]), "log_every must be at least 1"),
         row("leader_window zero", &quad(&["--set", "leader_window=0"]), "leader_window must be at least 1"),
         // Sizes no worker can hold: refused in validation, not by a worker's allocation.
@@ -367,11 +377,11 @@ fn catalog() -> Vec<Row> {
         ),
         // Slow-downs and faults.
         row("--slowdown without a factor", &quad(&["--slowdown", "3"]), "--slowdown \"3\": expected WORKER=FACTOR"),
-        row("--slowdown below 1", &quad(&["--slowdown", "1=0.5"]), "--slowdown \"1=0.5\": expected WORKER=FACTOR with a factor ≥ 1"),
+        row("--slowdown below 1", &quad(&["--slowdown", "1=0.5"]), "--slowdown \"1=0.5\": expected WORKER=FACTOR with a factor between 1 and 1e6"),
         row("--slowdown of a worker that does not exist", &quad(&["--slowdown", "9=2"]), "fault for worker 9 but the run has 4 workers"),
         row("fault of a worker that does not exist", &quad(&["-c", "exp.toml"]), "fault for worker 7 but the run has 4 workers")
             .file("exp.toml", "[transport]\nkind = \"threads\"\nfaults = [{ worker = 7, at = 0.5, kind = \"stop\" }]\n"),
-        row("fault at a negative time", &quad(&["-c", "exp.toml"]), "fault time must be a non-negative number of seconds, got -1")
+        row("fault at a negative time", &quad(&["-c", "exp.toml"]), "fault time must be a non-negative number of seconds up to 1e9, got -1")
             .file("exp.toml", "[transport]\nkind = \"threads\"\nfaults = [{ worker = 1, at = -1.0, kind = \"stop\" }]\n"),
         // Dataset folders and files.
         row("mnist without a folder", &train(&["--dataset", "mnist"], &[]), "needs data.dir"),
@@ -454,6 +464,14 @@ fn catalog() -> Vec<Row> {
             .file("ck/checkpoints/latest.json", manifest(99, CKPT_CONFIG)),
         resume_row("config edited after the checkpoint", ckpt_sample(), "changed since the checkpoint")
             .file("ck/config.toml", CKPT_CONFIG.replace("steps = 10", "steps = 11")),
+        // A refused resume must leave every file as it was (the catalog checks every byte):
+        // the kept metrics are read before anything is cut.
+        resume_row("metrics whose first line is garbage", ckpt_sample(), "metrics.jsonl line 1 is not JSON")
+            .file("ck/metrics.jsonl", "#".repeat(52) + "\n{\"type\":\"start\",\"params\":20,\"steps\":10,\"workers\":2}\n")
+            .file("ck/checkpoints/latest.json", manifest_with_bytes(1, CKPT_CONFIG, 53)),
+        resume_row("checkpoint that cuts a record in two", ckpt_sample(), "the checkpoint's 10 bytes end inside a record")
+            .file("ck/metrics.jsonl", "{\"type\":\"start\",\"params\":20,\"steps\":10,\"workers\":2}\n")
+            .file("ck/checkpoints/latest.json", manifest_with_bytes(1, CKPT_CONFIG, 10)),
         resume_row("metrics shorter than at the checkpoint", ckpt_sample(), "shorter")
             .file("ck/checkpoints/latest.json", manifest_with_bytes(1, CKPT_CONFIG, 100)),
         row("resume a run without checkpoints", &["train", "--resume", "plain"], "without checkpoints")
@@ -472,6 +490,28 @@ fn catalog() -> Vec<Row> {
             &quad(&["--algorithm", "async-easgd", "--transport", "sim", "--set", "checkpoint.every=2", "--set", "transport.cluster.faults=[{worker=1, at=0.5, kind=\"stop\"}]"]),
             "\"stop\" faults",
         ),
+        // Numbers near their types' limits (issue: hostile inputs, round 2): seconds that
+        // become a Duration, step totals that overflowed, budgets that can never end, keys
+        // nested past any table, and a value that smuggled a second key in on a new line.
+        row("watchdog beyond any run", &quad(&["--set", "watchdog_seconds=1e20"]), "watchdog_seconds (0 turns it off) must be a positive number of seconds up to 1e9"),
+        row("slowdown beyond any run", &quad(&["--slowdown", "1=1e300"]), "--slowdown \"1=1e300\": expected WORKER=FACTOR with a factor between 1 and 1e6"),
+        row("time budget beyond any run", &quad(&["--time-budget", "1e300"]), "time_budget must be a positive number of seconds up to 1e9"),
+        row("epochs beyond any run", &quad(&["--epochs", "1e300"]), "epochs = 1e300 can never finish"),
+        row(
+            "steps whose total over the workers overflows",
+            &train(&["--problem", "quadratic", "--algorithm", "async-lsgd", "--workers", "8", "--steps", "4611686018427387904"], &[]),
+            "steps = 4611686018427387904 is more steps than a run can ever make",
+        ),
+        row("a key of 5,000 parts", &quad(&["--set", Box::leak(format!("{}=1", vec!["a"; 5000].join(".")).into_boxed_str())]), "has more than 16 dotted parts"),
+        row("a value with a second key on a new line", &quad(&["--set", "seed=1\nworkers = 1000000"]), "--set seed: the value must be on one line"),
+        // Special files where a text file is expected: refused at once, not read forever.
+        row("a named pipe as the experiment file", &train(&["-c", "pipe.toml"], &[]), "pipe.toml: not a regular file").fifo("pipe.toml"),
+        row(
+            "a named pipe as a graph file",
+            &dpsgd_graph("4", "algorithm.schedule.graph.kind=file", &["--set", "algorithm.schedule.graph.path=\"edges.txt\""]),
+            "edges.txt: not a regular file",
+        )
+        .fifo("edges.txt"),
         // The watchdog and the divergence policy.
         row("watchdog negative", &quad(&["--set", "watchdog_seconds=-1"]), "watchdog_seconds"),
         row("watchdog NaN", &quad(&["--set", "watchdog_seconds=nan"]), "watchdog_seconds"),
@@ -542,6 +582,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
+            } else if !path.is_file() {
+                // A named pipe: reading it would block; its name is what must stay.
+                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), Vec::new());
             } else {
                 let bytes = std::fs::read(&path).unwrap();
                 files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
@@ -571,6 +614,10 @@ fn prepare(dir: &Path, row: &Row) {
     }
     for (rel, bytes) in &row.files {
         write(rel, bytes);
+    }
+    for rel in &row.fifos {
+        let status = Command::new("mkfifo").arg(dir.join(rel)).status();
+        assert!(status.is_ok_and(|s| s.success()), "mkfifo {rel}");
     }
 }
 

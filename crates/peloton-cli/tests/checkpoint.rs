@@ -428,10 +428,33 @@ fn resume_refuses_what_it_cannot_continue() {
     std::fs::write(&file, &bytes).unwrap();
     let metrics_before = std::fs::read(corrupt.join("metrics.jsonl")).unwrap();
     fails(&resume(&corrupt), "checksum mismatch");
-    // Refusing touched nothing the run had written... except that the metrics were cut back
-    // to the checkpoint, which is what a later good resume needs anyway.
-    assert!(std::fs::read(corrupt.join("metrics.jsonl")).unwrap().len() <= metrics_before.len());
+    // Refusing touched nothing the run had written.
+    assert_eq!(
+        std::fs::read(corrupt.join("metrics.jsonl")).unwrap(),
+        metrics_before
+    );
     assert!(file.exists());
+
+    // Damaged metrics before the checkpoint's length: refused before a byte is cut.
+    let damaged = dir.join("damaged");
+    ok(&base(&damaged, "10"));
+    std::fs::remove_file(damaged.join("summary.json")).unwrap();
+    let metrics = damaged.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let first = text.lines().next().unwrap().len();
+    let garbage = "#".repeat(first) + &text[first..];
+    std::fs::write(&metrics, &garbage).unwrap();
+    fails(&resume(&damaged), "metrics.jsonl line 1 is not JSON");
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), garbage);
+    // A manifest whose length ends inside a record.
+    std::fs::write(&metrics, &text).unwrap();
+    let latest = damaged.join("checkpoints/latest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&latest).unwrap()).unwrap();
+    m["metrics_bytes"] = serde_json::json!(first as u64 + 5);
+    std::fs::write(&latest, m.to_string()).unwrap();
+    fails(&resume(&damaged), "end inside a record");
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), text);
 
     // A checkpoint from another config: config.toml edited after the fact.
     let edited = dir.join("edited");

@@ -294,6 +294,8 @@ fn two_ranks_write_one_run_folder() {
         .map(|r| r["worker"].as_u64().unwrap())
         .collect();
     assert_eq!(workers, [0, 1, 0, 1, 0, 1, 0, 1]);
+    // The ranks' streamed records go once metrics.jsonl holds them all.
+    assert!(!run.join("ranks").exists());
 }
 
 /// A rank that panics mid-run ends the whole job within seconds, with a line naming it; also
@@ -336,6 +338,16 @@ fn a_panicking_rank_ends_the_job_quickly() {
         assert!(
             after < Duration::from_secs(5),
             "ended {after:?} after the panic: {all}"
+        );
+        // The job died before rank 0 wrote metrics.jsonl; each rank streamed its own records
+        // (rank 2 logged step 10 before its panic at step 20).
+        let streamed = dir.join("run").join("ranks").join("rank-2.jsonl");
+        let streamed = std::fs::read_to_string(&streamed).unwrap_or_default();
+        assert!(
+            streamed
+                .lines()
+                .any(|l| l.starts_with("{\"type\":\"worker\",\"step\":10,")),
+            "{algorithm:?}: rank 2's records were not streamed: {streamed:?}"
         );
         let _ = std::fs::remove_dir_all(dir.join("run"));
     }

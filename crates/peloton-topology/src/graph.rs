@@ -237,7 +237,7 @@ impl Graph {
     /// Reads an edge list (see [`Graph::parse_edge_list`]) from a file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Graph> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::text_file::read_text_file(path).map_err(|e| {
             TopologyError(format!("cannot read graph file {}: {e}", path.display()))
         })?;
         Graph::parse_edge_list(&text, None)

@@ -23,6 +23,7 @@ pub mod graph;
 pub mod matcha;
 pub mod schedule;
 pub mod spectral;
+pub mod text_file;
 pub mod weights;
 
 pub use graph::{Graph, GraphSpec, Matching};

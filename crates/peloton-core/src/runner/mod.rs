@@ -139,15 +139,17 @@ impl RunConfig {
         );
         if let Some(s) = self.steps {
             ensure_config!(s > 0, "steps must be at least 1");
+            crate::limits::ensure_steps("steps", s)?;
         }
         if let Some(e) = self.epochs {
             ensure_config!(e.is_finite() && e > 0.0, "epochs must be positive, got {e}");
+            ensure_config!(
+                e <= 1e6,
+                "epochs = {e:e} can never finish (at most 10^6 epochs)"
+            );
         }
         if let Some(t) = self.time_budget {
-            ensure_config!(
-                t.is_finite() && t > 0.0,
-                "time_budget must be a positive number of seconds, got {t}"
-            );
+            crate::limits::seconds("time_budget", t)?;
         }
         ensure_config!(self.log_every >= 1, "log_every must be at least 1");
         ensure_config!(self.leader_window >= 1, "leader_window must be at least 1");
@@ -163,10 +165,7 @@ impl RunConfig {
             self.algorithm.name()
         );
         if let Some(w) = self.watchdog {
-            ensure_config!(
-                w.is_finite() && w > 0.0,
-                "watchdog_seconds must be a positive number of seconds (0 turns it off), got {w}"
-            );
+            crate::limits::seconds("watchdog_seconds (0 turns it off)", w)?;
         }
         ensure_config!(
             self.on_divergence == DivergencePolicy::Stop || !self.algorithm.is_async(),
@@ -1148,7 +1147,10 @@ pub fn run_threads_with_faults(
         "checkpoints of asynchronous algorithms ({}) need the simulator: on threads the workers' interleaving, and so any cut of it, cannot be reproduced",
         config.algorithm.name()
     );
-    let watchdog = config.watchdog.map(std::time::Duration::from_secs_f64);
+    let watchdog = config
+        .watchdog
+        .map(|w| crate::limits::seconds("watchdog_seconds", w))
+        .transpose()?;
     run_with(config, factory, on_event, &|work| {
         threads::run_workers_with_options(config.workers, faults, watchdog, |comm| work(comm))
     })

@@ -426,13 +426,17 @@ impl Fault {
             self.worker
         );
         crate::ensure_config!(
-            self.at.is_finite() && self.at >= 0.0,
-            "fault time must be a non-negative number of seconds, got {}",
+            self.at.is_finite() && self.at >= 0.0 && self.at <= crate::limits::MAX_SECONDS,
+            "fault time must be a non-negative number of seconds up to {:e}, got {}",
+            crate::limits::MAX_SECONDS,
             self.at
         );
         crate::ensure_config!(
-            self.factor.is_finite() && self.factor >= 1.0,
-            "a slow fault's factor must be at least 1, got {}",
+            self.factor.is_finite()
+                && self.factor >= 1.0
+                && self.factor <= crate::limits::MAX_SLOWDOWN,
+            "a slow fault's factor must be between 1 and {:e}, got {}",
+            crate::limits::MAX_SLOWDOWN,
             self.factor
         );
         Ok(())
