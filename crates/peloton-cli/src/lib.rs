@@ -3,3 +3,4 @@
 
 pub mod config;
 pub mod fuzz_entry;
+pub mod output;

@@ -8,6 +8,7 @@ mod topology;
 mod train;
 mod train_mpi;
 
+use peloton_cli::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -270,27 +271,25 @@ fn parse_slowdown(spec: &str) -> Result<(usize, f64)> {
 }
 
 fn list() {
-    println!("algorithms ([algorithm] name = ...):");
+    outln!("algorithms ([algorithm] name = ...):");
     for (name, what, keys) in AlgorithmConfig::catalog() {
-        println!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
+        outln!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
     }
-    println!("\nmodels ([model] name = ...; keys: hidden, device, batch_norm, recompute_batches, threads):");
+    outln!("\nmodels ([model] name = ...; keys: hidden, device, batch_norm, recompute_batches, threads):");
     for (name, what) in peloton_burn::ModelName::catalog() {
-        println!("  {name:<18} {what}");
+        outln!("  {name:<18} {what}");
     }
-    println!("\ndatasets ([data] dataset = ...; keys: dir, batch_size, partition, augmentation, test_samples, eval_batch_size, synthetic):");
+    outln!("\ndatasets ([data] dataset = ...; keys: dir, batch_size, partition, augmentation, test_samples, eval_batch_size, synthetic):");
     for (name, what) in peloton_data::DatasetKind::catalog() {
-        println!("  {name:<18} {what}");
+        outln!("  {name:<18} {what}");
     }
-    println!(
-        "\nsimulated clusters (--transport sim --cluster NAME, or [transport] kind = \"sim\"):"
-    );
+    outln!("\nsimulated clusters (--transport sim --cluster NAME, or [transport] kind = \"sim\"):");
     for (name, what) in peloton_sim::ClusterConfig::presets() {
-        println!("  {name:<18} {what}");
+        outln!("  {name:<18} {what}");
     }
-    println!("\nanalytic problems, instead of a model ([problem] kind = ...):");
+    outln!("\nanalytic problems, instead of a model ([problem] kind = ...):");
     for (name, what, keys) in ProblemConfig::catalog() {
-        println!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
+        outln!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
     }
 }
 
@@ -313,12 +312,12 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 w >= 2,
                 "--workers must be at least 2 for the message exchange"
             );
-            println!(
+            outln!(
                 "point-to-point messages on {w} workers, {} each (ratio = rate / threads transport's rate, same run):",
                 args.messages
             );
             let rates = peloton_sim::bench::message_rates(w, args.messages)?;
-            println!("{}", peloton_sim::bench::format_rates(&rates));
+            outln!("{}", peloton_sim::bench::format_rates(&rates));
         }
         return Ok(());
     }
@@ -344,27 +343,27 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 args.repeats,
             )?);
         }
-        println!(
+        outln!(
             "training step on {}, all cores (overhead = peloton / bare burn − 1; round = read params + mix + write back):",
             device.as_str()
         );
-        println!("{}", peloton_burn::bench::format_table(&rows));
+        outln!("{}", peloton_burn::bench::format_table(&rows));
         return Ok(());
     }
     let bytes = args.size_mib << 20;
-    println!(
+    outln!(
         "kernels on {} MiB buffers (ratio = bandwidth / memcpy bandwidth, same run):",
         args.size_mib
     );
-    println!(
+    outln!(
         "{}",
         peloton_core::bench::format_table(&peloton_core::bench::kernels(bytes, args.repeats))
     );
-    println!(
+    outln!(
         "all-reduce on the threads transport, {} MiB:",
         args.size_mib
     );
-    println!(
+    outln!(
         "{}",
         peloton_core::bench::format_table(&peloton_core::bench::all_reduce(
             bytes,
@@ -394,16 +393,16 @@ fn training_bench(args: &BenchArgs) -> Result<()> {
         .map(|n| model_name(n))
         .collect::<Result<Vec<_>>>()?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    println!(
+    outln!(
         "training throughput on flex, {cores} cores, batch {} per worker, {} steps per worker (all-reduce SGD, generated images; ratio = samples/s / one worker with all cores for burn's kernels, same run):",
         args.batch, args.steps
     );
     let rows = bench_training::run(&models, args.batch, args.steps)?;
-    println!("{}", bench_training::format_table(&rows));
-    println!("evaluation (one worker, its evaluation lanes; timed on 2,000 generated images):");
+    outln!("{}", bench_training::format_table(&rows));
+    outln!("evaluation (one worker, its evaluation lanes; timed on 2,000 generated images):");
     for &model in &models {
         let (seconds, lanes) = peloton_burn::bench::eval_seconds_per_10k(model, 2_000)?;
-        println!(
+        outln!(
             "{:<9} {seconds:>8.2} s per 10,000 images on {lanes} lanes",
             model.as_str()
         );
@@ -434,14 +433,14 @@ fn mpi_bench(args: &BenchArgs) -> Result<()> {
         (table, services)
     };
     if mpi.world_rank() == 0 {
-        println!(
+        outln!(
             "MPI transport, {} ranks, median of {} (ratio = time / bare rsmpi time: 1.00 = no overhead):",
             mpi.world_size(),
             args.repeats
         );
-        println!("{}", peloton_mpi::bench::format_table(&rows.0));
-        println!("Asynchronous services, every rank at once (mean time per operation of the slowest rank):");
-        println!("{}", peloton_mpi::bench::format_service_table(&rows.1));
+        outln!("{}", peloton_mpi::bench::format_table(&rows.0));
+        outln!("Asynchronous services, every rank at once (mean time per operation of the slowest rank):");
+        outln!("{}", peloton_mpi::bench::format_service_table(&rows.1));
     }
     Ok(())
 }
@@ -465,7 +464,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             if args.print_config {
                 config.validate()?;
-                print!("{}", config.to_toml()?);
+                outln!("{}", config.to_toml()?.trim_end());
                 return Ok(());
             }
             train::train(
@@ -535,7 +534,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    match run(cli) {
+    let result = run(cli);
+    // A failed write to standard output is the command's error when nothing else failed.
+    let result = match (result, peloton_cli::output::failure()) {
+        (Ok(()), Some(e)) => Err(anyhow::anyhow!("cannot write to standard output: {e}")),
+        (result, _) => result,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if e.downcast_ref::<AlreadyReported>().is_none() {

@@ -15,6 +15,7 @@
 //! The plots are SVG only: plotters' bitmap backend needs a font to draw text, which would
 //! have to be a system font (fontconfig) or a TTF embedded in the binary.
 
+use peloton_cli::outln;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -1589,7 +1590,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         )
         .as_bytes(),
     )?;
-    println!(
+    outln!(
         "wrote {} and {} plots to {}",
         summary.display(),
         written.len(),

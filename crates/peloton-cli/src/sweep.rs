@@ -30,6 +30,7 @@
 //! `--full`), then `--set`; keys that switch a kind (`algorithm.name`, `…kind`) go first,
 //! because switching drops the old kind's keys.
 
+use peloton_cli::outln;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -334,9 +335,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         configs.push(config);
     }
     if let Some(d) = &sweep.description {
-        println!("{d}");
+        outln!("{d}");
     }
-    println!(
+    outln!(
         "{} runs of {} into {}{}",
         combos.len(),
         base.display(),
@@ -345,7 +346,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     );
     if args.dry_run {
         for c in &combos {
-            println!("  {}", c.label);
+            outln!("  {}", c.label);
         }
         return Ok(());
     }
@@ -366,7 +367,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             String::new()
         };
         if done {
-            println!("[{}/{}] {} · already done", i + 1, combos.len(), c.label);
+            outln!("[{}/{}] {} · already done", i + 1, combos.len(), c.label);
             continue;
         }
         if folder.exists() {
@@ -376,7 +377,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 c.label
             );
         }
-        println!("[{}/{}] {}{eta}", i + 1, combos.len(), c.label);
+        outln!("[{}/{}] {}{eta}", i + 1, combos.len(), c.label);
         train(
             config,
             &TrainOptions {

@@ -3,6 +3,7 @@
 //! spectral gap of the expected mixing matrix — before spending compute on it.
 
 use anyhow::{Context, Result};
+use peloton_cli::outln;
 use peloton_topology::{Directions, GraphSpec, MixingWeights, Protocol, Round, ScheduleConfig};
 
 /// Arguments of `peloton topology show`.
@@ -107,18 +108,26 @@ fn format_round(round: &Round) -> String {
 /// Prints the schedule, its checks and its diagnostics.
 pub fn show(args: &ShowArgs) -> Result<()> {
     anyhow::ensure!(args.n >= 1, "--n must be at least 1");
+    // The training caps: a schedule is only ever built for a run's workers, and its checks
+    // use dense N×N matrices (a ring of 100,000 nodes asked for 80 GB).
+    anyhow::ensure!(
+        args.n <= peloton_cli::config::MAX_SIM_WORKERS,
+        "--n {} is more workers than any run takes (the simulator's most, {})",
+        args.n,
+        peloton_cli::config::MAX_SIM_WORKERS
+    );
     let config = args.schedule_config()?;
     let schedule = config
         .build(args.n, args.seed)
         .with_context(|| format!("schedule {}", config.kind()))?;
-    println!("{}", schedule.describe());
+    outln!("{}", schedule.describe());
     if let ScheduleConfig::Static { graph, .. }
     | ScheduleConfig::Matchings { graph, .. }
     | ScheduleConfig::Matcha { graph, .. } = &config
     {
         let g = graph.build(args.n)?;
         let degrees: Vec<usize> = (0..g.n()).map(|i| g.degree(i)).collect();
-        println!(
+        outln!(
             "graph: {} nodes, {} edges, degree {}..{}, {}",
             g.n(),
             g.edges().len(),
@@ -133,18 +142,18 @@ pub fn show(args: &ShowArgs) -> Result<()> {
     }
     if let Some(matchings) = schedule.matchings() {
         let probabilities = schedule.matcha().map(|m| m.probabilities.clone());
-        println!("matchings ({}):", matchings.len());
+        outln!("matchings ({}):", matchings.len());
         for (j, m) in matchings.iter().enumerate() {
             let edges: Vec<String> = m.edges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
             match &probabilities {
-                Some(p) => println!("  {j:>3}  p = {:.4}  {}", p[j], edges.join(" ")),
-                None => println!("  {j:>3}  {}", edges.join(" ")),
+                Some(p) => outln!("  {j:>3}  p = {:.4}  {}", p[j], edges.join(" ")),
+                None => outln!("  {j:>3}  {}", edges.join(" ")),
             }
         }
     }
     if let Some(m) = schedule.matcha() {
         let total: f64 = m.probabilities.iter().sum();
-        println!(
+        outln!(
             "alpha = {:.6}   expected active matchings per step = {total:.4}   lambda2(E[L]) = {:.6}   rho = {:.6}",
             m.alpha, m.algebraic_connectivity, m.rho
         );
@@ -158,11 +167,11 @@ pub fn show(args: &ShowArgs) -> Result<()> {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("no: {e}"),
         };
-        println!("fits {protocol:?}: {verdict}");
+        outln!("fits {protocol:?}: {verdict}");
     }
-    println!("{}", schedule.diagnostics());
+    outln!("{}", schedule.diagnostics());
     for t in 0..args.rounds {
-        println!("round {t}: {}", format_round(&schedule.round(t)));
+        outln!("round {t}: {}", format_round(&schedule.round(t)));
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! simulator with a progress bar, and write the run folder (plus `sim.json` and `trace.json`
 //! for simulated runs).
 
+use peloton_cli::outln;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -95,7 +96,7 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
                 cluster.compute.tflops = None;
             }
             if !options.quiet {
-                println!("calibrated: {seconds:.6} s per local step (median of {steps} real steps of worker 0)");
+                outln!("calibrated: {seconds:.6} s per local step (median of {steps} real steps of worker 0)");
             }
             &calibrated
         }
@@ -176,12 +177,12 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
     let folder = RunFolder::reopen(run_dir, manifest.as_ref().map_or(0, |m| m.metrics_bytes))?;
     if !options.quiet {
         match &manifest {
-            Some(m) => println!(
+            Some(m) => outln!(
                 "resuming {} from the checkpoint of step {}",
                 run_dir.display(),
                 m.step
             ),
-            None => println!(
+            None => outln!(
                 "{}: no checkpoint was committed yet; starting over",
                 run_dir.display()
             ),
@@ -205,7 +206,7 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
 /// The memory estimate of a network run, before it starts.
 fn print_memory(options: &TrainOptions, memory: Option<&MemoryEstimate>) {
     if let (false, Some(m)) = (options.quiet, memory) {
-        println!("{m}");
+        outln!("{m}");
     }
 }
 
@@ -567,7 +568,7 @@ fn print_sim(sim: &SimReport) {
     let mean = |f: fn(&peloton_sim::engine::WorkerTotals) -> f64| {
         sim.workers.iter().map(f).sum::<f64>() / n
     };
-    println!(
+    outln!(
         "simulated {:.2} s in {:.2} s of host time ({:.0} events/s) · per worker on average: compute {:.2} s, communicate {:.2} s, blocked {:.2} s",
         sim.simulated_seconds,
         sim.wall_seconds,
@@ -585,12 +586,13 @@ pub(crate) fn print_summary(
     path: &std::path::Path,
 ) {
     let clock = if virtual_time { " of virtual time" } else { "" };
-    println!(
+    outln!(
         "finished {} steps in {:.2} s{clock}",
-        report.steps, report.seconds
+        report.steps,
+        report.seconds
     );
     for e in &report.final_evals {
-        println!("final {}", describe_eval(e));
+        outln!("final {}", describe_eval(e));
     }
     let sent: u64 = report.workers.iter().map(|w| w.stats.bytes_sent).sum();
     let consensus = last
@@ -599,21 +601,21 @@ pub(crate) fn print_summary(
         .reduce(f64::max)
         .map(|c| format!(" · largest distance to the average model {c:.3e}"))
         .unwrap_or_default();
-    println!(
+    outln!(
         "traffic {:.2} MB sent per worker on average{consensus}",
         sent as f64 / report.workers.len().max(1) as f64 / 1e6
     );
     let steps: Vec<String> = report.workers.iter().map(|w| w.steps.to_string()).collect();
     if report.workers.iter().any(|w| w.steps != report.steps) {
-        println!("steps per worker: {}", steps.join(" "));
+        outln!("steps per worker: {}", steps.join(" "));
     }
     for w in report.workers.iter().filter(|w| w.stopped_at.is_some()) {
-        println!(
+        outln!(
             "worker {} stopped at {:.3} s{clock} after {} steps (injected fault); the others went on",
             w.rank,
             w.stopped_at.unwrap_or(0.0),
             w.steps
         );
     }
-    println!("run folder: {}", path.display());
+    outln!("run folder: {}", path.display());
 }

@@ -55,6 +55,7 @@ mod imp {
 
     use super::MpiResume;
     use crate::config::ExperimentConfig;
+    use peloton_cli::outln;
     // The ranks compare their resolved configs through the run folder's config fingerprint.
     use crate::run_folder::{
         checkpoints_dir, commit_manifest, default_path, fingerprint, RunFolder,
@@ -332,9 +333,9 @@ mod imp {
         };
         if !quiet {
             for note in &notes {
-                println!("note: {note}");
+                outln!("note: {note}");
             }
-            println!(
+            outln!(
                 "MPI: {} ranks, rank 0 on {}",
                 world.size(),
                 mpi.processor_name()

@@ -38,6 +38,8 @@ struct Row {
     /// Named pipes made (with `mkfifo`) in the scratch folder: a reader that opens one
     /// blocks until a writer comes, which none ever does here.
     fifos: Vec<&'static str>,
+    /// Standard output goes to `/dev/full`: every write to it fails.
+    full_stdout: bool,
     /// Text the error line must contain.
     expect: &'static str,
 }
@@ -48,6 +50,7 @@ fn row(name: &'static str, args: &[&'static str], expect: &'static str) -> Row {
         args: args.to_vec(),
         files: Vec::new(),
         fifos: Vec::new(),
+        full_stdout: false,
         expect,
     }
 }
@@ -63,6 +66,12 @@ impl Row {
     /// Makes `path` a named pipe.
     fn fifo(mut self, path: &'static str) -> Self {
         self.fifos.push(path);
+        self
+    }
+
+    /// Sends standard output to `/dev/full`.
+    fn stdout_full(mut self) -> Self {
+        self.full_stdout = true;
         self
     }
 
@@ -397,6 +406,15 @@ fn catalog() -> Vec<Row> {
             .file(TRAIN_IMAGES, images()[..10].to_vec()),
         row("MNIST images empty file", &on_mnist("mnist", &[]), "t10k-images-idx3-ubyte: truncated header: 0 bytes")
             .file(TEST_IMAGES, Vec::new()),
+        // A gzip bomb: a header promising 64 labels, then 256 MiB of zeros (256 KiB
+        // compressed); inflating stops one byte past the promise.
+        row("MNIST labels that inflate without end", &on_mnist("mnist", &[]), "train-labels-idx1-ubyte: the header promises 64 labels (72 bytes), the file has 73 bytes")
+            .file(TRAIN_LABELS, {
+                let mut bomb = labels();
+                bomb.truncate(8);
+                bomb.resize(256 << 20, 0);
+                gzip(&bomb)
+            }),
         row("MNIST labels truncated", &on_mnist("mnist", &[]), "train-labels-idx1-ubyte: the header promises 64 labels")
             .file(TRAIN_LABELS, labels()[..40].to_vec()),
         row("MNIST images bad magic", &on_mnist("mnist", &[]), "train-images-idx3-ubyte: bad magic number 0x00000801")
@@ -504,6 +522,12 @@ fn catalog() -> Vec<Row> {
         ),
         row("a key of 5,000 parts", &quad(&["--set", Box::leak(format!("{}=1", vec!["a"; 5000].join(".")).into_boxed_str())]), "has more than 16 dotted parts"),
         row("a value with a second key on a new line", &quad(&["--set", "seed=1\nworkers = 1000000"]), "--set seed: the value must be on one line"),
+        // Writes that fail: standard output on a full device.
+        row("peloton list on a full device", &["list"], "cannot write to standard output").stdout_full(),
+        row("--print-config on a full device", &train(&["--print-config"], &[]), "cannot write to standard output").stdout_full(),
+        row("topology show on a full device", &["topology", "show", "--graph", "ring", "--n", "8"], "cannot write to standard output").stdout_full(),
+        row("a run's summary on a full device", &["train", "--problem", "quadratic", "--steps", "5", "-o", "runs/full"], "cannot write to standard output").stdout_full(),
+        row("topology show beyond any run", &["topology", "show", "--graph", "ring", "--n", "100000"], "--n 100000 is more workers than any run takes"),
         // Special files where a text file is expected: refused at once, not read forever.
         row("a named pipe as the experiment file", &train(&["-c", "pipe.toml"], &[]), "pipe.toml: not a regular file").fifo("pipe.toml"),
         row(
@@ -626,12 +650,15 @@ fn check(index: usize, row: &Row) -> Option<String> {
     let dir = common::scratch(&format!("bad-{index}"));
     prepare(&dir, row);
     let before = snapshot(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_peloton"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_peloton"));
+    command
         .args(&row.args)
         .current_dir(&dir)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("the binary runs");
+        .env_remove("RUST_BACKTRACE");
+    if row.full_stdout {
+        command.stdout(std::fs::File::create("/dev/full").expect("/dev/full"));
+    }
+    let out = command.output().expect("the binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let mut problems = Vec::new();
     match out.status.code() {

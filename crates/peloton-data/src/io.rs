@@ -36,6 +36,45 @@ pub fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// Like [`read_maybe_gz`], for a file whose first `head` bytes promise its length
+/// (`promised` reads them; `None` when they cannot): a gzip stream is inflated only up to one
+/// byte past that length, so a small file that inflates without end (a header promising 200
+/// labels, then gigabytes of zeros) is refused by the parser at once, as a file with trailing
+/// bytes, instead of after inflating all of it.
+pub fn read_maybe_gz_promised(
+    path: &Path,
+    head: usize,
+    promised: &dyn Fn(&[u8]) -> Option<u64>,
+) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    if !(raw.len() >= 2 && raw[..2] == GZIP_MAGIC) {
+        return Ok(raw);
+    }
+    let corrupted = |out: &Vec<u8>, e: std::io::Error| {
+        Error::Data(format!(
+            "{}: corrupted gzip stream after {} decompressed bytes: {e}",
+            path.display(),
+            out.len()
+        ))
+    };
+    let mut decoder = MultiGzDecoder::new(&raw[..]);
+    let mut out = Vec::new();
+    (&mut decoder)
+        .take(head as u64)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupted(&out, e))?;
+    let rest = match promised(&out) {
+        Some(total) => total.saturating_sub(out.len() as u64).saturating_add(1),
+        None => u64::MAX,
+    };
+    (&mut decoder)
+        .take(rest)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupted(&out, e))?;
+    Ok(out)
+}
+
 /// The first of `names` (tried with and without a `.gz` suffix) that exists in `dir`.
 pub fn find_file(dir: &Path, names: &[&str]) -> Result<PathBuf> {
     for name in names {
@@ -89,6 +128,23 @@ pub(crate) mod tests {
         std::fs::write(dir.join("packed"), gz.finish().unwrap()).unwrap();
         assert_eq!(read_maybe_gz(&dir.join("raw")).unwrap(), payload);
         assert_eq!(read_maybe_gz(&dir.join("packed")).unwrap(), payload);
+    }
+
+    #[test]
+    fn a_gzip_stream_is_inflated_only_past_its_promised_length() {
+        let dir = tempdir("promised");
+        let path = dir.join("bomb.gz");
+        // A 4-byte "header" promising 10 bytes, then 10 MB of zeros.
+        let mut data = vec![0, 0, 0, 10];
+        data.resize(10_000_000, 0);
+        write_file(&path, &data, true).unwrap();
+        let promised = |h: &[u8]| Some(u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64);
+        let out = read_maybe_gz_promised(&path, 4, &promised).unwrap();
+        assert_eq!(out.len(), 11, "stops one byte past the promise");
+        // Without a promise (an unreadable header) the whole stream is read.
+        let all = read_maybe_gz_promised(&path, 4, &|_| None).unwrap();
+        assert_eq!(all.len(), 10_000_000);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use peloton_core::{Error, Result};
 
 use crate::dataset::ImageDataset;
-use crate::io::{find_file, read_maybe_gz};
+use crate::io::{find_file, read_maybe_gz_promised};
 
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -30,10 +30,22 @@ pub fn load(dir: &Path) -> Result<(ImageDataset, ImageDataset)> {
 
 /// One images file and its labels file.
 pub fn load_pair(images: &Path, labels: &Path) -> Result<ImageDataset> {
+    // IDX headers promise the length: 16 + count·rows·columns bytes for images, 8 + count
+    // for labels (checked again, with errors, by the parsers).
+    let word = |h: &[u8], w: usize| be_u32(h, 4 * w) as u64;
+    let images_len = |h: &[u8]| {
+        (h.len() >= 16).then(|| {
+            word(h, 1)
+                .saturating_mul(word(h, 2))
+                .saturating_mul(word(h, 3))
+                .saturating_add(16)
+        })
+    };
+    let labels_len = |h: &[u8]| (h.len() >= 8).then(|| word(h, 1).saturating_add(8));
     parse_pair(
-        &read_maybe_gz(images)?,
+        &read_maybe_gz_promised(images, 16, &images_len)?,
         images,
-        &read_maybe_gz(labels)?,
+        &read_maybe_gz_promised(labels, 8, &labels_len)?,
         labels,
     )
 }

@@ -1,0 +1,51 @@
+//! Standard output that never panics. `println!` panics when a write fails (a full disk, a
+//! closed file); every line of the CLI goes through [`outln!`] instead, which keeps the
+//! first error and stops writing, and `main` turns that error into its one `error:` line and
+//! exit code 1 once the command is done (the run folder, the command's real output, is
+//! complete by then). A reader that closed the pipe (`peloton list | head -1`) is not an
+//! error: output just stops, as for any Unix tool.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+/// The first failed write to standard output (not a closed pipe).
+static FAILED: OnceLock<std::io::Error> = OnceLock::new();
+/// Set once the reader closed the pipe: nothing more is written.
+static CLOSED: OnceLock<()> = OnceLock::new();
+
+/// Writes one line to standard output; a failure is kept for [`failure`].
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    if FAILED.get().is_some() || CLOSED.get().is_some() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            let _ = CLOSED.set(());
+        }
+        Err(e) => {
+            let _ = FAILED.set(e);
+        }
+    }
+}
+
+/// The first error writing to standard output, if any.
+pub fn failure() -> Option<&'static std::io::Error> {
+    FAILED.get()
+}
+
+/// `println!` that never panics (see the module docs).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
