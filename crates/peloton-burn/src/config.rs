@@ -64,6 +64,9 @@ pub enum BatchNormPolicy {
     Recompute,
 }
 
+/// The most threads (and so model replicas, with `split_batch`) one worker may be given.
+pub const MAX_THREADS: usize = 256;
+
 /// The `[model]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,7 +136,10 @@ impl ModelConfig {
             peloton_core::limits::ensure_values("a layer of model.hidden", pair)?;
         }
         if let Some(t) = self.threads {
-            ensure_config!(t >= 1, "model.threads must be at least 1");
+            ensure_config!(
+                (1..=MAX_THREADS).contains(&t),
+                "model.threads must be between 1 and {MAX_THREADS}, got {t}"
+            );
         }
         if let Some(b) = self.recompute_batches {
             ensure_config!(b >= 1, "model.recompute_batches must be at least 1");

@@ -151,12 +151,16 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// What each worker holds at its peak (a worker trains or evaluates, not both at once).
     pub fn per_worker(&self) -> u64 {
-        self.params + self.activations.max(self.evaluation)
+        self.params
+            .saturating_add(self.activations.max(self.evaluation))
     }
 
     /// The whole process with `workers` in-process workers.
     pub fn total(&self) -> u64 {
-        self.per_worker() * self.workers as u64 + self.data + self.base
+        self.per_worker()
+            .saturating_mul(self.workers as u64)
+            .saturating_add(self.data)
+            .saturating_add(self.base)
     }
 }
 
@@ -181,10 +185,17 @@ pub fn estimate(input: &EstimateInput<'_>) -> MemoryEstimate {
     let a = activations(input.model, input.input, input.classes, input.hidden);
     let batch = input.batch_size as u64;
     // A training batch as f32 (and its copy into a tensor) besides the activations.
-    let batch_input = 2 * batch * (input.input.iter().product::<usize>() as u64) * F32;
-    let activations = (a.total as f64 * TRAIN_FACTOR) as u64 * batch * F32 + batch_input;
+    // Saturating: a configuration too large to count is too large to run.
+    let pixels = input.input.iter().map(|&d| d as u64).product::<u64>();
+    let batch_input = (2 * F32).saturating_mul(batch).saturating_mul(pixels);
+    let activations = ((a.total as f64 * TRAIN_FACTOR) as u64)
+        .saturating_mul(batch)
+        .saturating_mul(F32)
+        .saturating_add(batch_input);
     let eval_batch = input.eval_batch_size.max(input.batch_size) as u64;
-    let evaluation = INFERENCE_WIDEST * a.widest * eval_batch * F32;
+    let evaluation = (INFERENCE_WIDEST * F32)
+        .saturating_mul(a.widest)
+        .saturating_mul(eval_batch);
     MemoryEstimate {
         workers: input.workers,
         params: PARAM_COPIES

@@ -211,7 +211,7 @@ struct Run {
 }
 
 fn read_toml(path: &Path) -> Result<Option<toml::Table>> {
-    match std::fs::read_to_string(path) {
+    match peloton_topology::text_file::read_text_file(path) {
         // toml's own message spans several lines (a snippet of the file): keep it to one.
         Ok(text) => text.parse::<toml::Table>().map(Some).map_err(|e| {
             let line = e
@@ -229,7 +229,7 @@ fn read_toml(path: &Path) -> Result<Option<toml::Table>> {
 }
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    match std::fs::read_to_string(path) {
+    match peloton_topology::text_file::read_text_file(path) {
         Ok(text) => {
             Ok(Some(serde_json::from_str(&text).with_context(|| {
                 format!("{} is not valid JSON", path.display())

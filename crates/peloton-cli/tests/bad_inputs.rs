@@ -528,7 +528,16 @@ fn catalog() -> Vec<Row> {
         row("topology show on a full device", &["topology", "show", "--graph", "ring", "--n", "8"], "cannot write to standard output").stdout_full(),
         row("a run's summary on a full device", &["train", "--problem", "quadratic", "--steps", "5", "-o", "runs/full"], "cannot write to standard output").stdout_full(),
         row("topology show beyond any run", &["topology", "show", "--graph", "ring", "--n", "100000"], "--n 100000 is more workers than any run takes"),
-        // Special files where a text file is expected: refused at once, not read forever.
+        row("kernel threads beyond any machine", &train(&["--set", "model.threads=100000"], &[("--steps", "1")]), "model.threads must be between 1 and 256, got 100000"),
+        row("a batch size whose total over the workers overflows", &train(&["--set", "data.batch_size=9223372036854775807"], &[("--steps", "1")]), "training samples cannot give 4 workers 9223372036854775807 samples each"),
+        // Special files where a file is expected: refused at once, not read forever.
+        row("a named pipe as MNIST images", &on_mnist("fifo", &[]), "fifo has no train-images-idx3-ubyte")
+            .fifo("fifo/train-images-idx3-ubyte")
+            .file("fifo/train-labels-idx1-ubyte", labels()),
+        row("a named pipe as a CIFAR-10 batch", &on_cifar("cfifo"), "cfifo has no data_batch_1.bin").fifo("cfifo/data_batch_1.bin"),
+        row("a named pipe as a run's summary", &["report", "runs/piped", "-o", "rep"], "summary.json: not a regular file")
+            .file("runs/piped/metrics.jsonl", "{\"type\":\"start\",\"params\":2,\"steps\":1,\"workers\":1}\n")
+            .fifo("runs/piped/summary.json"),
         row("a named pipe as the experiment file", &train(&["-c", "pipe.toml"], &[]), "pipe.toml: not a regular file").fifo("pipe.toml"),
         row(
             "a named pipe as a graph file",
@@ -640,6 +649,9 @@ fn prepare(dir: &Path, row: &Row) {
         write(rel, bytes);
     }
     for rel in &row.fifos {
+        if let Some(parent) = dir.join(rel).parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
         let status = Command::new("mkfifo").arg(dir.join(rel)).status();
         assert!(status.is_ok_and(|s| s.success()), "mkfifo {rel}");
     }

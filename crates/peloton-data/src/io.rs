@@ -11,9 +11,19 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Reads a whole file, decompressing it when it starts with the gzip magic.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path)
-        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
-    gunzip_if_gz(raw, path)
+    gunzip_if_gz(read_regular(path)?, path)
+}
+
+/// The bytes of `path`, which must be a regular file: a FIFO or a device is refused at once
+/// (reading one would block forever or never end).
+fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let cannot =
+        |e: &dyn std::fmt::Display| Error::Data(format!("cannot read {}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(cannot(&"not a regular file (a folder, a FIFO or a device)"));
+    }
+    std::fs::read(path).map_err(|e| cannot(&e))
 }
 
 /// `raw` decompressed when it starts with the gzip magic, else `raw` itself; `path` names the
@@ -46,8 +56,7 @@ pub fn read_maybe_gz_promised(
     head: usize,
     promised: &dyn Fn(&[u8]) -> Option<u64>,
 ) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path)
-        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    let raw = read_regular(path)?;
     if !(raw.len() >= 2 && raw[..2] == GZIP_MAGIC) {
         return Ok(raw);
     }

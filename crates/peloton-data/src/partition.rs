@@ -50,7 +50,9 @@ impl Partition {
         ensure_config!(workers >= 1, "workers must be at least 1");
         let n = labels.len();
         ensure_config!(
-            n >= workers * min_size.max(1),
+            workers
+                .checked_mul(min_size.max(1))
+                .is_some_and(|need| n >= need),
             "{n} training samples cannot give {workers} workers {} samples each (the batch size)",
             min_size.max(1)
         );
