@@ -528,6 +528,22 @@ fn catalog() -> Vec<Row> {
         row("topology show on a full device", &["topology", "show", "--graph", "ring", "--n", "8"], "cannot write to standard output").stdout_full(),
         row("a run's summary on a full device", &["train", "--problem", "quadratic", "--steps", "5", "-o", "runs/full"], "cannot write to standard output").stdout_full(),
         row("topology show beyond any run", &["topology", "show", "--graph", "ring", "--n", "100000"], "--n 100000 is more workers than any run takes"),
+        // Model and data fields at and past their ranges.
+        row("recompute over no batches", &train(&["--set", "model.recompute_batches=0"], &[("--steps", "1")]), "model.recompute_batches must be at least 1"),
+        row("an MLP layer of width 0", &train(&["--model", "mlp", "--set", "model.hidden=[0]"], &[("--steps", "1")]), "model.hidden sizes must be positive"),
+        row("generated data of no classes", &train(&["--set", "data.synthetic.classes=0"], &[("--steps", "1")]), "data.synthetic.classes must be in 2..=256, got 0"),
+        row("generated data of more classes than a label holds", &train(&["--set", "data.synthetic.classes=1000"], &[("--steps", "1")]), "data.synthetic.classes must be in 2..=256, got 1000"),
+        row("generated data without images", &train(&["--set", "data.synthetic.train=0"], &[("--steps", "1")]), "data.synthetic.train and data.synthetic.test must be at least 1"),
+        row("generated data with negative noise", &train(&["--set", "data.synthetic.noise=-1"], &[("--steps", "1")]), "data.synthetic.noise must be ≥ 0, got -1"),
+        row("generated data with NaN noise", &train(&["--set", "data.synthetic.noise=nan"], &[("--steps", "1")]), "data.synthetic.noise must be ≥ 0, got NaN"),
+        row("generated data shifted off the image", &train(&["--set", "data.synthetic.shift=1000"], &[("--steps", "1")]), "data.synthetic.shift must be below half the image size, got 1000"),
+        row("padding larger than the image", &train(&["--set", "data.augmentation={kind=\"pad-crop-flip\", pad=100000}"], &[("--steps", "1")]), "data.augmentation.pad 100000 is larger than the image"),
+        row("a crop of size 0", &train(&["--set", "data.augmentation={kind=\"crop-flip\", size=0}"], &[("--steps", "1")]), "data.augmentation.size 0 does not fit 28×28 images"),
+        row("evaluation on no test images", &train(&["--set", "data.test_samples=0"], &[("--steps", "1")]), "data.test_samples must be at least 1"),
+        row("a negative seed", &quad(&["--set", "seed=-1"]), "expected u64"),
+        row("a negative evaluation batch", &train(&["--set", "data.eval_batch_size=-5"], &[("--steps", "1")]), "expected usize"),
+        row("a learning rate beyond f32", &quad(&["--set", "optimizer.lr=1e400"]), "expected f32"),
+        row("simulated compute time NaN", &quad(&["--cluster", "ethernet-10g", "--set", "transport.cluster.compute.seconds=nan"]), "transport.cluster.compute.seconds must be ≥ 0, got NaN"),
         row("kernel threads beyond any machine", &train(&["--set", "model.threads=100000"], &[("--steps", "1")]), "model.threads must be between 1 and 256, got 100000"),
         row("a batch size whose total over the workers overflows", &train(&["--set", "data.batch_size=9223372036854775807"], &[("--steps", "1")]), "training samples cannot give 4 workers 9223372036854775807 samples each"),
         // Special files where a file is expected: refused at once, not read forever.
@@ -726,7 +742,7 @@ fn check(index: usize, row: &Row) -> Option<String> {
 #[test]
 fn the_catalog_is_large_and_its_names_are_unique() {
     let rows = catalog();
-    assert!(rows.len() >= 45, "only {} rows", rows.len());
+    assert!(rows.len() >= 170, "only {} rows", rows.len());
     let mut names: Vec<&str> = rows.iter().map(|r| r.name).collect();
     names.sort_unstable();
     names.dedup();
