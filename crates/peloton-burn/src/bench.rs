@@ -88,7 +88,7 @@ pub fn model_step(
         },
         ..Default::default()
     };
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = crate::config::machine_cores();
     let mut config = ModelConfig::new(model);
     config.device = device;
     config.threads = Some(cores);
@@ -227,6 +227,6 @@ pub fn eval_seconds_per_10k(model: ModelName, images: usize) -> Result<(f64, usi
     let t = Instant::now();
     learner.evaluate(&params)?;
     let seconds = t.elapsed().as_secs_f64();
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = crate::config::machine_cores();
     Ok((seconds * 10_000.0 / images.max(1) as f64, cores))
 }

@@ -151,9 +151,12 @@ impl ModelConfig {
 
     /// Kernel threads for each of `workers` in-process workers.
     pub fn threads_per_worker(&self, workers: usize) -> usize {
-        self.threads.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-            (cores / workers.max(1)).max(1)
-        })
+        self.threads
+            .unwrap_or_else(|| (machine_cores() / workers.max(1)).max(1))
     }
+}
+
+/// The cores this process may use (1 where the OS does not say).
+pub fn machine_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |c| c.get())
 }

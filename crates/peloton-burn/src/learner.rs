@@ -22,7 +22,7 @@ use peloton_data::loader::fill_batch;
 use peloton_data::{Batch, DataConfig, LoadedData, ShardLoader};
 use rand::Rng as _;
 
-use crate::config::{BatchNormPolicy, DeviceKind, ModelConfig};
+use crate::config::{machine_cores, BatchNormPolicy, DeviceKind, ModelConfig};
 use crate::flat::FlatMap;
 use crate::init::{initialize, Scheme};
 use crate::memory::{estimate, EstimateInput, MemoryEstimate};
@@ -102,9 +102,9 @@ pub struct NetworkLearner {
     /// the worker's; with more than one lane, a batch is split over them ([`ModelConfig`]'s
     /// `split_batch`).
     lanes: Vec<Lane>,
-    /// Evaluation's lanes (one thread each, as many as the machine has cores on `flex`),
-    /// made at the first evaluation: evaluation is exact on any number of lanes.
-    eval_lanes: Option<Vec<Kernels>>,
+    /// Evaluation's lanes, made at the first evaluation (see [`NetworkLearner::eval_lanes`]):
+    /// evaluation is exact on any number of lanes.
+    eval_lanes: Option<Arc<[Kernels]>>,
 }
 
 /// A replica of the model on kernel threads of its own.
@@ -171,6 +171,22 @@ impl Lane {
     }
 }
 
+/// One single-threaded `flex` pool per core, made once per process for every worker's
+/// evaluation.
+fn shared_flex_lanes() -> Result<Arc<[Kernels]>> {
+    static LANES: std::sync::Mutex<Option<Arc<[Kernels]>>> = std::sync::Mutex::new(None);
+    let mut shared = LANES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(lanes) = &*shared {
+        return Ok(Arc::clone(lanes));
+    }
+    let lanes: Arc<[Kernels]> = (0..machine_cores())
+        .map(|lane| Kernels::rayon(1, move |_| format!("peloton-eval-{lane}")))
+        .collect::<Result<Vec<_>>>()?
+        .into();
+    *shared = Some(Arc::clone(&lanes));
+    Ok(lanes)
+}
+
 /// `batch` as an `N×C×H×W` tensor on `device`.
 fn images(batch: &Batch, device: &Device) -> Tensor<4> {
     let [c, h, w] = batch.shape;
@@ -231,9 +247,14 @@ impl Kernels {
             return Ok(Kernels::Torch(threads));
         }
         let _ = device;
+        Self::rayon(threads, move |i| format!("peloton-w{rank}-k{i}"))
+    }
+
+    /// A rayon pool of `threads` threads named by `name`.
+    fn rayon(threads: usize, name: impl Fn(usize) -> String + 'static) -> Result<Self> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
-            .thread_name(move |i| format!("peloton-w{rank}-k{i}"))
+            .thread_name(name)
             .build()
             .map(Kernels::Rayon)
             .map_err(|e| Error::Config(format!("cannot start kernel threads: {e}")))
@@ -309,7 +330,12 @@ impl NetworkLearner {
             )?;
             let flat = FlatMap::discover(&net);
             lanes.push(Lane {
-                grad: vec![0.0; flat.params.len()],
+                // A single lane writes straight into the caller's gradient.
+                grad: if lane_count > 1 {
+                    vec![0.0; flat.params.len()]
+                } else {
+                    Vec::new()
+                },
                 net: Some(net),
                 flat,
                 kernels: Kernels::new(task.model.device, lane_threads, ctx.rank)?,
@@ -358,7 +384,12 @@ impl NetworkLearner {
     /// folded in batch order with momentum 1/(k+1) at batch k — the cumulative average, as a
     /// training-mode pass with that momentum leaves it. One batch of activations lives at a
     /// time on each lane, and the result is the same on any number of lanes.
-    fn recompute_batch_norm(&self, lanes: &[Kernels], model: &Net, buffers: &mut [f32]) {
+    fn recompute_batch_norm(
+        &self,
+        lanes: &[Kernels],
+        model: &Net,
+        buffers: &mut [f32],
+    ) -> Result<()> {
         let size = self.data.batch_size;
         let limit = self.recompute_batches.unwrap_or(usize::MAX);
         let shard = self.loader.shard();
@@ -394,14 +425,35 @@ impl NetworkLearner {
                 }
             }
         }
-        for (bn, stats) in model.batch_norms().into_iter().zip(&running) {
+        let layers = model.batch_norms();
+        if batches == 0 {
+            // A shard smaller than one batch: the statistics stay as they were.
+            return Ok(());
+        }
+        let mismatch = |what: String| Error::Learner {
+            worker: self.rank,
+            message: format!("BatchNorm recomputation: {what}"),
+        };
+        if running.len() != layers.len() {
+            return Err(mismatch(format!(
+                "{} layers reported statistics, the model has {}",
+                running.len(),
+                layers.len()
+            )));
+        }
+        for (i, (bn, stats)) in layers.into_iter().zip(&running).enumerate() {
             let slots = self.flat.buffer_slots(bn);
             for (&(offset, numel), values) in slots.iter().zip([&stats.mean, &stats.var]) {
-                if numel == values.len() {
-                    buffers[offset..offset + numel].copy_from_slice(values);
+                if numel != values.len() {
+                    return Err(mismatch(format!(
+                        "layer {i} reported {} values for {numel} channels",
+                        values.len()
+                    )));
                 }
+                buffers[offset..offset + numel].copy_from_slice(values);
             }
         }
+        Ok(())
     }
 
     /// The mini-batch loss at `params` on `batch`, with its gradient written into `grad`.
@@ -497,18 +549,22 @@ impl NetworkLearner {
         }
     }
 
-    /// Evaluation's lanes: on `flex`, one single-threaded lane per core of the machine (the
-    /// other workers of a synchronous run wait while one evaluates); on LibTorch, one lane
-    /// with the worker's threads.
-    fn make_eval_lanes(&self) -> Result<Vec<Kernels>> {
-        if self.device_kind != DeviceKind::Flex {
-            let threads = self.lanes[0].kernels.threads();
-            return Ok(vec![Kernels::new(self.device_kind, threads, self.rank)?]);
+    /// Evaluation's lanes: on `flex`, one single-threaded lane per core of the machine,
+    /// shared by every worker of the process (the other workers of a synchronous run wait
+    /// while one evaluates; workers evaluating at once queue on the lanes); on LibTorch, one
+    /// lane with the worker's threads.
+    fn eval_lanes(&mut self) -> Result<Arc<[Kernels]>> {
+        if let Some(lanes) = &self.eval_lanes {
+            return Ok(Arc::clone(lanes));
         }
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        (0..cores)
-            .map(|_| Kernels::new(DeviceKind::Flex, 1, self.rank))
-            .collect()
+        let lanes = if self.device_kind == DeviceKind::Flex {
+            shared_flex_lanes()?
+        } else {
+            let threads = self.lanes[0].kernels.threads();
+            Arc::from([Kernels::new(self.device_kind, threads, self.rank)?])
+        };
+        self.eval_lanes = Some(Arc::clone(&lanes));
+        Ok(lanes)
     }
 
     /// Test loss and accuracy of `params` (after recomputing BatchNorm statistics where
@@ -521,7 +577,7 @@ impl NetworkLearner {
         let mut model = lane.net().valid();
         if self.policy == BatchNormPolicy::Recompute {
             let mut buffers = self.buffers();
-            self.recompute_batch_norm(lanes, &model, &mut buffers);
+            self.recompute_batch_norm(lanes, &model, &mut buffers)?;
             // The recomputed statistics are the worker's from now on (a checkpoint saves them).
             model = self.flat.write(model, &buffers, true);
             self.write_shared_state(&buffers);
@@ -635,13 +691,8 @@ impl Learner for NetworkLearner {
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
-        let lanes = match self.eval_lanes.take() {
-            Some(lanes) => lanes,
-            None => self.make_eval_lanes()?,
-        };
-        let result = self.evaluate_on(&lanes, params);
-        self.eval_lanes = Some(lanes);
-        result
+        let lanes = self.eval_lanes()?;
+        self.evaluate_on(&lanes, params)
     }
 
     fn steps_per_epoch(&self) -> Option<u64> {

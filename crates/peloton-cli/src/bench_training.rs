@@ -125,7 +125,7 @@ pub fn measure(
     batch: usize,
     steps: u64,
 ) -> Result<TrainingRow> {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = peloton_burn::config::machine_cores();
     let dir = std::env::temp_dir().join(format!(
         "peloton-bench-training-{}-{}-{workers}-{split:?}",
         std::process::id(),
@@ -167,8 +167,9 @@ pub fn measure(
         );
     }
     let samples_per_second = throughput(&dir, batch, workers, 2)?;
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+    let summary = std::fs::read_to_string(dir.join("summary.json"))
+        .with_context(|| format!("{} has no summary", dir.display()))?;
+    let summary: serde_json::Value = serde_json::from_str(&summary)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(TrainingRow {
         model,
@@ -186,7 +187,7 @@ pub fn run(models: &[ModelName], batch: usize, steps: u64) -> Result<Vec<Trainin
         steps >= 4,
         "--steps must be at least 4 (2 warm-up steps are not timed)"
     );
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = peloton_burn::config::machine_cores();
     let mut rows = Vec::new();
     for &model in models {
         for (workers, split) in configurations(cores) {
@@ -200,7 +201,7 @@ pub fn run(models: &[ModelName], batch: usize, steps: u64) -> Result<Vec<Trainin
 /// kernels (the "bare" way to give one worker the machine), and peak RSS. The default
 /// split is marked; within each worker count it should be the fastest row.
 pub fn format_table(rows: &[TrainingRow]) -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = peloton_burn::config::machine_cores();
     let mut s = format!(
         "{:<9} {:>7}  {:<22} {:>10} {:>10} {:>10}\n",
         "model", "workers", "cores per worker", "samples/s", "× 1w·burn", "peak RSS"

@@ -478,7 +478,6 @@ impl Override {
         }
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
-            .filter(|t| t.len() == 1)
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
         Ok(Self {

@@ -275,7 +275,7 @@ fn list() {
     for (name, what, keys) in AlgorithmConfig::catalog() {
         outln!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
     }
-    outln!("\nmodels ([model] name = ...; keys: hidden, device, batch_norm, recompute_batches, threads):");
+    outln!("\nmodels ([model] name = ...; keys: hidden, device, batch_norm, recompute_batches, threads, split_batch):");
     for (name, what) in peloton_burn::ModelName::catalog() {
         outln!("  {name:<18} {what}");
     }
@@ -333,9 +333,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
             })?;
         let mut rows = Vec::new();
         for name in &args.models {
-            let model: peloton_burn::ModelName = toml::Value::String(name.clone())
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("unknown model '{name}' (see `peloton list`)"))?;
+            let model = model_name(name)?;
             rows.push(peloton_burn::bench::model_step(
                 model,
                 device,
@@ -392,7 +390,7 @@ fn training_bench(args: &BenchArgs) -> Result<()> {
         .iter()
         .map(|n| model_name(n))
         .collect::<Result<Vec<_>>>()?;
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = peloton_burn::config::machine_cores();
     outln!(
         "training throughput on flex, {cores} cores, batch {} per worker, {} steps per worker (all-reduce SGD, generated images; ratio = samples/s / one worker with all cores for burn's kernels, same run):",
         args.batch, args.steps

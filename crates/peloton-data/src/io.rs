@@ -29,21 +29,7 @@ fn read_regular(path: &Path) -> Result<Vec<u8>> {
 /// `raw` decompressed when it starts with the gzip magic, else `raw` itself; `path` names the
 /// file in errors. The bytes-only half of [`read_maybe_gz`], which the fuzz targets call.
 pub fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
-    if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::Data(format!(
-                    "{}: corrupted gzip stream after {} decompressed bytes: {e}",
-                    path.display(),
-                    out.len()
-                ))
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
+    inflate(raw, path, 0, &|_| None)
 }
 
 /// Like [`read_maybe_gz`], for a file whose first `head` bytes promise its length
@@ -56,7 +42,17 @@ pub fn read_maybe_gz_promised(
     head: usize,
     promised: &dyn Fn(&[u8]) -> Option<u64>,
 ) -> Result<Vec<u8>> {
-    let raw = read_regular(path)?;
+    inflate(read_regular(path)?, path, head, promised)
+}
+
+/// `raw` itself, or its gzip stream inflated: the first `head` bytes, then up to one byte
+/// past the length `promised` reads from them (to the end where it reads none).
+fn inflate(
+    raw: Vec<u8>,
+    path: &Path,
+    head: usize,
+    promised: &dyn Fn(&[u8]) -> Option<u64>,
+) -> Result<Vec<u8>> {
     if !(raw.len() >= 2 && raw[..2] == GZIP_MAGIC) {
         return Ok(raw);
     }
@@ -68,15 +64,14 @@ pub fn read_maybe_gz_promised(
         ))
     };
     let mut decoder = MultiGzDecoder::new(&raw[..]);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(raw.len() * 4);
     (&mut decoder)
         .take(head as u64)
         .read_to_end(&mut out)
         .map_err(|e| corrupted(&out, e))?;
-    let rest = match promised(&out) {
-        Some(total) => total.saturating_sub(out.len() as u64).saturating_add(1),
-        None => u64::MAX,
-    };
+    let rest = promised(&out).map_or(u64::MAX, |total| {
+        total.saturating_sub(out.len() as u64).saturating_add(1)
+    });
     (&mut decoder)
         .take(rest)
         .read_to_end(&mut out)
