@@ -460,10 +460,20 @@ impl Override {
     pub fn parse(text: &str) -> Result<Self> {
         let (key, raw) = text
             .split_once('=')
-            .ok_or_else(|| anyhow!("--set expects KEY=VALUE, got '{text}'"))?;
+            .ok_or_else(|| anyhow!("--set expects KEY=VALUE, got {text:?}"))?;
         let key = key.trim();
-        if key.is_empty() || key.split('.').any(str::is_empty) {
-            bail!("--set: '{key}' is not a valid dotted key");
+        // Every key of an experiment is made of these; anything else (a line break, a quote)
+        // could only be a mistake, or an attempt to write TOML through the key.
+        let valid_part = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !key.split('.').all(valid_part) {
+            let start: String = key.chars().take(40).collect();
+            bail!(
+                "--set: {start:?} is not a dotted key (letters, digits, '_' and '-' between dots)"
+            );
         }
         // No key of an experiment is nested deeper than a few tables; a longer path is a
         // mistake (and the nested tables it would build are walked recursively).

@@ -1,7 +1,8 @@
-//! The body of the experiment loader's fuzz target (`fuzz/fuzz_targets/config_toml.rs` calls
-//! it), kept here so that the stable-toolchain smoke test (`tests/fuzz_smoke.rs`) runs the same
+//! The bodies of the CLI crate's fuzz targets (`fuzz/fuzz_targets/config_toml.rs` and
+//! `command_line.rs` call them), kept here so that the stable-toolchain smoke test (`tests/fuzz_smoke.rs`) runs the same
 //! code over the seed corpus in every `cargo test`, without nightly or cargo-fuzz.
 
+use crate::command_line;
 use crate::config::{self, Override};
 
 /// The experiment loader and its validation. The input is an experiment file, optionally
@@ -43,4 +44,61 @@ pub fn config_toml(data: &[u8]) {
         twice, resolved,
         "the resolved experiment changed on a round trip"
     );
+}
+
+/// The command line: the input is an argument vector, one argument per NUL-separated part
+/// (any bytes, not only UTF-8, as a shell can pass), parsed by the binary's own clap structs
+/// and checked as each command checks before it works ([`command_line::check`]). Any input
+/// must give a parse, a usage line or an error, never a panic.
+pub fn command_line(data: &[u8]) {
+    use std::os::unix::ffi::OsStringExt;
+    let args = std::iter::once(std::ffi::OsString::from("peloton")).chain(
+        data.split(|&b| b == 0)
+            .map(|a| std::ffi::OsString::from_vec(a.to_vec())),
+    );
+    let cli = match <command_line::Cli as clap::Parser>::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // The usage line is rendered as the binary renders it; help and version render too.
+            match command_line::usage_line(&e) {
+                Some(line) => assert!(!line.contains('\n'), "a usage error of several lines"),
+                None => drop(e.render().to_string()),
+            }
+            return;
+        }
+    };
+    if let command_line::Command::Train(args) = &cli.command {
+        // The fuzzer must not make the checks read the machine's files (an experiment file,
+        // a graph's edge list): missing, special and hostile files are in the bad-input
+        // catalog instead. Nor wait minutes in MATCHA's probabilities (see `config_toml`).
+        let cluster_file = args
+            .cluster
+            .as_deref()
+            .is_some_and(|c| peloton_sim::ClusterConfig::preset(c).is_none());
+        if args.config.is_some() || cluster_file {
+            return;
+        }
+        match args.experiment() {
+            Ok(experiment) => {
+                let toml = experiment.to_toml().unwrap_or_default();
+                if experiment.workers > 16 || toml.contains("\"file\"") {
+                    return;
+                }
+            }
+            Err(e) => {
+                assert_one_line(&e);
+                return;
+            }
+        }
+    }
+    if let Err(e) = command_line::check(&cli) {
+        assert_one_line(&e);
+    }
+}
+
+/// An error must print as one line that says something (`error: …` with its causes).
+fn assert_one_line(e: &anyhow::Error) {
+    let line = command_line::error_line(e);
+    assert!(line.len() > "error: ".len() + 2, "an empty error: {line:?}");
+    assert!(!line.contains('\n'), "an error of several lines: {line:?}");
 }

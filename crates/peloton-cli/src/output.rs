@@ -49,3 +49,20 @@ macro_rules! outln {
         $crate::output::write_line(format_args!($($arg)*))
     };
 }
+
+/// Writes one line to standard error in a single write (MPI ranks share stderr, and a line
+/// written in pieces interleaves with other ranks' lines). A failure is ignored on purpose:
+/// standard error is where failures are reported, so there is nowhere left to report one, and
+/// the exit code still says how the command ended. `eprintln!` would panic instead.
+pub fn write_error_line(args: std::fmt::Arguments<'_>) {
+    let line = format!("{args}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `eprintln!` that never panics (see [`write_error_line`]).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::write_error_line(format_args!($($arg)*))
+    };
+}

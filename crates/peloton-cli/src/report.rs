@@ -15,7 +15,7 @@
 //! The plots are SVG only: plotters' bitmap backend needs a font to draw text, which would
 //! have to be a system font (fontconfig) or a TTF embedded in the binary.
 
-use peloton_cli::outln;
+use crate::outln;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};

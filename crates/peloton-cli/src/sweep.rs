@@ -30,7 +30,7 @@
 //! `--full`), then `--set`; keys that switch a kind (`algorithm.name`, `…kind`) go first,
 //! because switching drops the old kind's keys.
 
-use peloton_cli::outln;
+use crate::outln;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -2,8 +2,8 @@
 //! does — the graph, its matchings, MATCHA's probabilities and α, the first rounds, and the
 //! spectral gap of the expected mixing matrix — before spending compute on it.
 
+use crate::outln;
 use anyhow::{Context, Result};
-use peloton_cli::outln;
 use peloton_topology::{Directions, GraphSpec, MixingWeights, Protocol, Round, ScheduleConfig};
 
 /// Arguments of `peloton topology show`.
@@ -92,31 +92,53 @@ impl ShowArgs {
     }
 }
 
+/// The most messages a printed round lists; a dense graph's round has millions (an
+/// Erdős–Rényi graph of 4,096 nodes: 8 million), which no one reads.
+const MAX_LISTED_MESSAGES: usize = 64;
+
 fn format_round(round: &Round) -> String {
     let links: Vec<String> = round
         .edges
         .iter()
+        .take(MAX_LISTED_MESSAGES)
         .map(|e| format!("{}→{} {:.3}", e.from, e.to, e.weight))
         .collect();
-    if links.is_empty() {
-        "(no communication)".into()
-    } else {
-        links.join(", ")
+    let more = round.edges.len().saturating_sub(MAX_LISTED_MESSAGES);
+    match (links.is_empty(), more) {
+        (true, _) => "(no communication)".into(),
+        (false, 0) => links.join(", "),
+        (false, more) => format!("{}, … and {more} more messages", links.join(", ")),
     }
 }
 
-/// Prints the schedule, its checks and its diagnostics.
+/// The most rounds `topology show` prints.
+const MAX_ROUNDS: u64 = 100_000;
+
+impl ShowArgs {
+    /// Every check of the arguments before a schedule is built; the schedule's configuration.
+    pub fn check(&self) -> Result<ScheduleConfig> {
+        anyhow::ensure!(self.n >= 1, "--n must be at least 1");
+        // The training caps: a schedule is only ever built for a run's workers, and its checks
+        // use dense N×N matrices (a ring of 100,000 nodes asked for 80 GB).
+        anyhow::ensure!(
+            self.n <= crate::config::MAX_SIM_WORKERS,
+            "--n {} is more workers than any run takes (the simulator's most, {})",
+            self.n,
+            crate::config::MAX_SIM_WORKERS
+        );
+        // Each round is a line of output; more than a screenful of thousands is a typo, and
+        // 2^64 rounds would print for ever.
+        anyhow::ensure!(
+            self.rounds <= MAX_ROUNDS,
+            "--rounds {} is more than {MAX_ROUNDS} (each round is one printed line)",
+            self.rounds
+        );
+        self.schedule_config()
+    }
+}
+
 pub fn show(args: &ShowArgs) -> Result<()> {
-    anyhow::ensure!(args.n >= 1, "--n must be at least 1");
-    // The training caps: a schedule is only ever built for a run's workers, and its checks
-    // use dense N×N matrices (a ring of 100,000 nodes asked for 80 GB).
-    anyhow::ensure!(
-        args.n <= peloton_cli::config::MAX_SIM_WORKERS,
-        "--n {} is more workers than any run takes (the simulator's most, {})",
-        args.n,
-        peloton_cli::config::MAX_SIM_WORKERS
-    );
-    let config = args.schedule_config()?;
+    let config = args.check()?;
     let schedule = config
         .build(args.n, args.seed)
         .with_context(|| format!("schedule {}", config.kind()))?;
@@ -144,7 +166,18 @@ pub fn show(args: &ShowArgs) -> Result<()> {
         let probabilities = schedule.matcha().map(|m| m.probabilities.clone());
         outln!("matchings ({}):", matchings.len());
         for (j, m) in matchings.iter().enumerate() {
-            let edges: Vec<String> = m.edges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+            let mut edges: Vec<String> = m
+                .edges
+                .iter()
+                .take(MAX_LISTED_MESSAGES)
+                .map(|(a, b)| format!("{a}-{b}"))
+                .collect();
+            if m.edges.len() > MAX_LISTED_MESSAGES {
+                edges.push(format!(
+                    "… and {} more",
+                    m.edges.len() - MAX_LISTED_MESSAGES
+                ));
+            }
             match &probabilities {
                 Some(p) => outln!("  {j:>3}  p = {:.4}  {}", p[j], edges.join(" ")),
                 None => outln!("  {j:>3}  {}", edges.join(" ")),

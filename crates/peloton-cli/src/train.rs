@@ -2,7 +2,7 @@
 //! simulator with a progress bar, and write the run folder (plus `sim.json` and `trace.json`
 //! for simulated runs).
 
-use peloton_cli::outln;
+use crate::outln;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

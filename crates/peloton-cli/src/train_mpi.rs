@@ -55,7 +55,7 @@ mod imp {
 
     use super::MpiResume;
     use crate::config::ExperimentConfig;
-    use peloton_cli::outln;
+    use crate::outln;
     // The ranks compare their resolved configs through the run folder's config fingerprint.
     use crate::run_folder::{
         checkpoints_dir, commit_manifest, default_path, fingerprint, RunFolder,
@@ -117,9 +117,9 @@ mod imp {
             // reaches: no rank exits (making mpirun end the job) before the others have
             // written their line.
             Err(Failure::Shared(e)) => {
-                crate::print_error(&e.context(format!("rank {rank}")));
+                crate::command_line::print_error(&e.context(format!("rank {rank}")));
                 drop(mpi);
-                Err(crate::AlreadyReported.into())
+                Err(crate::command_line::AlreadyReported.into())
             }
             Err(Failure::Local(e)) => abort_job(rank, &format!("{e:#}"), 1),
         }
@@ -222,7 +222,7 @@ mod imp {
             let file = std::fs::create_dir_all(&dir)
                 .and_then(|_| std::fs::File::create(&path))
                 .map_err(|e| {
-                    eprintln!(
+                    crate::errln!(
                         "note: rank {rank} cannot stream its records to {}: {e} (they reach metrics.jsonl at the end)",
                         path.display()
                     )

@@ -40,6 +40,9 @@ struct Row {
     fifos: Vec<&'static str>,
     /// Standard output goes to `/dev/full`: every write to it fails.
     full_stdout: bool,
+    /// Standard error goes to `/dev/full`: the error line cannot be written, so the row
+    /// asserts the exit code (1, or 2 for usage; a panic exits 101) and the files only.
+    full_stderr: bool,
     /// Text the error line must contain.
     expect: &'static str,
 }
@@ -51,6 +54,7 @@ fn row(name: &'static str, args: &[&'static str], expect: &'static str) -> Row {
         files: Vec::new(),
         fifos: Vec::new(),
         full_stdout: false,
+        full_stderr: false,
         expect,
     }
 }
@@ -72,6 +76,12 @@ impl Row {
     /// Sends standard output to `/dev/full`.
     fn stdout_full(mut self) -> Self {
         self.full_stdout = true;
+        self
+    }
+
+    /// Sends standard error to `/dev/full`.
+    fn stderr_full(mut self) -> Self {
+        self.full_stderr = true;
         self
     }
 
@@ -332,8 +342,8 @@ fn catalog() -> Vec<Row> {
         row("--set unknown top-level key", &quad(&["--set", "wrokers=3"]), "unknown field `wrokers`"),
         row("--set unknown nested key", &quad(&["--set", "optimizer.momentun=0.9"]), "unknown field `momentun`"),
         row("--set wrong type", &quad(&["--set", "workers=four"]), "invalid type: string \"four\""),
-        row("--set without a value", &quad(&["--set", "workers"]), "--set expects KEY=VALUE, got 'workers'"),
-        row("--set empty key part", &quad(&["--set", "algorithm..tau=3"]), "'algorithm..tau' is not a valid dotted key"),
+        row("--set without a value", &quad(&["--set", "workers"]), "--set expects KEY=VALUE, got \"workers\""),
+        row("--set empty key part", &quad(&["--set", "algorithm..tau=3"]), "\"algorithm..tau\" is not a dotted key"),
         row("--set through a value", &quad(&["--seed", "3", "--set", "seed.x=1"]), "'seed' is a value, not a table"),
         // Experiment files.
         row("file: unknown top-level key", &quad(&["-c", "exp.toml"]), "exp.toml line 2: unknown field `wrokers`")
@@ -527,6 +537,17 @@ fn catalog() -> Vec<Row> {
         row("--print-config on a full device", &train(&["--print-config"], &[]), "cannot write to standard output").stdout_full(),
         row("topology show on a full device", &["topology", "show", "--graph", "ring", "--n", "8"], "cannot write to standard output").stdout_full(),
         row("a run's summary on a full device", &["train", "--problem", "quadratic", "--steps", "5", "-o", "runs/full"], "cannot write to standard output").stdout_full(),
+        // Writes that fail: standard error on a full device (the error line is lost; the exit
+        // code is not, and nothing panics: a panic's message would fail too and exit 101).
+        row("an error on a full standard error", &quad(&["--set", "workers=0"]), "").stderr_full(),
+        row("a usage error on a full standard error", &["train", "--no-such-flag"], "").stderr_full(),
+        row("a run's progress on a full standard error", &["train", "--problem", "quadratic", "--steps", "5", "--set", "algorithm.name=nope"], "").stderr_full(),
+        // Found by the command-line fuzz target: a key that is not a key.
+        row("a --set key with a line break", &quad(&["--set", "algorithm\n.tau=3"]), "is not a dotted key"),
+        row("a --set key with a quote", &quad(&["--set", "a\"b=3"]), "is not a dotted key"),
+        row("topology show printing for ever", &["topology", "show", "--rounds", "18446744073709551615"], "--rounds 18446744073709551615 is more than 100000"),
+        row("bench of a buffer beyond memory", &["bench", "--size-mib", "100000000"], "--size-mib 100000000 is beyond 65536"),
+        row("bench on more threads than a run takes", &["bench", "--workers", "2,100000"], "--workers beyond"),
         row("topology show beyond any run", &["topology", "show", "--graph", "ring", "--n", "100000"], "--n 100000 is more workers than any run takes"),
         // Model and data fields at and past their ranges.
         row("recompute over no batches", &train(&["--set", "model.recompute_batches=0"], &[("--steps", "1")]), "model.recompute_batches must be at least 1"),
@@ -686,6 +707,9 @@ fn check(index: usize, row: &Row) -> Option<String> {
     if row.full_stdout {
         command.stdout(std::fs::File::create("/dev/full").expect("/dev/full"));
     }
+    if row.full_stderr {
+        command.stderr(std::fs::File::create("/dev/full").expect("/dev/full"));
+    }
     let out = command.output().expect("the binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let mut problems = Vec::new();
@@ -698,16 +722,22 @@ fn check(index: usize, row: &Row) -> Option<String> {
         problems.push("panicked".to_string());
     }
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    match lines.as_slice() {
-        [line] if line.starts_with("error: ") => {
-            if !line.contains(row.expect) {
-                problems.push(format!("the error line lacks {:?}", row.expect));
-            }
+    if row.full_stderr {
+        if !matches!(out.status.code(), Some(1 | 2)) {
+            problems.push(format!("exit code {:?}, not 1 or 2", out.status.code()));
         }
-        _ => problems.push(format!(
-            "expected one line starting with 'error: ', got {}",
-            lines.len()
-        )),
+    } else {
+        match lines.as_slice() {
+            [line] if line.starts_with("error: ") => {
+                if !line.contains(row.expect) {
+                    problems.push(format!("the error line lacks {:?}", row.expect));
+                }
+            }
+            _ => problems.push(format!(
+                "expected one line starting with 'error: ', got {}",
+                lines.len()
+            )),
+        }
     }
     let after = snapshot(&dir);
     for (path, bytes) in &before {

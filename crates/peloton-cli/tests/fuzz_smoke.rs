@@ -81,3 +81,59 @@ fn checkpoint_reader_survives_mutations() {
         fuzz_decode(&bytes);
     }
 }
+
+/// Arguments and values that make mutated command lines interesting: every subcommand and
+/// flag kind, numbers at their type's edges, `--set` keys.
+const ARGUMENTS: [&str; 30] = [
+    "\0train",
+    "\0--algorithm\0",
+    "\0--workers\0",
+    "\0--steps\0",
+    "\0--epochs\0",
+    "\0--time-budget\0",
+    "\0--slowdown\0",
+    "\0--set\0",
+    "\0--transport\0sim",
+    "\0--cluster\0ethernet-1g",
+    "\0--model\0",
+    "\0--print-config",
+    "\0topology\0show\0--n\0",
+    "\0--rounds\0",
+    "\0--budget\0",
+    "\0bench\0--sim\0--messages\0",
+    "algorithm.tau=",
+    "lsgd",
+    "matcha",
+    "easgd",
+    "0",
+    "1",
+    "-1",
+    "1e300",
+    "nan",
+    "18446744073709551615",
+    "4611686018427387904",
+    "3=1e9",
+    "\u{ff}\u{fe}",
+    "=",
+];
+
+#[test]
+fn command_line_survives_the_corpus_and_its_mutations() {
+    use peloton_cli::fuzz_entry::command_line;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/command_line");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 10, "{}: too few seeds", dir.display());
+    for seed in &seeds {
+        command_line(seed);
+    }
+    let tokens: Vec<&[u8]> = ARGUMENTS.iter().map(|t| t.as_bytes()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    // A parse and its checks take microseconds: more mutations than the other targets get.
+    for i in 0..5 * MUTATIONS {
+        command_line(&mutate(&seeds[i % seeds.len()], &tokens, &mut rng));
+    }
+}
