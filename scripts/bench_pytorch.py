@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch's side of `peloton bench --models ... --device tch`: the same networks (layer
+"""PyTorch's side of `peloton bench --models ... --device torch`: the same networks (layer
 shapes and parameter counts as crates/peloton-burn/src/models), the same synthetic input
 shapes, one SGD-momentum training step each, median of --repeats timed steps after warm-up.
 
@@ -109,23 +109,27 @@ MODELS = {
 }
 
 
-def bench(name, batch, repeats, warmup):
+def bench(name, batch, repeats, warmup, device="cpu"):
     make, c, s = MODELS[name]
     torch.manual_seed(0)
-    model = make().train()
+    model = make().train().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
-    x = torch.randn(batch, c, s, s)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, c, s, s, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
 
     def fwd_bwd():
         opt.zero_grad(set_to_none=False)
         loss = F.cross_entropy(model(x), y)
         loss.item()
         loss.backward()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     def step():
         fwd_bwd()
         opt.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     for _ in range(warmup):
         step()
@@ -149,12 +153,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (as peloton's torch-cuda)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     print(f"{'model':<10} {'params':>10} {'fwd+bwd ms':>11} {'step ms':>9}")
     for name in args.models.split(","):
-        params, fb, full = bench(name, args.batch, args.repeats, args.warmup)
+        params, fb, full = bench(name, args.batch, args.repeats, args.warmup, args.device)
         print(f"{name:<10} {params:>10} {fb:>11.2f} {full:>9.2f}")
 
 

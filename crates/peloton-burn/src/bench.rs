@@ -70,14 +70,11 @@ fn single_worker(config: ModelConfig, data: &DataConfig) -> Result<(NetworkLearn
     Ok((learner, params))
 }
 
-pub fn model_step(
-    model: ModelName,
-    device: DeviceKind,
-    batch: usize,
-    repeats: usize,
-) -> Result<ModelBench> {
+/// Generated images of `model`'s usual input shape, two batches of `batch` to train on and
+/// one to test: the data of a step measurement, on any backend.
+pub fn step_data(model: ModelName, batch: usize) -> DataConfig {
     let [channels, size, _] = model.typical_input();
-    let data = DataConfig {
+    DataConfig {
         batch_size: batch,
         synthetic: SyntheticConfig {
             channels,
@@ -87,7 +84,17 @@ pub fn model_step(
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
+
+pub fn model_step(
+    model: ModelName,
+    device: DeviceKind,
+    batch: usize,
+    repeats: usize,
+) -> Result<ModelBench> {
+    let [channels, size, _] = model.typical_input();
+    let data = step_data(model, batch);
     let cores = crate::config::machine_cores();
     let mut config = ModelConfig::new(model);
     config.device = device;
@@ -101,9 +108,8 @@ pub fn model_step(
 
     // Bare burn: the same model and batch, no flat buffers.
     let kind = device;
-    let device = kind.device(0)?.autodiff();
-    let pool = Kernels::new(kind, cores, 0)?;
-    pool.enter();
+    let device = kind.device()?.autodiff();
+    let pool = Kernels::new(cores, 0)?;
     let net = Net::new(model, [channels, size, size], 10, &[256, 128], &device)?;
     let map = FlatMap::discover(&net);
     let net = map.write(net, &params, false);
@@ -180,7 +186,7 @@ pub fn format_table(rows: &[ModelBench]) -> String {
         "device",
         "params",
         "batch",
-        "burn ms",
+        "bare ms",
         "peloton ms",
         "overhead",
         "sgd ms",

@@ -6,44 +6,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::models::ModelName;
 
-/// Where the tensors live. `flex` (pure Rust, burn's CPU backend) needs nothing installed;
-/// `tch` and `tch-cuda` use LibTorch (PyTorch's kernels) and need the `tch` cargo feature.
+/// Where the tensors live. `flex` (pure Rust, burn's CPU backend, this crate's learner) needs
+/// nothing installed; `torch` and `torch-cuda` run the same models on LibTorch (PyTorch's
+/// kernels and autograd, the `peloton-torch` crate and its `torch` cargo feature).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceKind {
     #[default]
     Flex,
-    Tch,
-    TchCuda,
+    Torch,
+    TorchCuda,
 }
 
 impl DeviceKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             DeviceKind::Flex => "flex",
-            DeviceKind::Tch => "tch",
-            DeviceKind::TchCuda => "tch-cuda",
+            DeviceKind::Torch => "torch",
+            DeviceKind::TorchCuda => "torch-cuda",
         }
     }
 
-    /// The burn device (without autodiff).
-    pub fn device(&self, cuda_index: usize) -> Result<Device> {
+    /// Whether the device is LibTorch's (the `peloton-torch` learner).
+    pub fn is_torch(&self) -> bool {
+        matches!(self, DeviceKind::Torch | DeviceKind::TorchCuda)
+    }
+
+    /// The burn device (without autodiff) of this crate's learner, which runs on `flex`.
+    pub fn device(&self) -> Result<Device> {
         match self {
             DeviceKind::Flex => Ok(Device::flex()),
-            #[cfg(feature = "tch")]
-            #[allow(deprecated)]
-            DeviceKind::Tch => Ok(Device::libtorch()),
-            #[cfg(feature = "tch")]
-            #[allow(deprecated)]
-            DeviceKind::TchCuda => Ok(Device::libtorch_cuda(cuda_index)),
-            #[cfg(not(feature = "tch"))]
-            DeviceKind::Tch | DeviceKind::TchCuda => {
-                let _ = cuda_index;
-                Err(peloton_core::Error::Config(format!(
-                    "model.device = \"{}\" needs peloton built with the `tch` feature (LibTorch); see README \"PyTorch kernels and GPUs\"",
-                    self.as_str()
-                )))
-            }
+            DeviceKind::Torch | DeviceKind::TorchCuda => Err(peloton_core::Error::Config(format!(
+                "model.device = \"{}\" is LibTorch's: the burn learner runs on flex (peloton-torch builds the LibTorch learner)",
+                self.as_str()
+            ))),
         }
     }
 }
@@ -77,9 +73,10 @@ pub struct ModelConfig {
     pub hidden: Vec<usize>,
     #[serde(default)]
     pub device: DeviceKind,
-    /// The CUDA device index for `tch-cuda` (workers share it).
-    #[serde(default)]
-    pub cuda_index: usize,
+    /// The GPU of every worker with `torch-cuda`; by default worker i takes GPU i mod the
+    /// number of GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_index: Option<usize>,
     #[serde(default)]
     pub batch_norm: BatchNormPolicy,
     /// With `batch_norm = "recompute"`: at most this many training batches (all of the
@@ -113,7 +110,7 @@ impl ModelConfig {
             name,
             hidden: default_hidden(),
             device: DeviceKind::Flex,
-            cuda_index: 0,
+            cuda_index: None,
             batch_norm: BatchNormPolicy::Local,
             recompute_batches: None,
             threads: None,
@@ -144,8 +141,6 @@ impl ModelConfig {
         if let Some(b) = self.recompute_batches {
             ensure_config!(b >= 1, "model.recompute_batches must be at least 1");
         }
-        #[cfg(not(feature = "tch"))]
-        self.device.device(self.cuda_index)?;
         Ok(())
     }
 

@@ -22,11 +22,11 @@ use peloton_data::loader::fill_batch;
 use peloton_data::{Batch, DataConfig, LoadedData, ShardLoader};
 use rand::Rng as _;
 
-use crate::config::{machine_cores, BatchNormPolicy, DeviceKind, ModelConfig};
+use crate::config::{machine_cores, BatchNormPolicy, ModelConfig};
 use crate::flat::FlatMap;
 use crate::init::{initialize, Scheme};
 use crate::memory::{estimate, EstimateInput, MemoryEstimate};
-use crate::models::{BatchStats, Net, Pass};
+use crate::models::{fold_batch_statistics, Net, Pass};
 
 /// Everything needed to build the workers' learners: the model config and the data,
 /// loaded and sharded once for all in-process workers.
@@ -39,6 +39,11 @@ pub struct NetworkTask {
 
 impl NetworkTask {
     /// Loads (or generates) the data and checks that the model fits it.
+    /// Kernel threads of each in-process worker.
+    pub fn threads_per_worker(&self) -> usize {
+        self.threads_per_worker
+    }
+
     pub fn load(model: ModelConfig, data: &DataConfig, workers: usize, seed: u64) -> Result<Self> {
         model.validate()?;
         let loaded = data.load(workers, seed)?;
@@ -97,7 +102,6 @@ pub struct NetworkLearner {
     dropout_rng: Rng,
     policy: BatchNormPolicy,
     recompute_batches: Option<usize>,
-    device_kind: DeviceKind,
     /// The worker's training lanes: lane 0 holds the model whose BatchNorm statistics are
     /// the worker's; with more than one lane, a batch is split over them ([`ModelConfig`]'s
     /// `split_batch`).
@@ -133,7 +137,6 @@ impl Lane {
 
     /// The replica's BatchNorm statistics (pending updates folded in first).
     fn read_buffers(&self, out: &mut [f32]) {
-        self.kernels.enter();
         self.flat.read(&self.net().valid(), out, true);
     }
 
@@ -228,25 +231,11 @@ fn on_lanes<T: Send>(lanes: &[Kernels], jobs: usize, job: &(dyn Fn(usize) -> T +
 }
 
 /// Where a worker's tensor kernels get their threads, so that workers × threads never
-/// exceeds the cores. `flex` parallelizes with rayon: each worker gets a pool of its own.
-/// LibTorch ignores rayon and runs its own OpenMP threads, whose count is a per-thread
-/// setting: it must be set on the thread that calls the kernels, or every worker starts a
-/// team as large as the machine (on 2 cores, 4 ResNet-20 workers with 2 threads each step
-/// 7% slower than with 1 each; BENCHMARKS.md, "LibTorch device").
-pub(crate) enum Kernels {
-    Rayon(rayon::ThreadPool),
-    /// LibTorch's intra-op threads, set on the calling (worker) thread.
-    #[cfg(feature = "tch")]
-    Torch(usize),
-}
+/// exceeds the cores: `flex` parallelizes with rayon, and each worker gets a pool of its own.
+pub(crate) struct Kernels(rayon::ThreadPool);
 
 impl Kernels {
-    pub(crate) fn new(device: DeviceKind, threads: usize, rank: usize) -> Result<Self> {
-        #[cfg(feature = "tch")]
-        if device != DeviceKind::Flex {
-            return Ok(Kernels::Torch(threads));
-        }
-        let _ = device;
+    pub(crate) fn new(threads: usize, rank: usize) -> Result<Self> {
         Self::rayon(threads, move |i| format!("peloton-w{rank}-k{i}"))
     }
 
@@ -256,69 +245,28 @@ impl Kernels {
             .num_threads(threads)
             .thread_name(name)
             .build()
-            .map(Kernels::Rayon)
+            .map(Kernels)
             .map_err(|e| Error::Config(format!("cannot start kernel threads: {e}")))
-    }
-
-    /// Applies the thread setting to the calling thread where it is per thread (LibTorch), so
-    /// that work done outside [`Kernels::install`] (writing parameters in, building input
-    /// tensors) does not start a machine-wide team either.
-    pub(crate) fn enter(&self) {
-        #[cfg(feature = "tch")]
-        if let Kernels::Torch(threads) = self {
-            set_torch_threads(*threads);
-        }
-    }
-
-    /// The kernel threads of this pool.
-    pub(crate) fn threads(&self) -> usize {
-        match self {
-            Kernels::Rayon(pool) => pool.current_num_threads(),
-            #[cfg(feature = "tch")]
-            Kernels::Torch(threads) => *threads,
-        }
     }
 
     /// Runs `f` with this worker's kernel threads.
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match self {
-            Kernels::Rayon(pool) => pool.install(f),
-            #[cfg(feature = "tch")]
-            Kernels::Torch(threads) => {
-                set_torch_threads(*threads);
-                f()
-            }
-        }
+        self.0.install(f)
     }
-}
-
-/// Sets LibTorch's intra-op threads for the calling thread, once per thread: the call also
-/// clears oneDNN's cache of compiled kernels, so it must not run every step.
-#[cfg(feature = "tch")]
-fn set_torch_threads(threads: usize) {
-    use std::cell::Cell;
-    thread_local!(static SET: Cell<usize> = const { Cell::new(0) });
-    SET.with(|set| {
-        if set.get() != threads {
-            tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
-            set.set(threads);
-        }
-    });
 }
 
 impl NetworkLearner {
     pub fn new(task: &NetworkTask, ctx: LearnerContext) -> Result<Self> {
-        let device = task.model.device.device(task.model.cuda_index)?.autodiff();
+        let device = task.model.device.device()?.autodiff();
         let data = Arc::clone(&task.data);
         let threads = task.threads_per_worker;
         // Splitting the batch is how a worker uses several cores on `flex`: burn's own kernel
-        // threads barely help there (BENCHMARKS.md, "Where the cores go"). LibTorch's do.
-        let (lane_count, lane_threads) =
-            if task.model.split_batch && task.model.device == DeviceKind::Flex && threads > 1 {
-                (threads, 1)
-            } else {
-                (1, threads)
-            };
+        // threads barely help there (BENCHMARKS.md, "Where the cores go").
+        let (lane_count, lane_threads) = if task.model.split_batch && threads > 1 {
+            (threads, 1)
+        } else {
+            (1, threads)
+        };
         let mut lanes = Vec::with_capacity(lane_count);
         for _ in 0..lane_count {
             let net = Net::new(
@@ -338,23 +286,11 @@ impl NetworkLearner {
                 },
                 net: Some(net),
                 flat,
-                kernels: Kernels::new(task.model.device, lane_threads, ctx.rank)?,
+                kernels: Kernels::new(lane_threads, ctx.rank)?,
                 part: Batch::default(),
             });
         }
-        let shard = data
-            .shards
-            .get(ctx.rank)
-            .cloned()
-            .ok_or_else(|| Error::Config(format!("no data shard for worker {}", ctx.rank)))?;
-        let loader = ShardLoader::new(
-            Arc::clone(&data.train),
-            shard,
-            data.batch_size,
-            data.augmentation,
-            &data.normalization,
-            seed::rng(ctx.seed, "batches", ctx.rank as u64),
-        )?;
+        let loader = data.shard_loader(ctx.rank, ctx.seed)?;
         Ok(Self {
             rank: ctx.rank,
             seed: ctx.seed,
@@ -367,7 +303,6 @@ impl NetworkLearner {
             dropout_rng: seed::rng(ctx.seed, "dropout", ctx.rank as u64),
             policy: task.model.batch_norm,
             recompute_batches: task.model.recompute_batches,
-            device_kind: task.model.device,
             lanes,
             eval_lanes: None,
         })
@@ -411,20 +346,7 @@ impl NetworkLearner {
             let _ = model.forward(images(&batch, &device), &mut pass);
             pass.batch_stats.unwrap_or_default()
         });
-        let mut running: Vec<BatchStats> = Vec::new();
-        for (k, stats) in per_batch.into_iter().enumerate() {
-            if k == 0 {
-                running = stats;
-                continue;
-            }
-            let m = (1.0 / (k as f64 + 1.0)) as f32;
-            for (r, s) in running.iter_mut().zip(&stats) {
-                let means = r.mean.iter_mut().zip(&s.mean);
-                for (r, s) in means.chain(r.var.iter_mut().zip(&s.var)) {
-                    *r = *r * (1.0 - m) + *s * m;
-                }
-            }
-        }
+        let running = fold_batch_statistics(per_batch);
         let layers = model.batch_norms();
         if batches == 0 {
             // A shard smaller than one batch: the statistics stay as they were.
@@ -472,7 +394,6 @@ impl NetworkLearner {
         let used = self.lanes.len().min(n).max(1);
         if used == 1 {
             let lane = &mut self.lanes[0];
-            lane.kernels.enter();
             lane.write(params, false);
             let loss = lane.loss_and_grad(&device, batch, Some(&mut self.dropout_rng), grad);
             return Ok(loss as f64);
@@ -504,7 +425,6 @@ impl NetworkLearner {
                 .map(|(lane, rng)| {
                     let device = &device;
                     scope.spawn(move || {
-                        lane.kernels.enter();
                         lane.write(params, false);
                         let mut g = std::mem::take(&mut lane.grad);
                         let loss = lane.loss_and_grad(device, &lane.part, Some(rng), &mut g);
@@ -549,20 +469,14 @@ impl NetworkLearner {
         }
     }
 
-    /// Evaluation's lanes: on `flex`, one single-threaded lane per core of the machine,
-    /// shared by every worker of the process (the other workers of a synchronous run wait
-    /// while one evaluates; workers evaluating at once queue on the lanes); on LibTorch, one
-    /// lane with the worker's threads.
+    /// Evaluation's lanes: one single-threaded lane per core of the machine, shared by every
+    /// worker of the process (the other workers of a synchronous run wait while one
+    /// evaluates; workers evaluating at once queue on the lanes).
     fn eval_lanes(&mut self) -> Result<Arc<[Kernels]>> {
         if let Some(lanes) = &self.eval_lanes {
             return Ok(Arc::clone(lanes));
         }
-        let lanes = if self.device_kind == DeviceKind::Flex {
-            shared_flex_lanes()?
-        } else {
-            let threads = self.lanes[0].kernels.threads();
-            Arc::from([Kernels::new(self.device_kind, threads, self.rank)?])
-        };
+        let lanes = shared_flex_lanes()?;
         self.eval_lanes = Some(Arc::clone(&lanes));
         Ok(lanes)
     }
@@ -572,7 +486,6 @@ impl NetworkLearner {
     /// and hits are summed in batch order, so the result is the same on any number of lanes.
     fn evaluate_on(&mut self, lanes: &[Kernels], params: &[f32]) -> Result<Evaluation> {
         let lane = &mut self.lanes[0];
-        lane.kernels.enter();
         lane.write(params, false);
         let mut model = lane.net().valid();
         if self.policy == BatchNormPolicy::Recompute {
@@ -642,9 +555,38 @@ impl NetworkLearner {
     }
 }
 
+/// What a network learner checkpoints besides the parameters (which are the runner's): the
+/// model's BatchNorm statistics (every policy), the loader's position and the dropout stream.
+/// The keys are shared by every backend's learner, so a checkpoint resumes on any of them.
+pub fn save_worker_state(
+    state: &mut StateDict,
+    buffers: &[f32],
+    loader: &ShardLoader,
+    dropout: &Rng,
+) {
+    state.put_f32s("buffers", buffers);
+    state.put_dict("loader", loader.save_state());
+    state.put_rng("dropout", dropout);
+}
+
+/// Restores what [`save_worker_state`] wrote into `loader` and `dropout`, and returns the
+/// `buffers` BatchNorm values for the caller's model.
+pub fn load_worker_state(
+    state: &StateDict,
+    buffers: usize,
+    loader: &mut ShardLoader,
+    dropout: &mut Rng,
+) -> Result<Vec<f32>> {
+    let mut values = vec![0.0; buffers];
+    state.f32s_into("buffers", &mut values)?;
+    loader.load_state(state.dict("loader")?)?;
+    *dropout = state.rng("dropout")?;
+    Ok(values)
+}
+
 /// The summed cross-entropy (in f64, log-sum-exp shifted by the row's maximum) and the
 /// number of correct predictions (the first maximum wins) of `logits` rows against `labels`.
-fn score(logits: &[f32], labels: &[i64]) -> (f64, usize) {
+pub fn score(logits: &[f32], labels: &[i64]) -> (f64, usize) {
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     let classes = (logits.len() / labels.len().max(1)).max(1);
     for (row, &label) in logits.chunks_exact(classes).zip(labels) {
@@ -711,27 +653,24 @@ impl Learner for NetworkLearner {
         self.read_buffers(out);
     }
 
-    // The parameters are the runner's; the model keeps its BatchNorm statistics (every
-    // policy), the loader its position, and dropout its stream.
     fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
-        state.put_f32s("buffers", &self.buffers());
-        state.put_dict("loader", self.loader.save_state());
-        state.put_rng("dropout", &self.dropout_rng);
+        save_worker_state(state, &self.buffers(), &self.loader, &self.dropout_rng);
         Ok(())
     }
 
     fn load_state(&mut self, state: &StateDict) -> Result<()> {
-        let mut buffers = vec![0.0; self.flat.buffers.len()];
-        state.f32s_into("buffers", &mut buffers)?;
+        let buffers = load_worker_state(
+            state,
+            self.flat.buffers.len(),
+            &mut self.loader,
+            &mut self.dropout_rng,
+        )?;
         self.write_shared_state(&buffers);
-        self.loader.load_state(state.dict("loader")?)?;
-        self.dropout_rng = state.rng("dropout")?;
         Ok(())
     }
 
     fn write_shared_state(&mut self, state: &[f32]) {
         for lane in &mut self.lanes {
-            lane.kernels.enter();
             lane.write(state, true);
         }
     }

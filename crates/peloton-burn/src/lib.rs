@@ -6,8 +6,9 @@
 //! which puts any of them behind peloton's `Learner` trait so every algorithm trains it
 //! unchanged. burn types stay inside this crate.
 //!
-//! The backend is chosen at run time ([`DeviceKind`]): `flex`, pure Rust, needs nothing
-//! installed; `tch` / `tch-cuda` (cargo feature `tch`) run PyTorch's kernels through LibTorch.
+//! The learner here runs on burn's `flex` backend: pure Rust, nothing to install. The same
+//! models on LibTorch (`model.device = "torch"` or `"torch-cuda"`) are the `peloton-torch`
+//! crate's, which shares this crate's configuration, layouts and initializations.
 
 pub mod bench;
 pub mod config;

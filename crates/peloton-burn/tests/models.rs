@@ -207,60 +207,6 @@ fn batch_norm_policies() {
     assert!(re.buffers().iter().take(16).any(|&m| m != 0.0));
 }
 
-/// LibTorch computes the same loss, gradient and evaluation as flex (to f32 rounding), and a
-/// worker's LibTorch kernels run with the configured number of threads on its own thread.
-#[cfg(feature = "tch")]
-#[test]
-fn libtorch_matches_flex_and_uses_the_worker_threads() {
-    use peloton_burn::DeviceKind;
-    for (model, channels, size) in [(ModelName::Lenet, 1, 28), (ModelName::Resnet20, 3, 8)] {
-        let data = DataConfig {
-            batch_size: 8,
-            synthetic: small_images(channels, size),
-            ..Default::default()
-        };
-        let learner = |device| {
-            let mut m = ModelConfig::new(model);
-            m.device = device;
-            m.threads = Some(1);
-            one_worker(m, &data)
-        };
-        let (mut flex, mut torch) = (learner(DeviceKind::Flex), learner(DeviceKind::Tch));
-        let mut params = vec![0.0; flex.layout().len()];
-        flex.init_params(&mut params);
-        let mut batch = Batch::default();
-        flex.next_batch(&mut batch);
-        let n = params.len();
-        let (mut gf, mut gt) = (vec![0.0; n], vec![0.0; n]);
-        let lf = flex.loss_and_grad_on(&params, &batch, &mut gf).unwrap();
-        let lt = torch.loss_and_grad_on(&params, &batch, &mut gt).unwrap();
-        assert_eq!(tch::get_num_threads(), 1, "{model:?}");
-        assert!(
-            (lf - lt).abs() < 1e-4 * lf.abs().max(1.0),
-            "{model:?}: {lf} vs {lt}"
-        );
-        let scale = gf.iter().map(|g| g.abs()).fold(0.0f32, f32::max);
-        let max_diff = gf
-            .iter()
-            .zip(&gt)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            max_diff <= 1e-4 * scale.max(1.0),
-            "{model:?}: max |Δ| = {max_diff} (scale {scale})"
-        );
-        let (ef, et) = (
-            flex.evaluate(&params).unwrap(),
-            torch.evaluate(&params).unwrap(),
-        );
-        assert!(
-            (ef.loss - et.loss).abs() < 1e-4 * ef.loss.max(1.0),
-            "{model:?}"
-        );
-        assert_eq!(ef.accuracy, et.accuracy, "{model:?}");
-    }
-}
-
 #[test]
 fn a_batch_split_over_lanes_gives_the_whole_batchs_gradient() {
     // LeNet has no BatchNorm and no dropout: the weighted average of the parts' mean-loss

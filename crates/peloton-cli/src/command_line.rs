@@ -75,7 +75,7 @@ pub struct TrainArgs {
     /// Folder of the dataset's files (MNIST IDX or CIFAR-10 binary batches, raw or .gz).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Tensor backend: flex (pure Rust, default), tch or tch-cuda (LibTorch, feature `tch`).
+    /// Tensor backend: flex (pure Rust, default), torch or torch-cuda (LibTorch, feature `torch`).
     #[arg(long, value_name = "DEVICE")]
     device: Option<String>,
     /// Samples per worker per step.
@@ -163,7 +163,7 @@ pub struct BenchArgs {
     /// Batch size of the model measurements.
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Tensor backend of the model measurements: flex, tch or tch-cuda (feature `tch`).
+    /// Tensor backend of the model measurements: flex, torch or torch-cuda (feature `torch`).
     #[arg(long, value_name = "DEVICE", default_value = "flex")]
     device: String,
     /// Measure the simulator's message rate instead (against the threads transport).
@@ -345,7 +345,10 @@ impl BenchArgs {
         toml::Value::String(self.device.clone())
             .try_into()
             .map_err(|_| {
-                anyhow::anyhow!("unknown device '{}' (flex, tch or tch-cuda)", self.device)
+                anyhow::anyhow!(
+                    "unknown device '{}' (flex, torch or torch-cuda)",
+                    self.device
+                )
             })
     }
 }
@@ -374,16 +377,16 @@ fn bench(args: &BenchArgs) -> Result<()> {
         let mut rows = Vec::new();
         for name in &args.models {
             let model = model_name(name)?;
-            rows.push(peloton_burn::bench::model_step(
-                model,
-                device,
-                args.batch,
-                args.repeats,
-            )?);
+            rows.push(if device.is_torch() {
+                torch_model_step(model, device, args.batch, args.repeats)?
+            } else {
+                peloton_burn::bench::model_step(model, device, args.batch, args.repeats)?
+            });
         }
         outln!(
-            "training step on {}, all cores (overhead = peloton / bare burn − 1; round = read params + mix + write back):",
-            device.as_str()
+            "training step on {}, all cores (overhead = peloton / bare {} − 1; round = read params + mix + write back):",
+            device.as_str(),
+            if device.is_torch() { "LibTorch" } else { "burn" }
         );
         outln!("{}", peloton_burn::bench::format_table(&rows));
         return Ok(());
@@ -445,6 +448,29 @@ fn training_bench(args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(feature = "torch")]
+fn torch_model_step(
+    model: peloton_burn::ModelName,
+    device: peloton_burn::DeviceKind,
+    batch: usize,
+    repeats: usize,
+) -> Result<peloton_burn::bench::ModelBench> {
+    Ok(peloton_torch::bench::model_step(
+        model, device, batch, repeats,
+    )?)
+}
+
+#[cfg(not(feature = "torch"))]
+fn torch_model_step(
+    _model: peloton_burn::ModelName,
+    device: peloton_burn::DeviceKind,
+    _batch: usize,
+    _repeats: usize,
+) -> Result<peloton_burn::bench::ModelBench> {
+    peloton_torch::check_device(device)?;
+    anyhow::bail!("{} is not a LibTorch device", device.as_str())
 }
 
 #[cfg(not(feature = "mpi"))]

@@ -350,6 +350,7 @@ impl ExperimentConfig {
             Task::Problem(p) => p.validate(self.workers)?,
             Task::Network(m, d) => {
                 m.validate()?;
+                peloton_torch::check_device(m.device)?;
                 d.validate()?;
             }
         }
@@ -369,15 +370,21 @@ impl ExperimentConfig {
                 memory: None,
             },
             Task::Network(m, d) => {
+                let torch = m.device.is_torch();
                 let task = peloton_burn::NetworkTask::load(m, &d, self.workers, self.seed)?;
-                let memory = task.memory_estimate(in_process)?;
+                let (factory, memory): (Box<dyn LearnerFactory>, _) = if torch {
+                    peloton_torch::factory(task, in_process)?
+                } else {
+                    let memory = task.memory_estimate(in_process)?;
+                    (Box::new(task), memory)
+                };
                 if self.memory_check {
                     if let Some(available) = peloton_burn::memory::available_memory() {
                         check_memory(&memory, available)?;
                     }
                 }
                 Prepared {
-                    factory: Box::new(task),
+                    factory,
                     memory: Some(memory),
                 }
             }

@@ -60,18 +60,18 @@ fn bad_inputs_end_with_one_clear_line() {
         &["bench", "--models", "lenet", "--device", "gpu"],
         "unknown device 'gpu'",
     );
-    #[cfg(not(feature = "tch"))]
+    #[cfg(not(feature = "torch"))]
     fails(
         &[
             "bench",
             "--models",
             "lenet",
             "--device",
-            "tch",
+            "torch",
             "--repeats",
             "1",
         ],
-        "needs peloton built with the `tch` feature",
+        "needs peloton built with the `torch` feature",
     );
 }
 
@@ -300,9 +300,15 @@ fn broken_dataset_files_are_one_line_errors_and_leave_no_run_folder() {
         &["train", "-q", "--model", "resnet21", "--print-config"],
         "unknown variant `resnet21`",
     );
+    #[cfg(not(feature = "torch"))]
+    fails(
+        &["train", "-q", "--device", "torch", "--print-config"],
+        "needs peloton built with the `torch` feature",
+    );
+    // burn's LibTorch device, retired for peloton-torch's.
     fails(
         &["train", "-q", "--device", "tch", "--print-config"],
-        "needs peloton built with the `tch` feature",
+        "unknown variant `tch`, expected one of `flex`, `torch`, `torch-cuda`",
     );
     fails(
         &[

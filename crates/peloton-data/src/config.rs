@@ -114,6 +114,24 @@ impl LoadedData {
     pub fn classes(&self) -> usize {
         self.train.classes
     }
+
+    /// Worker `rank`'s batches: its shard, in the order of the run seed's "batches" stream
+    /// for that worker (every learner, on any backend, draws the same batches).
+    pub fn shard_loader(&self, rank: usize, seed: u64) -> Result<crate::ShardLoader> {
+        let shard = self
+            .shards
+            .get(rank)
+            .cloned()
+            .ok_or_else(|| Error::Config(format!("no data shard for worker {rank}")))?;
+        crate::ShardLoader::new(
+            Arc::clone(&self.train),
+            shard,
+            self.batch_size,
+            self.augmentation,
+            &self.normalization,
+            peloton_core::seed::rng(seed, "batches", rank as u64),
+        )
+    }
 }
 
 impl DataConfig {

@@ -322,6 +322,65 @@ impl Net {
 }
 
 /// `x` flattened to `[N, rest]`.
+/// The running statistics of a recomputation: each batch's per-layer statistics folded in
+/// batch order with momentum 1/(k+1) at batch k — the cumulative average, as a training-mode
+/// pass with that momentum leaves it. Empty when there are no batches.
+pub fn fold_batch_statistics(
+    per_batch: impl IntoIterator<Item = Vec<BatchStats>>,
+) -> Vec<BatchStats> {
+    let mut running: Vec<BatchStats> = Vec::new();
+    for (k, stats) in per_batch.into_iter().enumerate() {
+        if k == 0 {
+            running = stats;
+            continue;
+        }
+        let m = (1.0 / (k as f64 + 1.0)) as f32;
+        for (r, s) in running.iter_mut().zip(&stats) {
+            let means = r.mean.iter_mut().zip(&s.mean);
+            for (r, s) in means.chain(r.var.iter_mut().zip(&s.var)) {
+                *r = *r * (1.0 - m) + *s * m;
+            }
+        }
+    }
+    running
+}
+
+/// The segment tables of a model of the zoo as every learner lays it out, its initial
+/// buffers and its initialization scheme: what another backend's learner (LibTorch's, in
+/// `peloton-torch`) needs to mean the same network by the same parameter vector.
+#[derive(Debug, Clone)]
+pub struct ZooLayout {
+    /// Trainable parameters, in burn's visit order (Linear weights `[in, out]`).
+    pub params: peloton_core::layout::ParamLayout,
+    /// BatchNorm running means and variances, in the same order.
+    pub buffers: peloton_core::layout::ParamLayout,
+    /// The buffers' initial values (means 0, variances 1).
+    pub initial_buffers: Vec<f32>,
+    pub scheme: crate::init::Scheme,
+}
+
+impl ZooLayout {
+    /// Builds `name` once on `flex` (allocating its parameters) and reads its tables.
+    pub fn of(
+        name: ModelName,
+        input: [usize; 3],
+        classes: usize,
+        hidden: &[usize],
+    ) -> Result<Self> {
+        let device = Device::flex().autodiff();
+        let net = Net::new(name, input, classes, hidden, &device)?;
+        let flat = crate::flat::FlatMap::discover(&net);
+        let mut initial_buffers = vec![0.0; flat.buffers.len()];
+        flat.read(&net, &mut initial_buffers, true);
+        Ok(Self {
+            scheme: net.init_scheme(),
+            params: flat.params,
+            buffers: flat.buffers,
+            initial_buffers,
+        })
+    }
+}
+
 pub(crate) fn flatten(x: Tensor<4>) -> Tensor<2> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c * h * w])

@@ -1,0 +1,471 @@
+//! [`TorchLearner`]: a network of the zoo on LibTorch behind peloton's [`Learner`] trait, and
+//! [`TorchTask`], the factory that builds every worker's.
+//!
+//! As in the burn learner, the flat buffer is the source of truth and the local optimizer is
+//! peloton's own, applied to it ([`peloton_core::optim`]): each step copies the parameters
+//! into one LibTorch leaf tensor, runs forward and LibTorch's autograd, and copies the one
+//! contiguous gradient out. That keeps every algorithm's arithmetic exactly as specified
+//! (momentum local, `torch.optim.SGD`'s update order, Laplacian smoothing per tensor); the two
+//! copies cost about 0.1 ms of a 100 ms ResNet-20 step. The data pipeline (shards, batches,
+//! augmentation, random streams), BatchNorm policies, evaluation and checkpoint contents are
+//! the burn learner's, so a run can switch between `flex` and `torch` and a checkpoint of one
+//! resumes on the other.
+//!
+//! Differences from `flex`, all PyTorch's own behaviour: BatchNorm's running variance is the
+//! unbiased batch variance (burn keeps the biased one; the two differ by a factor
+//! n/(n − 1), n = batch × height × width), and LibTorch's kernels sum in their own order, so
+//! losses and gradients agree with `flex` to float rounding, not bit for bit. On one device and
+//! thread count LibTorch's CPU kernels are deterministic, so a seed still fixes a run.
+
+use std::sync::Arc;
+
+use peloton_burn::config::{machine_cores, BatchNormPolicy};
+use peloton_burn::init::initialize;
+use peloton_burn::learner::{load_worker_state, save_worker_state, score};
+use peloton_burn::memory::MemoryEstimate;
+use peloton_burn::models::{fold_batch_statistics, BatchStats, ZooLayout};
+use peloton_burn::{DeviceKind, NetworkTask};
+use peloton_core::checkpoint::StateDict;
+use peloton_core::layout::ParamLayout;
+use peloton_core::learner::{Evaluation, Learner, LearnerContext, LearnerFactory};
+use peloton_core::seed::{self, Rng};
+use peloton_core::{Error, Result};
+use peloton_data::loader::fill_batch;
+use peloton_data::{Batch, LoadedData, ShardLoader};
+use tch::{Device, Kind, Tensor};
+
+use crate::net::{Mode, Model, Store};
+
+/// The data and model of a run on LibTorch, shared by its in-process workers.
+pub struct TorchTask {
+    task: NetworkTask,
+    layout: Arc<ZooLayout>,
+    /// GPUs LibTorch sees (0 on `torch`).
+    gpus: usize,
+}
+
+impl TorchTask {
+    /// The LibTorch side of a loaded network task: checks the device and reads the layout.
+    pub fn new(task: NetworkTask) -> Result<Self> {
+        let model = &task.model;
+        let gpus = match model.device {
+            DeviceKind::TorchCuda => {
+                let gpus = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+                if gpus == 0 {
+                    return Err(Error::Config(
+                        "model.device = \"torch-cuda\", but LibTorch sees no CUDA GPU (use \"torch\" for the CPU)".into(),
+                    ));
+                }
+                if let Some(i) = model.cuda_index.filter(|&i| i >= gpus) {
+                    return Err(Error::Config(format!(
+                        "model.cuda_index = {i}, but LibTorch sees {gpus} GPU(s)"
+                    )));
+                }
+                gpus
+            }
+            DeviceKind::Torch => 0,
+            DeviceKind::Flex => {
+                return Err(Error::Config(
+                    "model.device = \"flex\" is the burn learner's".into(),
+                ))
+            }
+        };
+        let layout = ZooLayout::of(
+            model.name,
+            task.data.input_shape(),
+            task.data.classes(),
+            &model.hidden,
+        )?;
+        Ok(Self {
+            task,
+            layout: Arc::new(layout),
+            gpus,
+        })
+    }
+
+    /// The memory estimate of `workers` in-process workers (the burn learner's: the same
+    /// layers, batches and data).
+    pub fn memory_estimate(&self, workers: usize) -> Result<MemoryEstimate> {
+        self.task.memory_estimate(workers)
+    }
+
+    /// The LibTorch device of worker `rank`: the CPU, or GPU `cuda_index`, or GPU
+    /// rank mod the number of GPUs.
+    fn device(&self, rank: usize) -> Device {
+        match self.task.model.device {
+            DeviceKind::TorchCuda => Device::Cuda(
+                self.task
+                    .model
+                    .cuda_index
+                    .unwrap_or(rank % self.gpus.max(1)),
+            ),
+            _ => Device::Cpu,
+        }
+    }
+}
+
+impl LearnerFactory for TorchTask {
+    fn build(&self, ctx: LearnerContext) -> Result<Box<dyn Learner>> {
+        Ok(Box::new(TorchLearner::new(self, ctx)?))
+    }
+}
+
+/// One worker's model and data on LibTorch.
+pub struct TorchLearner {
+    rank: usize,
+    seed: u64,
+    device: Device,
+    layout: Arc<ZooLayout>,
+    net: Model,
+    store: Store,
+    loader: ShardLoader,
+    data: Arc<LoadedData>,
+    batch: Batch,
+    dropout_rng: Rng,
+    policy: BatchNormPolicy,
+    recompute_batches: Option<usize>,
+    threads: usize,
+}
+
+/// Sets LibTorch's intra-op threads for the calling thread, once per thread: LibTorch's
+/// OpenMP team size is a per-thread setting, so it must be made on each worker's thread, or
+/// every worker starts a team as large as the machine; the call also clears oneDNN's cache of
+/// compiled kernels, so it must not run every step.
+fn set_threads(threads: usize) {
+    use std::cell::Cell;
+    thread_local!(static SET: Cell<usize> = const { Cell::new(0) });
+    SET.with(|set| {
+        if set.get() != threads {
+            tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+            set.set(threads);
+        }
+    });
+}
+
+/// A LibTorch error (a C++ exception) as the worker's error.
+fn torch_error(rank: usize, what: &str, e: tch::TchError) -> Error {
+    Error::Learner {
+        worker: rank,
+        message: format!("LibTorch, {what}: {e}"),
+    }
+}
+
+impl TorchLearner {
+    pub fn new(task: &TorchTask, ctx: LearnerContext) -> Result<Self> {
+        let threads = task.task.threads_per_worker();
+        set_threads(threads);
+        let device = task.device(ctx.rank);
+        let data = Arc::clone(&task.task.data);
+        let layout = Arc::clone(&task.layout);
+        let model = &task.task.model;
+        let net = Model::new(
+            model.name,
+            data.input_shape(),
+            data.classes(),
+            &model.hidden,
+            &layout.params,
+            &layout.buffers,
+        )?;
+        let fail = |e| torch_error(ctx.rank, "allocating the model", e);
+        let params = Tensor::f_zeros([layout.params.len() as i64], (Kind::Float, device))
+            .map_err(fail)?
+            .set_requires_grad(true);
+        let buffers = Tensor::f_from_slice(&layout.initial_buffers)
+            .and_then(|b| b.f_to_device(device))
+            .map_err(fail)?;
+        let loader = data.shard_loader(ctx.rank, ctx.seed)?;
+        Ok(Self {
+            rank: ctx.rank,
+            seed: ctx.seed,
+            device,
+            layout,
+            net,
+            store: Store { params, buffers },
+            loader,
+            data,
+            batch: Batch::default(),
+            dropout_rng: seed::rng(ctx.seed, "dropout", ctx.rank as u64),
+            policy: model.batch_norm,
+            recompute_batches: model.recompute_batches,
+            threads,
+        })
+    }
+
+    /// The LibTorch device of this worker.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Draws the next training batch of this worker's stream.
+    pub fn next_batch(&mut self, batch: &mut Batch) {
+        self.loader.next_into(batch);
+    }
+
+    /// Copies `params` into the parameter tensor.
+    fn write_params(&mut self, params: &[f32]) -> Result<()> {
+        let mut dst = self.store.params.shallow_clone();
+        tch::no_grad(|| Tensor::f_from_slice(params).and_then(|src| dst.f_copy_(&src)))
+            .map_err(|e| torch_error(self.rank, "writing the parameters", e))
+    }
+
+    /// `batch`'s images as an `N×C×H×W` tensor on the worker's device.
+    pub(crate) fn images(&self, batch: &Batch) -> Result<Tensor> {
+        let [c, h, w] = batch.shape;
+        let shape = [batch.len() as i64, c as i64, h as i64, w as i64];
+        Tensor::f_from_slice(&batch.images)
+            .and_then(|t| t.f_view(shape))
+            .and_then(|t| t.f_to_device(self.device))
+            .map_err(|e| torch_error(self.rank, "moving a batch to the device", e))
+    }
+
+    /// The mean loss of `batch` at `params`, with its gradient written into `grad`.
+    pub fn loss_and_grad_on(
+        &mut self,
+        params: &[f32],
+        batch: &Batch,
+        grad: &mut [f32],
+    ) -> Result<f64> {
+        set_threads(self.threads);
+        self.write_params(params)?;
+        let x = self.images(batch)?;
+        let rank = self.rank;
+        let fail = |what| move |e| torch_error(rank, what, e);
+        let targets = Tensor::f_from_slice(&batch.labels)
+            .and_then(|t| t.f_to_device(self.device))
+            .map_err(fail("moving labels to the device"))?;
+        let logits = self.net.forward(
+            &self.store,
+            &x,
+            &mut Mode::Train {
+                rng: &mut self.dropout_rng,
+            },
+        );
+        let loss = logits
+            .f_log_softmax(-1, Kind::Float)
+            .and_then(|l| l.f_nll_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100))
+            .map_err(fail("the loss"))?;
+        let grads = Tensor::f_run_backward(&[&loss], &[&self.store.params], false, false)
+            .map_err(fail("the backward pass"))?;
+        let g = grads.into_iter().next().ok_or_else(|| {
+            torch_error(
+                rank,
+                "the backward pass",
+                tch::TchError::Torch("no gradient".into()),
+            )
+        })?;
+        g.f_to_device(Device::Cpu)
+            .and_then(|g| g.f_copy_data(grad, grad.len()))
+            .map_err(fail("reading the gradient"))?;
+        loss.f_double_value(&[]).map_err(fail("reading the loss"))
+    }
+
+    /// The running statistics recomputed at the parameters last written: each of the shard's
+    /// first batches (all, or `recompute_batches`) normalized by its own statistics, the
+    /// statistics folded in batch order with momentum 1/(k+1) at batch k (the cumulative
+    /// average), as the burn learner does.
+    fn recompute_batch_norm(&mut self) -> Result<()> {
+        let size = self.data.batch_size;
+        let limit = self.recompute_batches.unwrap_or(usize::MAX);
+        let batches = (self.loader.shard().len() / size).min(limit);
+        let mut per_batch = Vec::with_capacity(batches);
+        let mut batch = Batch::default();
+        for k in 0..batches {
+            let chunk: Vec<u32> = self.loader.shard()[k * size..(k + 1) * size].to_vec();
+            fill_batch(
+                &self.data.train,
+                &chunk,
+                &self.data.augmentation,
+                self.loader.tables(),
+                None,
+                &mut batch,
+            );
+            let x = self.images(&batch)?;
+            let mut stats = Vec::new();
+            let _logits = tch::no_grad(|| {
+                self.net
+                    .forward(&self.store, &x, &mut Mode::BatchStatistics(&mut stats))
+            });
+            let host = |t: &Tensor| -> Result<Vec<f32>> {
+                Vec::<f32>::try_from(t.to_device(Device::Cpu))
+                    .map_err(|e| torch_error(self.rank, "reading BatchNorm statistics", e))
+            };
+            per_batch.push(
+                stats
+                    .iter()
+                    .map(|(m, v)| {
+                        Ok(BatchStats {
+                            mean: host(m)?,
+                            var: host(v)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        if batches == 0 {
+            // A shard smaller than one batch: the statistics stay as they were.
+            return Ok(());
+        }
+        // Forward order is the layout's order: means and variances alternate, layer by layer.
+        let mut buffers = Vec::with_capacity(self.layout.buffers.len());
+        for stats in fold_batch_statistics(per_batch) {
+            buffers.extend_from_slice(&stats.mean);
+            buffers.extend_from_slice(&stats.var);
+        }
+        if buffers.len() != self.layout.buffers.len() {
+            return Err(Error::Learner {
+                worker: self.rank,
+                message: format!(
+                    "BatchNorm recomputation gave {} values for {} buffer entries",
+                    buffers.len(),
+                    self.layout.buffers.len()
+                ),
+            });
+        }
+        self.write_buffers(&buffers)
+    }
+
+    fn write_buffers(&mut self, values: &[f32]) -> Result<()> {
+        let mut dst = self.store.buffers.shallow_clone();
+        tch::no_grad(|| Tensor::f_from_slice(values).and_then(|src| dst.f_copy_(&src)))
+            .map_err(|e| torch_error(self.rank, "writing the BatchNorm statistics", e))
+    }
+
+    /// The network, its tensors and the dropout stream, for the benchmark's bare step.
+    pub(crate) fn parts(&mut self) -> (&Model, &Store, &mut Rng) {
+        (&self.net, &self.store, &mut self.dropout_rng)
+    }
+
+    /// A communication round's local work: the parameters read out of the tensor into
+    /// `out`, changed by `f`, written back.
+    pub(crate) fn round_trip(&mut self, out: &mut [f32], f: impl FnOnce(&mut [f32])) -> Result<()> {
+        self.store
+            .params
+            .f_to_device(Device::Cpu)
+            .and_then(|p| p.f_copy_data(out, out.len()))
+            .map_err(|e| torch_error(self.rank, "reading the parameters", e))?;
+        f(out);
+        self.write_params(out)
+    }
+
+    /// The BatchNorm running statistics.
+    pub fn buffers(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.layout.buffers.len()];
+        self.read_buffers(&mut out);
+        out
+    }
+
+    fn read_buffers(&self, out: &mut [f32]) {
+        if !out.is_empty() {
+            self.store
+                .buffers
+                .to_device(Device::Cpu)
+                .copy_data(out, out.len());
+        }
+    }
+
+    /// Test loss and accuracy at `params`, summed batch by batch in batch order.
+    fn evaluate_at(&mut self, params: &[f32]) -> Result<Evaluation> {
+        // Evaluation takes every core, as the burn learner's does: the other workers of a
+        // synchronous run wait meanwhile. The next step goes back to the worker's share.
+        set_threads(if self.device == Device::Cpu {
+            machine_cores()
+        } else {
+            self.threads
+        });
+        self.write_params(params)?;
+        if self.policy == BatchNormPolicy::Recompute {
+            self.recompute_batch_norm()?;
+        }
+        let test = Arc::clone(&self.data.test);
+        let size = self.data.eval_batch_size.max(1);
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        let mut batch = Batch::default();
+        for k in 0..test.len().div_ceil(size) {
+            let indices: Vec<u32> = (k * size..((k + 1) * size).min(test.len()))
+                .map(|i| i as u32)
+                .collect();
+            fill_batch(
+                &test,
+                &indices,
+                &self.data.augmentation,
+                self.loader.tables(),
+                None,
+                &mut batch,
+            );
+            let x = self.images(&batch)?;
+            let logits = tch::no_grad(|| self.net.forward(&self.store, &x, &mut Mode::Eval));
+            let logits = Vec::<f32>::try_from(logits.to_device(Device::Cpu).flatten(0, -1))
+                .map_err(|e| torch_error(self.rank, "reading logits", e))?;
+            let (l, c) = score(&logits, &batch.labels);
+            loss_sum += l;
+            correct += c;
+        }
+        let n = test.len().max(1) as f64;
+        Ok(Evaluation {
+            loss: loss_sum / n,
+            accuracy: Some(correct as f64 / n),
+            grad_norm: None,
+        })
+    }
+}
+
+impl Learner for TorchLearner {
+    fn layout(&self) -> &ParamLayout {
+        &self.layout.params
+    }
+
+    fn init_params(&mut self, params: &mut [f32]) {
+        let mut rng = seed::rng(self.seed, "init", self.rank as u64);
+        initialize(&self.layout.params, self.layout.scheme, &mut rng, params);
+    }
+
+    fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64> {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.loader.next_into(&mut batch);
+        let loss = self.loss_and_grad_on(params, &batch, grad);
+        self.batch = batch;
+        loss
+    }
+
+    fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
+        self.evaluate_at(params)
+    }
+
+    fn steps_per_epoch(&self) -> Option<u64> {
+        Some(self.loader.steps_per_epoch())
+    }
+
+    fn shared_state_len(&self) -> usize {
+        if self.policy == BatchNormPolicy::Average {
+            self.layout.buffers.len()
+        } else {
+            0
+        }
+    }
+
+    fn read_shared_state(&mut self, out: &mut [f32]) {
+        self.read_buffers(out);
+    }
+
+    fn write_shared_state(&mut self, state: &[f32]) {
+        // A failed copy of host memory into LibTorch's is a broken installation, not an
+        // input error; the next step reports it where it can (the trait gives no Result).
+        let _ = self.write_buffers(state);
+    }
+
+    // The burn learner's keys: a checkpoint of either learner resumes on the other.
+    fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
+        save_worker_state(state, &self.buffers(), &self.loader, &self.dropout_rng);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        let buffers = load_worker_state(
+            state,
+            self.layout.buffers.len(),
+            &mut self.loader,
+            &mut self.dropout_rng,
+        )?;
+        self.write_buffers(&buffers)
+    }
+}

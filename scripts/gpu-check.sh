@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# On a host with an NVIDIA GPU: builds peloton with the LibTorch learner and, in about 8
+# minutes, prints
+#   1. a ResNet-20 training step at batch 128 on the GPU through peloton (--device torch-cuda)
+#      and through PyTorch itself, in the same run;
+#   2. a 4-worker LSGD CIFAR-10 ResNet-20 run of 3 minutes on the GPU, with its test error.
+# Usage: scripts/gpu-check.sh [CIFAR10_DIR]   (default ../shared/data/cifar10; without the
+# data, the run trains on generated images and says so).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-../shared/data/cifar10}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || {
+    echo "error: no NVIDIA GPU here (nvidia-smi failed)" >&2
+    exit 1
+}
+eval "$(scripts/install-torch.sh)"
+python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
+    echo "error: PyTorch sees no CUDA GPU" >&2
+    exit 1
+}
+echo "== build (release, --features torch)"
+cargo build --release -q -p peloton-cli --features torch
+peloton=${CARGO_TARGET_DIR:-target}/release/peloton
+
+echo "== 1. ResNet-20 step, batch 128, on the GPU"
+"$peloton" bench --models resnet20 --device torch-cuda --batch 128 --repeats 20
+python3 scripts/bench_pytorch.py --models resnet20 --device cuda --repeats 20 2>/dev/null
+
+echo "== 2. LSGD, 4 workers on the GPU, CIFAR-10 ResNet-20, 180 s"
+if [ -e "$data/data_batch_1.bin.gz" ] || [ -e "$data/data_batch_1.bin" ]; then
+    dataset=(--dataset cifar10 --data-dir "$data" --set data.test_samples=10000)
+else
+    echo "(no CIFAR-10 in $data: generated 32×32 images instead)"
+    dataset=(--dataset synthetic --set data.synthetic.channels=3 --set data.synthetic.size=32)
+fi
+out=$(mktemp -d)/lsgd
+/usr/bin/time -f "peak RSS %M KB, wall %e s" "$peloton" train --model resnet20 "${dataset[@]}" \
+    --workers 4 --device torch-cuda --algorithm lsgd --time-budget 180 --lr 0.1 \
+    --set optimizer.momentum=0.9 --set optimizer.nesterov=true --set optimizer.weight_decay=0.0001 \
+    --set data.batch_size=128 --set algorithm.tau=4 --set algorithm.lambda=0.1 \
+    --set 'optimizer.schedule={kind="time-drop", after_seconds=[150.0], gamma=0.1}' \
+    --set eval.every=500 --set model.batch_norm=recompute --out "$out"
+echo "run folder: $out"
