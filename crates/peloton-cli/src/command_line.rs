@@ -284,7 +284,7 @@ fn list() {
     for (name, what, keys) in AlgorithmConfig::catalog() {
         outln!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
     }
-    outln!("\nmodels ([model] name = ...; keys: hidden, device, batch_norm, recompute_batches, threads, split_batch):");
+    outln!("\nmodels ([model] name = ...; keys: hidden, device (flex | torch | torch-cuda), cuda_index, batch_norm, recompute_batches, threads, split_batch):");
     for (name, what) in peloton_burn::ModelName::catalog() {
         outln!("  {name:<18} {what}");
     }
