@@ -662,3 +662,37 @@ fn a_sweep_runs_its_grid_reports_and_resumes() {
     fails(&["run", sweep.to_str().unwrap()], "algorithm");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With the LibTorch build, `--device torch` trains end to end through the CLI: the run folder,
+/// its metrics and summary, as on `flex`.
+#[cfg(feature = "torch")]
+#[test]
+fn a_run_on_libtorch_trains_and_writes_its_run_folder() {
+    let dir = scratch("torch-run");
+    let out = peloton(&[
+        "train",
+        "-q",
+        "--device",
+        "torch",
+        "--workers",
+        "2",
+        "--steps",
+        "60",
+        "--eval-every",
+        "30",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "ok", "{summary}");
+    let accuracy = summary["final_evals"][0]["accuracy"].as_f64().unwrap();
+    // LeNet-5 on generated images, 60 steps of batch 32 on 2 workers: well above chance (10%).
+    assert!(accuracy > 0.3, "accuracy {accuracy}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
