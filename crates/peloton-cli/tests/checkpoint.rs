@@ -314,6 +314,8 @@ fn killed_twenty_times_and_resumed(name: &str, settings: &[&str]) {
     let mut steps_seen = Vec::new();
     while kills < 20 {
         let args = if first {
+            // What a start-up killed before the config left (a temporary file at most).
+            let _ = std::fs::remove_dir_all(&interrupted);
             run(&interrupted)
         } else {
             strings(&[
@@ -347,7 +349,9 @@ fn killed_twenty_times_and_resumed(name: &str, settings: &[&str]) {
                 kills += 1;
             }
         }
-        first = false;
+        // A kill during start-up, before the run folder has its config (a LibTorch build
+        // spends half a second loading its libraries), leaves nothing to resume: start again.
+        first = !interrupted.join("config.toml").exists();
         if let Ok(m) = std::fs::read_to_string(interrupted.join("checkpoints/latest.json")) {
             let v: serde_json::Value = serde_json::from_str(&m).expect("manifest is whole JSON");
             steps_seen.push(v["step"].as_u64().expect("step"));
