@@ -36,12 +36,14 @@ pub struct ModelBench {
     pub round_ms: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
+/// Milliseconds of `f`: the median of `repeats` timed calls after one untimed call.
+pub fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
     f();
     median(
         (0..repeats)

@@ -136,7 +136,7 @@ pub struct TrainArgs {
         "workers", "steps", "epochs", "time_budget", "seed", "lr", "eval_every", "eval_model",
         "transport", "cluster", "calibrate", "slowdown", "set", "out", "print_config",
     ])]
-    resume: Option<PathBuf>,
+    pub(crate) resume: Option<PathBuf>,
     /// Print the resolved experiment as TOML and exit without training.
     #[arg(long)]
     print_config: bool,

@@ -41,15 +41,23 @@ const TOKENS: [&str; 24] = [
     "\nalgorithm.tau=",
 ];
 
-#[test]
-fn config_loader_survives_the_corpus_and_its_mutations() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_toml");
+/// The committed seed corpus of fuzz target `target`, sorted; at least `minimum` files.
+fn seeds(target: &str, minimum: usize) -> Vec<Vec<u8>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .collect();
     seeds.sort();
-    assert!(seeds.len() >= 5, "{}: too few seeds", dir.display());
+    assert!(seeds.len() >= minimum, "{}: too few seeds", dir.display());
+    seeds
+}
+
+#[test]
+fn config_loader_survives_the_corpus_and_its_mutations() {
+    let seeds = seeds("config_toml", 5);
     for seed in &seeds {
         config_toml(seed);
     }
@@ -120,13 +128,7 @@ const ARGUMENTS: [&str; 30] = [
 #[test]
 fn command_line_survives_the_corpus_and_its_mutations() {
     use peloton_cli::fuzz_entry::command_line;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/command_line");
-    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
-    seeds.sort();
-    assert!(seeds.len() >= 10, "{}: too few seeds", dir.display());
+    let seeds = seeds("command_line", 10);
     for seed in &seeds {
         command_line(seed);
     }

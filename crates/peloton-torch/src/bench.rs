@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use peloton_burn::bench::ModelBench;
+use peloton_burn::bench::{median, time, ModelBench};
 use peloton_burn::{DeviceKind, ModelConfig, ModelName, NetworkTask};
 use peloton_core::kernels;
 use peloton_core::learner::{Learner, LearnerContext};
@@ -16,11 +16,6 @@ use tch::{Device, Kind, Tensor};
 
 use crate::learner::{TorchLearner, TorchTask};
 use crate::net::Mode;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Times one training step of `model` at batch `batch` on `device` (`torch` or
 /// `torch-cuda`), every core to the one worker.
@@ -71,19 +66,7 @@ pub fn model_step(
         ..Default::default()
     };
     let mut sgd = opt.init(learner.layout());
-    let timed = |f: &mut dyn FnMut()| {
-        f();
-        median(
-            (0..repeats)
-                .map(|_| {
-                    let t = Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect(),
-        )
-    };
-    let optimizer_ms = timed(&mut || {
+    let optimizer_ms = time(repeats, || {
         let mut g = grad.clone();
         sgd.step(&mut params, &mut g, 1e-6);
     });
@@ -91,7 +74,7 @@ pub fn model_step(
     let peer = params.clone();
     let mut out = vec![0.0; params.len()];
     let mut round_error = None;
-    let round_ms = timed(&mut || {
+    let round_ms = time(repeats, || {
         if let Err(e) = learner.round_trip(&mut out, |p| kernels::mix(p, &peer, 0.1)) {
             round_error = Some(e);
         }

@@ -125,6 +125,8 @@ pub struct TorchLearner {
     policy: BatchNormPolicy,
     recompute_batches: Option<usize>,
     threads: usize,
+    /// A LibTorch failure in a trait method without a Result, for the next one with it.
+    pending_error: Option<Error>,
 }
 
 /// Sets LibTorch's intra-op threads for the calling thread, once per thread: LibTorch's
@@ -188,6 +190,7 @@ impl TorchLearner {
             policy: model.batch_norm,
             recompute_batches: model.recompute_batches,
             threads,
+            pending_error: None,
         })
     }
 
@@ -270,10 +273,9 @@ impl TorchLearner {
         let mut per_batch = Vec::with_capacity(batches);
         let mut batch = Batch::default();
         for k in 0..batches {
-            let chunk: Vec<u32> = self.loader.shard()[k * size..(k + 1) * size].to_vec();
             fill_batch(
                 &self.data.train,
-                &chunk,
+                &self.loader.shard()[k * size..(k + 1) * size],
                 &self.data.augmentation,
                 self.loader.tables(),
                 None,
@@ -348,19 +350,26 @@ impl TorchLearner {
     }
 
     /// The BatchNorm running statistics.
-    pub fn buffers(&self) -> Vec<f32> {
+    pub fn buffers(&self) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.layout.buffers.len()];
-        self.read_buffers(&mut out);
-        out
+        self.read_buffers(&mut out)?;
+        Ok(out)
     }
 
-    fn read_buffers(&self, out: &mut [f32]) {
-        if !out.is_empty() {
-            self.store
-                .buffers
-                .to_device(Device::Cpu)
-                .copy_data(out, out.len());
+    fn read_buffers(&self, out: &mut [f32]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
         }
+        self.store
+            .buffers
+            .f_to_device(Device::Cpu)
+            .and_then(|b| b.f_copy_data(out, out.len()))
+            .map_err(|e| torch_error(self.rank, "reading the BatchNorm statistics", e))
+    }
+
+    /// An error of a trait method that cannot return one, reported by the next that can.
+    fn take_pending_error(&mut self) -> Result<()> {
+        self.pending_error.take().map_or(Ok(()), Err)
     }
 
     /// Test loss and accuracy at `params`, summed batch by batch in batch order.
@@ -420,6 +429,7 @@ impl Learner for TorchLearner {
     }
 
     fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64> {
+        self.take_pending_error()?;
         let mut batch = std::mem::take(&mut self.batch);
         self.loader.next_into(&mut batch);
         let loss = self.loss_and_grad_on(params, &batch, grad);
@@ -428,6 +438,7 @@ impl Learner for TorchLearner {
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
+        self.take_pending_error()?;
         self.evaluate_at(params)
     }
 
@@ -443,19 +454,23 @@ impl Learner for TorchLearner {
         }
     }
 
+    // These two cannot return an error (the trait gives no Result): a failed copy between
+    // host memory and LibTorch's is kept and returned by the next step or evaluation.
     fn read_shared_state(&mut self, out: &mut [f32]) {
-        self.read_buffers(out);
+        if let Err(e) = self.read_buffers(out) {
+            self.pending_error.get_or_insert(e);
+        }
     }
 
     fn write_shared_state(&mut self, state: &[f32]) {
-        // A failed copy of host memory into LibTorch's is a broken installation, not an
-        // input error; the next step reports it where it can (the trait gives no Result).
-        let _ = self.write_buffers(state);
+        if let Err(e) = self.write_buffers(state) {
+            self.pending_error.get_or_insert(e);
+        }
     }
 
     // The burn learner's keys: a checkpoint of either learner resumes on the other.
     fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
-        save_worker_state(state, &self.buffers(), &self.loader, &self.dropout_rng);
+        save_worker_state(state, &self.buffers()?, &self.loader, &self.dropout_rng);
         Ok(())
     }
 
