@@ -7,6 +7,12 @@ shapes, one SGD-momentum training step each, median of --repeats timed steps aft
 
 Prints one row per model: parameters, forward + backward ms (what peloton's "burn ms" and
 "peloton ms" columns time) and the full step with torch.optim.SGD (momentum 0.9) ms.
+
+With --formats it also times PyTorch's own fast settings, as a user would write them:
+`torch.autocast(device, dtype=torch.bfloat16)` (fp16 too on a GPU) and
+`model.to(memory_format=torch.channels_last)`, every combination against the default fp32
+NCHW step in the same run (what `peloton bench --models ... --device torch` prints for
+peloton's learner).
 """
 
 import argparse
@@ -109,17 +115,22 @@ MODELS = {
 }
 
 
-def bench(name, batch, repeats, warmup, device="cpu"):
+def bench(name, batch, repeats, warmup, device="cpu", dtype=None, channels_last=False):
     make, c, s = MODELS[name]
     torch.manual_seed(0)
     model = make().train().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
     x = torch.randn(batch, c, s, s, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def fwd_bwd():
         opt.zero_grad(set_to_none=False)
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         loss.item()
         loss.backward()
         if device != "cpu":
@@ -154,6 +165,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (as peloton's torch-cuda)")
+    ap.add_argument(
+        "--formats",
+        action="store_true",
+        help="also every precision (fp32, bf16, fp16 on cuda) and memory format (nchw, channels-last)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
@@ -161,6 +177,20 @@ def main():
     for name in args.models.split(","):
         params, fb, full = bench(name, args.batch, args.repeats, args.warmup, args.device)
         print(f"{name:<10} {params:>10} {fb:>11.2f} {full:>9.2f}")
+    if not args.formats:
+        return
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+    if args.device != "cpu":
+        dtypes["fp16"] = torch.float16
+    print("precision and memory format (step with SGD; ratio = step / fp32 nchw step, same run):")
+    print(f"{'model':<10} {'precision':>9} {'memory format':>14} {'step ms':>9} {'ratio':>7}")
+    for name in args.models.split(","):
+        base = bench(name, args.batch, args.repeats, args.warmup, args.device)[2]
+        for label, dtype in dtypes.items():
+            for cl in (False, True):
+                full = bench(name, args.batch, args.repeats, args.warmup, args.device, dtype, cl)[2]
+                fmt = "channels-last" if cl else "nchw"
+                print(f"{name:<10} {label:>9} {fmt:>14} {full:>9.2f} {full / base:>6.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 # On a host with an NVIDIA GPU: builds peloton with the LibTorch learner and, in about 8
 # minutes, prints
 #   1. a ResNet-20 training step at batch 128 on the GPU through peloton (--device torch-cuda)
-#      and through PyTorch itself, in the same run;
-#   2. a 4-worker LSGD CIFAR-10 ResNet-20 run of 3 minutes on the GPU, with its test error.
+#      and through PyTorch itself, in the same run, in every precision (fp32, bf16, fp16) and
+#      memory format (nchw, channels-last) against PyTorch's default fp32 step;
+#   2. a 4-worker LSGD CIFAR-10 ResNet-20 run of 2 minutes on the GPU, with its test error,
+#      in fp32 and then (FAST=1, the default) with bf16 and channels-last.
 # Usage: scripts/gpu-check.sh [CIFAR10_DIR]   (default ../shared/data/cifar10; without the
 # data, the run trains on generated images and says so).
 set -euo pipefail
@@ -24,20 +26,29 @@ peloton=${CARGO_TARGET_DIR:-target}/release/peloton
 
 echo "== 1. ResNet-20 step, batch 128, on the GPU"
 "$peloton" bench --models resnet20 --device torch-cuda --batch 128 --repeats 20
-python3 scripts/bench_pytorch.py --models resnet20 --device cuda --repeats 20 2>/dev/null
+python3 scripts/bench_pytorch.py --models resnet20 --device cuda --repeats 20 --formats 2>/dev/null
 
-echo "== 2. LSGD, 4 workers on the GPU, CIFAR-10 ResNet-20, 180 s"
+echo "== 2. LSGD, 4 workers on the GPU, CIFAR-10 ResNet-20, 120 s each"
 if [ -e "$data/data_batch_1.bin.gz" ] || [ -e "$data/data_batch_1.bin" ]; then
     dataset=(--dataset cifar10 --data-dir "$data" --set data.test_samples=10000)
 else
     echo "(no CIFAR-10 in $data: generated 32×32 images instead)"
     dataset=(--dataset synthetic --set data.synthetic.channels=3 --set data.synthetic.size=32)
 fi
-out=$(mktemp -d)/lsgd
-/usr/bin/time -f "peak RSS %M KB, wall %e s" "$peloton" train --model resnet20 "${dataset[@]}" \
-    --workers 4 --device torch-cuda --algorithm lsgd --time-budget 180 --lr 0.1 \
-    --set optimizer.momentum=0.9 --set optimizer.nesterov=true --set optimizer.weight_decay=0.0001 \
-    --set data.batch_size=128 --set algorithm.tau=4 --set algorithm.lambda=0.1 \
-    --set 'optimizer.schedule={kind="time-drop", after_seconds=[150.0], gamma=0.1}' \
-    --set eval.every=500 --set model.batch_norm=recompute --out "$out"
-echo "run folder: $out"
+lsgd() { # $1: label, then extra flags
+    local label=$1 out
+    shift
+    out=$(mktemp -d)/lsgd-$label
+    echo "-- $label"
+    /usr/bin/time -f "peak RSS %M KB, wall %e s" "$peloton" train --model resnet20 "${dataset[@]}" \
+        --workers 4 --device torch-cuda --algorithm lsgd --time-budget 120 --lr 0.1 \
+        --set optimizer.momentum=0.9 --set optimizer.nesterov=true --set optimizer.weight_decay=0.0001 \
+        --set data.batch_size=128 --set algorithm.tau=4 --set algorithm.lambda=0.1 \
+        --set 'optimizer.schedule={kind="time-drop", after_seconds=[100.0], gamma=0.1}' \
+        --set eval.every=500 --set model.batch_norm=recompute --out "$out" "$@"
+    echo "run folder: $out"
+}
+lsgd fp32
+if [ "${FAST:-1}" = 1 ]; then
+    lsgd bf16-channels-last --set model.precision=bf16 --set model.memory_format=channels-last
+fi

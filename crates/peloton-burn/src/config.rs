@@ -44,6 +44,56 @@ impl DeviceKind {
     }
 }
 
+/// The floating-point format of a LibTorch model's computation. Master weights, the flat
+/// buffer the algorithms mix, gradients, optimizer state and BatchNorm statistics are fp32 in
+/// every case: `bf16` and `fp16` only change what convolutions and linear layers compute in
+/// (their inputs and weights are cast inside the autograd graph, so the gradient reaches the
+/// fp32 weights), as PyTorch's autocast does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bfloat16: fp32's range with 8 bits of mantissa; no loss scaling needed. Fast on CPUs
+    /// with AVX512-BF16 or AMX and on NVIDIA GPUs from Ampere on.
+    Bf16,
+    /// IEEE half precision, GPUs only, with dynamic loss scaling (as PyTorch's GradScaler).
+    Fp16,
+}
+
+impl Precision {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+/// How a LibTorch model lays out its activations: `N×C×H×W` (PyTorch's default) or
+/// channels-last (`N×H×W×C` strides), which oneDNN's and cuDNN's convolutions prefer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryFormat {
+    #[default]
+    Nchw,
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MemoryFormat::Nchw => "nchw",
+            MemoryFormat::ChannelsLast => "channels-last",
+        }
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// What happens to BatchNorm running statistics (ALGORITHMS.md §9.2: make it a switch).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -94,6 +144,12 @@ pub struct ModelConfig {
     /// data-parallel replicas do; `false` keeps whole-batch statistics and burn's threads.
     #[serde(default = "yes")]
     pub split_batch: bool,
+    /// What convolutions and linear layers compute in (LibTorch devices only).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    /// The activations' memory layout (LibTorch devices only).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: MemoryFormat,
 }
 
 fn yes() -> bool {
@@ -115,6 +171,8 @@ impl ModelConfig {
             recompute_batches: None,
             threads: None,
             split_batch: true,
+            precision: Precision::Fp32,
+            memory_format: MemoryFormat::Nchw,
         }
     }
 
@@ -141,6 +199,25 @@ impl ModelConfig {
         if let Some(b) = self.recompute_batches {
             ensure_config!(b >= 1, "model.recompute_batches must be at least 1");
         }
+        ensure_config!(
+            self.device.is_torch() || self.precision == Precision::Fp32,
+            "model.precision = \"{}\" needs a LibTorch device (model.device = \"torch\" or \"torch-cuda\"); flex computes in fp32",
+            self.precision.as_str()
+        );
+        ensure_config!(
+            self.device.is_torch() || self.memory_format == MemoryFormat::Nchw,
+            "model.memory_format = \"{}\" needs a LibTorch device (model.device = \"torch\" or \"torch-cuda\")",
+            self.memory_format.as_str()
+        );
+        ensure_config!(
+            !(self.precision == Precision::Fp16 && self.device == DeviceKind::Torch),
+            "model.precision = \"fp16\" is for GPUs (model.device = \"torch-cuda\"); on a CPU use \"bf16\""
+        );
+        ensure_config!(
+            self.cuda_index.is_none() || self.device == DeviceKind::TorchCuda,
+            "model.cuda_index needs model.device = \"torch-cuda\", got \"{}\"",
+            self.device.as_str()
+        );
         Ok(())
     }
 

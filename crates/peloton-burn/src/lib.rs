@@ -18,6 +18,6 @@ pub mod learner;
 pub mod memory;
 pub mod models;
 
-pub use config::{BatchNormPolicy, DeviceKind, ModelConfig};
+pub use config::{BatchNormPolicy, DeviceKind, MemoryFormat, ModelConfig, Precision};
 pub use learner::{NetworkLearner, NetworkTask};
 pub use models::ModelName;

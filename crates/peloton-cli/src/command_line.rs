@@ -284,7 +284,7 @@ fn list() {
     for (name, what, keys) in AlgorithmConfig::catalog() {
         outln!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
     }
-    outln!("\nmodels ([model] name = ...; keys: hidden, device (flex | torch | torch-cuda), cuda_index, batch_norm, recompute_batches, threads, split_batch):");
+    outln!("\nmodels ([model] name = ...; keys: hidden, device (flex | torch | torch-cuda), cuda_index, batch_norm, recompute_batches, threads, split_batch, precision (fp32 | bf16 | fp16; LibTorch), memory_format (nchw | channels-last; LibTorch)):");
     for (name, what) in peloton_burn::ModelName::catalog() {
         outln!("  {name:<18} {what}");
     }
@@ -389,6 +389,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
             if device.is_torch() { "LibTorch" } else { "burn" }
         );
         outln!("{}", peloton_burn::bench::format_table(&rows));
+        if device.is_torch() {
+            torch_formats(args, device)?;
+        }
         return Ok(());
     }
     let bytes = args.size_mib << 20;
@@ -460,6 +463,37 @@ fn torch_model_step(
     Ok(peloton_torch::bench::model_step(
         model, device, batch, repeats,
     )?)
+}
+
+/// Every precision and memory format of the LibTorch learner against PyTorch's default.
+#[cfg(feature = "torch")]
+fn torch_formats(args: &BenchArgs, device: peloton_burn::DeviceKind) -> Result<()> {
+    let mut rows = Vec::new();
+    for name in &args.models {
+        rows.extend(peloton_torch::bench::formats(
+            model_name(name)?,
+            device,
+            args.batch,
+            args.repeats,
+        )?);
+    }
+    let bf16 = match peloton_torch::cpu_has_bf16() {
+        Some(true) => "this CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16)",
+        Some(false) => "this CPU has no bf16 arithmetic: bf16 is converted in software",
+        None => "this CPU's bf16 support is unknown",
+    };
+    outln!(
+        "precision and memory format on {}, all cores (ratio = peloton step / bare LibTorch fp32 nchw step, PyTorch's default, same run; {bf16}):",
+        device.as_str()
+    );
+    outln!("{}", peloton_torch::bench::format_formats(&rows));
+    Ok(())
+}
+
+#[cfg(not(feature = "torch"))]
+fn torch_formats(_args: &BenchArgs, device: peloton_burn::DeviceKind) -> Result<()> {
+    peloton_torch::check_device(device)?;
+    anyhow::bail!("{} is not a LibTorch device", device.as_str())
 }
 
 #[cfg(not(feature = "torch"))]

@@ -309,6 +309,8 @@ pub(crate) struct Header {
     task: String,
     transport: &'static str,
     path: PathBuf,
+    /// Lines printed under the header: settings that work against the machine.
+    notes: Vec<String>,
 }
 
 impl Header {
@@ -318,6 +320,10 @@ impl Header {
             task: config.task_name(),
             transport: config.transport.name(),
             path: path.to_path_buf(),
+            notes: match config.task() {
+                Ok(crate::config::Task::Network(model, _)) => peloton_torch::run_notes(&model),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -340,6 +346,9 @@ pub(crate) fn display(bar: &ProgressBar, header: &Header, event: &Event) {
                 header.transport,
                 header.path.display()
             ));
+            for note in &header.notes {
+                bar.println(format!("note: {note}"));
+            }
         }
         Event::Worker(r) => {
             bar.set_position(r.step);

@@ -566,6 +566,13 @@ fn catalog() -> Vec<Row> {
         row("a learning rate beyond f32", &quad(&["--set", "optimizer.lr=1e400"]), "expected f32"),
         row("simulated compute time NaN", &quad(&["--cluster", "ethernet-10g", "--set", "transport.cluster.compute.seconds=nan"]), "transport.cluster.compute.seconds must be ≥ 0, got NaN"),
         row("kernel threads beyond any machine", &train(&["--set", "model.threads=100000"], &[("--steps", "1")]), "model.threads must be between 1 and 256, got 100000"),
+        // Mixed precision and memory formats: LibTorch's only; fp16 on GPUs only.
+        row("bf16 on flex", &train(&["--set", "model.precision=bf16"], &[("--steps", "1")]), "model.precision = \"bf16\" needs a LibTorch device"),
+        row("channels-last on flex", &train(&["--set", "model.memory_format=channels-last"], &[("--steps", "1")]), "model.memory_format = \"channels-last\" needs a LibTorch device"),
+        row("fp16 on a CPU", &train(&["--device", "torch", "--set", "model.precision=fp16"], &[("--steps", "1")]), "model.precision = \"fp16\" is for GPUs"),
+        row("an unknown precision", &train(&["--set", "model.precision=fp8"], &[("--steps", "1")]), "unknown variant `fp8`, expected one of `fp32`, `bf16`, `fp16`"),
+        row("an unknown memory format", &train(&["--set", "model.memory_format=nhwc"], &[("--steps", "1")]), "unknown variant `nhwc`, expected `nchw` or `channels-last`"),
+        row("a GPU index off the GPUs", &train(&["--set", "model.cuda_index=0"], &[("--steps", "1")]), "model.cuda_index needs model.device = \"torch-cuda\", got \"flex\""),
         row("a batch size whose total over the workers overflows", &train(&["--set", "data.batch_size=9223372036854775807"], &[("--steps", "1")]), "training samples cannot give 4 workers 9223372036854775807 samples each"),
         // Special files where a file is expected: refused at once, not read forever.
         row("a named pipe as MNIST images", &on_mnist("fifo", &[]), "fifo has no train-images-idx3-ubyte")
@@ -772,7 +779,7 @@ fn check(index: usize, row: &Row) -> Option<String> {
 #[test]
 fn the_catalog_is_large_and_its_names_are_unique() {
     let rows = catalog();
-    assert!(rows.len() >= 170, "only {} rows", rows.len());
+    assert!(rows.len() >= 180, "only {} rows", rows.len());
     let mut names: Vec<&str> = rows.iter().map(|r| r.name).collect();
     names.sort_unstable();
     names.dedup();

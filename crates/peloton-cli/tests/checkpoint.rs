@@ -207,9 +207,11 @@ fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_network_with_batch_norm_and_momentum_resumes_exactly() {
-    let dir = scratch("network");
+/// A 9-step ResNet-20 run on 2 workers with BatchNorm and momentum, checkpointed every 4
+/// steps, with `extra` flags, resumed from its last checkpoint in a copy; returns the run
+/// folder's config.toml.
+fn network_resumes_exactly(name: &str, extra: &[&str]) -> String {
+    let dir = scratch(name);
     let source = dir.join("resnet");
     let mut args = strings(&[
         "train",
@@ -232,12 +234,40 @@ fn a_network_with_batch_norm_and_momentum_resumes_exactly() {
         "data.synthetic.test=16",
         "--set",
         "optimizer.momentum=0.9",
-        "--out",
     ]);
+    args.extend(strings(extra));
+    args.push("--out".into());
     args.push(source.display().to_string());
     ok(&args);
+    let config = std::fs::read_to_string(source.join("config.toml")).expect("config");
     resume_last_checkpoint_matches(&source, &dir.join("resumed"));
     let _ = std::fs::remove_dir_all(&dir);
+    config
+}
+
+#[test]
+fn a_network_with_batch_norm_and_momentum_resumes_exactly() {
+    network_resumes_exactly("network", &[]);
+}
+
+/// The same on LibTorch in bf16 with channels-last activations: the flat buffer, the
+/// optimizer state and the BatchNorm statistics are fp32 and checkpointed as in fp32, so the
+/// resumed run ends bit for bit like the uninterrupted one.
+#[cfg(feature = "torch")]
+#[test]
+fn a_bf16_channels_last_run_on_libtorch_resumes_exactly() {
+    let config = network_resumes_exactly(
+        "network-bf16",
+        &[
+            "--device",
+            "torch",
+            "--set",
+            "model.precision=\"bf16\"",
+            "--set",
+            "model.memory_format=\"channels-last\"",
+        ],
+    );
+    assert!(config.contains("precision = \"bf16\""), "{config}");
 }
 
 /// The acceptance test: SIGKILL at 20 random points of a run, resuming each time; the end is

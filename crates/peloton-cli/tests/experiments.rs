@@ -285,3 +285,34 @@ fn sweep_options_fail_with_one_line() {
     fails(&["run", &toy, "--set", "steps=0"], "steps");
     fails(&["run", &toy, "--set", "nonsense"], "KEY=VALUE");
 }
+
+/// experiments/precision.toml in miniature on LibTorch: its four runs (fp32 and bf16 +
+/// channels-last, at equal wall clock and at equal steps) train and are reported side by side.
+#[cfg(feature = "torch")]
+#[test]
+fn precision_compares_fp32_with_the_fast_settings_on_libtorch() {
+    let out = scratch("precision");
+    let mut sets = SYNTHETIC_CIFAR.to_vec();
+    sets.extend(["steps=3", "time_budget=120", "eval.every=3", "log_every=1"]);
+    let stdout = run_sweep("precision", &out, &sets);
+    assert!(stdout.contains("[4/4]"), "{stdout}");
+    let report = out.join("report");
+    assert_files(&report, &["summary.md", "test_error_vs_time.svg"]);
+    let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    for variant in ["fp32-600s", "fast-600s", "fp32-400-steps", "fast-400-steps"] {
+        assert!(summary.contains(variant), "{variant}: {summary}");
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// Without LibTorch the sweep is refused with the feature's one-line error.
+#[cfg(not(feature = "torch"))]
+#[test]
+fn precision_needs_the_torch_feature() {
+    let args = [
+        "run".to_string(),
+        experiment("precision").display().to_string(),
+        "--dry-run".into(),
+    ];
+    fails(&args, "needs peloton built with the `torch` feature");
+}

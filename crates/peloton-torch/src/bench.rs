@@ -1,13 +1,15 @@
 //! `peloton bench --models … --device torch`: a model's training step through
 //! [`TorchLearner`] against the same forward and backward on bare LibTorch in the same run
 //! (no flat buffers: the parameters already in the tensor, the gradient left in LibTorch),
-//! with peloton's flat-buffer SGD step and a communication round's local work. Medians of
-//! `repeats` timed runs after one warm-up, the two sides interleaved.
+//! with peloton's flat-buffer SGD step and a communication round's local work; then the
+//! learner's step in every precision and memory format against bare LibTorch's default (fp32,
+//! `N×C×H×W`), which is PyTorch's default step without Python. Medians of `repeats` timed
+//! runs after one warm-up, the sides interleaved.
 
 use std::time::Instant;
 
 use peloton_burn::bench::{median, time, ModelBench};
-use peloton_burn::{DeviceKind, ModelConfig, ModelName, NetworkTask};
+use peloton_burn::{DeviceKind, MemoryFormat, ModelConfig, ModelName, NetworkTask, Precision};
 use peloton_core::kernels;
 use peloton_core::learner::{Learner, LearnerContext};
 use peloton_core::Result;
@@ -25,28 +27,13 @@ pub fn model_step(
     batch: usize,
     repeats: usize,
 ) -> Result<ModelBench> {
-    let data = peloton_burn::bench::step_data(model, batch);
-    let mut config = ModelConfig::new(model);
-    config.device = device;
-    config.threads = Some(peloton_burn::config::machine_cores());
-    let task = TorchTask::new(NetworkTask::load(config, &data, 1, 0)?)?;
-    let ctx = LearnerContext {
-        rank: 0,
-        workers: 1,
-        seed: 0,
-    };
-    let mut learner = TorchLearner::new(&task, ctx)?;
+    let mut learner = one_worker(model, device, Precision::Fp32, MemoryFormat::Nchw, batch)?;
     let mut params = vec![0.0; learner.layout().len()];
     learner.init_params(&mut params);
     let mut grad = vec![0.0; params.len()];
     let mut b = Batch::default();
     learner.next_batch(&mut b);
     learner.loss_and_grad_on(&params, &b, &mut grad)?;
-    let sync = |d: Device| {
-        if let Device::Cuda(i) = d {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
     let (mut bare_times, mut learner_times) = (Vec::new(), Vec::new());
     for i in 0..=repeats {
         let t = Instant::now();
@@ -92,6 +79,131 @@ pub fn model_step(
         optimizer_ms,
         round_ms,
     })
+}
+
+/// The one-worker learner of a step benchmark, every core to it.
+fn one_worker(
+    model: ModelName,
+    device: DeviceKind,
+    precision: Precision,
+    memory_format: MemoryFormat,
+    batch: usize,
+) -> Result<TorchLearner> {
+    let data = peloton_burn::bench::step_data(model, batch);
+    let mut config = ModelConfig::new(model);
+    config.device = device;
+    config.threads = Some(peloton_burn::config::machine_cores());
+    config.precision = precision;
+    config.memory_format = memory_format;
+    config.validate()?;
+    let task = TorchTask::new(NetworkTask::load(config, &data, 1, 0)?)?;
+    let ctx = LearnerContext {
+        rank: 0,
+        workers: 1,
+        seed: 0,
+    };
+    TorchLearner::new(&task, ctx)
+}
+
+/// Waits for the GPU's queued work, so that a time covers it.
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// One model's training step in one precision and memory format.
+#[derive(Debug, Clone)]
+pub struct FormatBench {
+    pub model: ModelName,
+    pub precision: Precision,
+    pub memory_format: MemoryFormat,
+    /// The learner's step (parameters in, forward, backward, gradient out).
+    pub learner_ms: f64,
+    /// Bare LibTorch's fp32 `N×C×H×W` forward and backward in the same run.
+    pub baseline_ms: f64,
+}
+
+/// The precisions a device offers: fp32 and bf16 everywhere, fp16 on GPUs.
+pub fn precisions(device: DeviceKind) -> Vec<Precision> {
+    let mut out = vec![Precision::Fp32, Precision::Bf16];
+    if device == DeviceKind::TorchCuda {
+        out.push(Precision::Fp16);
+    }
+    out
+}
+
+/// Times `model`'s learner step in every precision and memory format of `device`, each
+/// against bare LibTorch's fp32 `N×C×H×W` step (PyTorch's default) in the same run: for each
+/// timed repetition, the baseline and then every combination, so that a machine's drift
+/// reaches all of them alike.
+pub fn formats(
+    model: ModelName,
+    device: DeviceKind,
+    batch: usize,
+    repeats: usize,
+) -> Result<Vec<FormatBench>> {
+    let mut baseline = one_worker(model, device, Precision::Fp32, MemoryFormat::Nchw, batch)?;
+    let mut params = vec![0.0; baseline.layout().len()];
+    baseline.init_params(&mut params);
+    let mut grad = vec![0.0; params.len()];
+    let mut b = Batch::default();
+    baseline.next_batch(&mut b);
+    baseline.loss_and_grad_on(&params, &b, &mut grad)?;
+    let mut combos = Vec::new();
+    for precision in precisions(device) {
+        for memory_format in [MemoryFormat::Nchw, MemoryFormat::ChannelsLast] {
+            let learner = one_worker(model, device, precision, memory_format, batch)?;
+            combos.push((precision, memory_format, learner, Vec::new()));
+        }
+    }
+    let mut baseline_times = Vec::new();
+    for i in 0..=repeats {
+        let t = Instant::now();
+        baseline.bare_step(&b)?;
+        sync(baseline.device());
+        if i > 0 {
+            baseline_times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        for (_, _, learner, times) in &mut combos {
+            let t = Instant::now();
+            learner.loss_and_grad_on(&params, &b, &mut grad)?;
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let baseline_ms = median(baseline_times);
+    Ok(combos
+        .into_iter()
+        .map(|(precision, memory_format, _, times)| FormatBench {
+            model,
+            precision,
+            memory_format,
+            learner_ms: median(times),
+            baseline_ms,
+        })
+        .collect())
+}
+
+/// The table `peloton bench` prints for [`formats`].
+pub fn format_formats(rows: &[FormatBench]) -> String {
+    let mut s = format!(
+        "{:<10} {:>9} {:>14} {:>12} {:>13} {:>16}\n",
+        "model", "precision", "memory format", "peloton ms", "default ms", "ratio to default"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<10} {:>9} {:>14} {:>12.2} {:>13.2} {:>15.2}×\n",
+            r.model.as_str(),
+            r.precision.as_str(),
+            r.memory_format.as_str(),
+            r.learner_ms,
+            r.baseline_ms,
+            r.learner_ms / r.baseline_ms
+        );
+    }
+    s
 }
 
 impl TorchLearner {

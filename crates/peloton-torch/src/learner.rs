@@ -24,7 +24,7 @@ use peloton_burn::init::initialize;
 use peloton_burn::learner::{load_worker_state, save_worker_state, score};
 use peloton_burn::memory::MemoryEstimate;
 use peloton_burn::models::{fold_batch_statistics, BatchStats, ZooLayout};
-use peloton_burn::{DeviceKind, NetworkTask};
+use peloton_burn::{DeviceKind, MemoryFormat, NetworkTask, Precision};
 use peloton_core::checkpoint::StateDict;
 use peloton_core::layout::ParamLayout;
 use peloton_core::learner::{Evaluation, Learner, LearnerContext, LearnerFactory};
@@ -125,8 +125,59 @@ pub struct TorchLearner {
     policy: BatchNormPolicy,
     recompute_batches: Option<usize>,
     threads: usize,
+    channels_last: bool,
+    /// fp16's dynamic loss scale (`None` in fp32 and bf16, whose range needs none).
+    loss_scale: Option<LossScale>,
     /// A LibTorch failure in a trait method without a Result, for the next one with it.
     pending_error: Option<Error>,
+}
+
+/// Dynamic loss scaling for fp16, with PyTorch's `GradScaler` constants: the loss is
+/// multiplied by the scale before the backward pass so that small gradients survive fp16's
+/// narrow range, and the gradient divided by it afterwards. A gradient with an overflow
+/// halves the scale; 2,000 clean steps in a row double it.
+///
+/// Where GradScaler skips the optimizer step of an overflowing batch, this learner computes
+/// the same batch again at the halved scale (with the BatchNorm statistics and the dropout
+/// stream as they were before it), so every step still returns a gradient and the
+/// algorithms' step counts stay as they are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LossScale {
+    pub scale: f64,
+    pub clean_steps: u64,
+}
+
+impl LossScale {
+    const INITIAL: f64 = 65536.0;
+    const GROWTH_INTERVAL: u64 = 2000;
+    /// Below this a scale cannot help: the gradient overflows at any scale.
+    const SMALLEST: f64 = 1.0 / 65536.0;
+
+    fn new() -> Self {
+        Self {
+            scale: Self::INITIAL,
+            clean_steps: 0,
+        }
+    }
+
+    /// A step whose gradient was finite.
+    fn clean(&mut self) {
+        self.clean_steps += 1;
+        if self.clean_steps == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.clean_steps = 0;
+        }
+    }
+
+    /// A gradient that overflowed: whether to try again at half the scale.
+    fn overflowed(&mut self) -> bool {
+        self.clean_steps = 0;
+        if self.scale / 2.0 < Self::SMALLEST {
+            return false;
+        }
+        self.scale /= 2.0;
+        true
+    }
 }
 
 /// Sets LibTorch's intra-op threads for the calling thread, once per thread: LibTorch's
@@ -152,6 +203,13 @@ fn torch_error(rank: usize, what: &str, e: tch::TchError) -> Error {
     }
 }
 
+/// Copies the gradient `g` (fp32, on any device) into `grad`.
+fn read_gradient(rank: usize, g: &Tensor, grad: &mut [f32]) -> Result<()> {
+    g.f_to_device(Device::Cpu)
+        .and_then(|g| g.f_copy_data(grad, grad.len()))
+        .map_err(|e| torch_error(rank, "reading the gradient", e))
+}
+
 impl TorchLearner {
     pub fn new(task: &TorchTask, ctx: LearnerContext) -> Result<Self> {
         let threads = task.task.threads_per_worker();
@@ -168,6 +226,7 @@ impl TorchLearner {
             &layout.params,
             &layout.buffers,
         )?;
+        let sizes = crate::net::segment_sizes(&layout.params)?;
         let fail = |e| torch_error(ctx.rank, "allocating the model", e);
         let params = Tensor::f_zeros([layout.params.len() as i64], (Kind::Float, device))
             .map_err(fail)?
@@ -175,6 +234,11 @@ impl TorchLearner {
         let buffers = Tensor::f_from_slice(&layout.initial_buffers)
             .and_then(|b| b.f_to_device(device))
             .map_err(fail)?;
+        let reduced = match model.precision {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(Kind::BFloat16),
+            Precision::Fp16 => Some(Kind::Half),
+        };
         let loader = data.shard_loader(ctx.rank, ctx.seed)?;
         Ok(Self {
             rank: ctx.rank,
@@ -182,7 +246,13 @@ impl TorchLearner {
             device,
             layout,
             net,
-            store: Store { params, buffers },
+            store: Store {
+                params,
+                buffers,
+                reduced,
+                sizes,
+                channels_last: model.memory_format == MemoryFormat::ChannelsLast,
+            },
             loader,
             data,
             batch: Batch::default(),
@@ -190,6 +260,8 @@ impl TorchLearner {
             policy: model.batch_norm,
             recompute_batches: model.recompute_batches,
             threads,
+            channels_last: model.memory_format == MemoryFormat::ChannelsLast,
+            loss_scale: (model.precision == Precision::Fp16).then(LossScale::new),
             pending_error: None,
         })
     }
@@ -211,14 +283,28 @@ impl TorchLearner {
             .map_err(|e| torch_error(self.rank, "writing the parameters", e))
     }
 
-    /// `batch`'s images as an `N×C×H×W` tensor on the worker's device.
+    /// `batch`'s images as an `N×C×H×W` tensor on the worker's device; with
+    /// `memory_format = "channels-last"` its strides are `N×H×W×C`'s.
+    ///
+    /// tch has no memory-format argument, so channels-last is made through strides: the
+    /// tensor permuted to `N×H×W×C`, made contiguous and permuted back keeps `N×H×W×C`
+    /// strides, which LibTorch recognises as channels-last (`suggest_memory_format`). Its
+    /// convolutions then choose channels-last kernels and hand their outputs on in the same
+    /// layout, as after PyTorch's `x.to(memory_format=torch.channels_last)`.
     pub(crate) fn images(&self, batch: &Batch) -> Result<Tensor> {
         let [c, h, w] = batch.shape;
         let shape = [batch.len() as i64, c as i64, h as i64, w as i64];
-        Tensor::f_from_slice(&batch.images)
+        let x = Tensor::f_from_slice(&batch.images)
             .and_then(|t| t.f_view(shape))
-            .and_then(|t| t.f_to_device(self.device))
-            .map_err(|e| torch_error(self.rank, "moving a batch to the device", e))
+            .and_then(|t| t.f_to_device(self.device));
+        let x = if self.channels_last {
+            x.and_then(|t| t.f_permute([0, 2, 3, 1]))
+                .and_then(|t| t.f_contiguous())
+                .and_then(|t| t.f_permute([0, 3, 1, 2]))
+        } else {
+            x
+        };
+        x.map_err(|e| torch_error(self.rank, "moving a batch to the device", e))
     }
 
     /// The mean loss of `batch` at `params`, with its gradient written into `grad`.
@@ -236,30 +322,86 @@ impl TorchLearner {
         let targets = Tensor::f_from_slice(&batch.labels)
             .and_then(|t| t.f_to_device(self.device))
             .map_err(fail("moving labels to the device"))?;
+        let Some(mut scale) = self.loss_scale else {
+            let (loss, g) = self.forward_backward(&x, &targets, None)?;
+            read_gradient(rank, &g, grad)?;
+            return Ok(loss);
+        };
+        // fp16: what an overflowing batch must start again from.
+        let (buffers, dropout) = (
+            self.store
+                .buffers
+                .f_detach_copy()
+                .map_err(fail("keeping the BatchNorm statistics"))?,
+            self.dropout_rng.clone(),
+        );
+        loop {
+            let (loss, g) = self.forward_backward(&x, &targets, Some(scale.scale))?;
+            let finite = g
+                .f_isfinite()
+                .and_then(|f| f.f_all())
+                .and_then(|f| f.f_int64_value(&[]))
+                .map_err(fail("checking the gradient for overflow"))?
+                == 1;
+            // A loss that is not finite overflowed in the forward pass, where no scale helps:
+            // it goes to the algorithm as it is (a diverged worker).
+            if finite || !loss.is_finite() || !scale.overflowed() {
+                if finite {
+                    scale.clean();
+                }
+                self.loss_scale = Some(scale);
+                read_gradient(rank, &g, grad)?;
+                return Ok(loss);
+            }
+            self.store
+                .buffers
+                .f_copy_(&buffers)
+                .map_err(fail("restoring the BatchNorm statistics"))?;
+            self.dropout_rng = dropout.clone();
+        }
+    }
+
+    /// One forward and backward pass of `x`: the mean loss and the gradient on the device,
+    /// computed with the loss multiplied by `scale` and divided back out of the gradient.
+    fn forward_backward(
+        &mut self,
+        x: &Tensor,
+        targets: &Tensor,
+        scale: Option<f64>,
+    ) -> Result<(f64, Tensor)> {
+        let rank = self.rank;
+        let fail = |what| move |e| torch_error(rank, what, e);
         let logits = self.net.forward(
             &self.store,
-            &x,
+            x,
             &mut Mode::Train {
                 rng: &mut self.dropout_rng,
             },
         );
+        // The loss in fp32 whatever the compute format (autocast's rule for softmax and
+        // losses).
         let loss = logits
             .f_log_softmax(-1, Kind::Float)
-            .and_then(|l| l.f_nll_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100))
+            .and_then(|l| l.f_nll_loss::<Tensor>(targets, None, tch::Reduction::Mean, -100))
             .map_err(fail("the loss"))?;
-        let grads = Tensor::f_run_backward(&[&loss], &[&self.store.params], false, false)
+        let scaled = match scale {
+            Some(s) => loss.f_mul_scalar(s).map_err(fail("scaling the loss"))?,
+            None => loss.shallow_clone(),
+        };
+        let grads = Tensor::f_run_backward(&[&scaled], &[&self.store.params], false, false)
             .map_err(fail("the backward pass"))?;
-        let g = grads.into_iter().next().ok_or_else(|| {
+        let mut g = grads.into_iter().next().ok_or_else(|| {
             torch_error(
                 rank,
                 "the backward pass",
                 tch::TchError::Torch("no gradient".into()),
             )
         })?;
-        g.f_to_device(Device::Cpu)
-            .and_then(|g| g.f_copy_data(grad, grad.len()))
-            .map_err(fail("reading the gradient"))?;
-        loss.f_double_value(&[]).map_err(fail("reading the loss"))
+        if let Some(s) = scale {
+            g = g.f_div_scalar(s).map_err(fail("unscaling the gradient"))?;
+        }
+        let loss = loss.f_double_value(&[]).map_err(fail("reading the loss"))?;
+        Ok((loss, g))
     }
 
     /// The running statistics recomputed at the parameters last written: each of the shard's
@@ -403,7 +545,11 @@ impl TorchLearner {
             );
             let x = self.images(&batch)?;
             let logits = tch::no_grad(|| self.net.forward(&self.store, &x, &mut Mode::Eval));
-            let logits = Vec::<f32>::try_from(logits.to_device(Device::Cpu).flatten(0, -1))
+            let logits = logits
+                .f_to_kind(Kind::Float)
+                .and_then(|l| l.f_to_device(Device::Cpu))
+                .and_then(|l| l.f_flatten(0, -1))
+                .and_then(Vec::<f32>::try_from)
                 .map_err(|e| torch_error(self.rank, "reading logits", e))?;
             let (l, c) = score(&logits, &batch.labels);
             loss_sum += l;
@@ -471,6 +617,10 @@ impl Learner for TorchLearner {
     // The burn learner's keys: a checkpoint of either learner resumes on the other.
     fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
         save_worker_state(state, &self.buffers()?, &self.loader, &self.dropout_rng);
+        if let Some(scale) = self.loss_scale {
+            state.put_f64("loss_scale", scale.scale);
+            state.put_u64("loss_scale_clean_steps", scale.clean_steps);
+        }
         Ok(())
     }
 
@@ -481,6 +631,148 @@ impl Learner for TorchLearner {
             &mut self.loader,
             &mut self.dropout_rng,
         )?;
+        if self.loss_scale.is_some() {
+            // A checkpoint of an fp32 or bf16 run has no scale: fp16 starts afresh from it.
+            self.loss_scale = Some(if state.contains("loss_scale") {
+                let scale = LossScale {
+                    scale: state.f64("loss_scale")?,
+                    clean_steps: state.u64("loss_scale_clean_steps")?,
+                };
+                if !(LossScale::SMALLEST..=f64::from(f32::MAX)).contains(&scale.scale)
+                    || scale.clean_steps >= LossScale::GROWTH_INTERVAL
+                {
+                    return Err(Error::Checkpoint(format!(
+                        "worker {}'s fp16 loss scale {} (after {} clean steps) is out of range",
+                        self.rank, scale.scale, scale.clean_steps
+                    )));
+                }
+                scale
+            } else {
+                LossScale::new()
+            });
+        }
         self.write_buffers(&buffers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peloton_burn::{ModelConfig, ModelName};
+    use peloton_data::{DataConfig, SyntheticConfig};
+
+    #[test]
+    fn the_loss_scale_halves_on_overflow_and_doubles_after_2000_clean_steps() {
+        let mut s = LossScale::new();
+        assert_eq!(s.scale, 65536.0);
+        for _ in 0..1999 {
+            s.clean();
+        }
+        assert_eq!((s.scale, s.clean_steps), (65536.0, 1999));
+        s.clean();
+        assert_eq!((s.scale, s.clean_steps), (131072.0, 0));
+        s.clean();
+        assert!(s.overflowed());
+        assert_eq!((s.scale, s.clean_steps), (65536.0, 0));
+        // At the floor it gives up: no scale helps a gradient that overflows at 2⁻¹⁶.
+        s.scale = LossScale::SMALLEST;
+        assert!(!s.overflowed());
+        assert_eq!(s.scale, LossScale::SMALLEST);
+    }
+
+    /// A ResNet-20 learner on small images, fp16 on the CPU (which the config refuses, for
+    /// speed, but LibTorch computes correctly: the scaling logic is device-independent).
+    fn fp16_learner(scale: f64) -> TorchLearner {
+        let data = DataConfig {
+            batch_size: 8,
+            synthetic: SyntheticConfig {
+                channels: 3,
+                size: 8,
+                train: 64,
+                test: 16,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut model = ModelConfig::new(ModelName::Resnet20);
+        model.device = DeviceKind::Torch;
+        model.threads = Some(1);
+        let task = TorchTask::new(NetworkTask::load(model, &data, 1, 5).unwrap()).unwrap();
+        let ctx = LearnerContext {
+            rank: 0,
+            workers: 1,
+            seed: 5,
+        };
+        let mut l = TorchLearner::new(&task, ctx).unwrap();
+        l.store.reduced = Some(Kind::Half);
+        l.loss_scale = Some(LossScale {
+            scale,
+            clean_steps: 7,
+        });
+        l
+    }
+
+    #[test]
+    fn an_overflowing_fp16_batch_is_computed_again_at_a_smaller_scale() {
+        // At 2⁶⁰ the scaled gradients overflow fp16 (largest 65,504), so the learner halves
+        // the scale until they fit, restoring the BatchNorm statistics before each retry: the
+        // result is what a learner that started at the final scale computes, bit for bit.
+        let mut high = fp16_learner(2f64.powi(60));
+        let mut params = vec![0.0; high.layout().len()];
+        high.init_params(&mut params);
+        let mut grad = vec![0.0; params.len()];
+        let loss = high.loss_and_grad(&params, &mut grad).unwrap();
+        let end = high.loss_scale.unwrap();
+        assert!(end.scale < 2f64.powi(60), "no overflow seen at 2^60");
+        assert_eq!(
+            end.clean_steps, 1,
+            "the retried step counts as one clean step"
+        );
+        assert!(grad.iter().all(|g| g.is_finite()));
+        let mut fresh = fp16_learner(end.scale);
+        let mut grad2 = vec![0.0; params.len()];
+        let loss2 = fresh.loss_and_grad(&params, &mut grad2).unwrap();
+        assert_eq!(loss, loss2);
+        assert_eq!(grad, grad2);
+        assert_eq!(high.buffers().unwrap(), fresh.buffers().unwrap());
+        // And close to fp32: fp16 keeps 11 significant bits; PyTorch's fp16 autocast differs
+        // from its fp32 gradient by 8% (relative L2) on ResNet-20 at initialization (batch 16
+        // of 16×16 images), this learner by 4.6% here. Bound: 10%.
+        let mut fp32 = fp16_learner(1.0);
+        fp32.store.reduced = None;
+        fp32.loss_scale = None;
+        let mut g32 = vec![0.0; params.len()];
+        let l32 = fp32.loss_and_grad(&params, &mut g32).unwrap();
+        assert!((l32 - loss).abs() < 1e-2 * l32, "loss {l32} vs {loss}");
+        let (num, den) = g32
+            .iter()
+            .zip(&grad)
+            .fold((0.0f64, 0.0f64), |(n, d), (a, b)| {
+                (n + f64::from(a - b).powi(2), d + f64::from(*a).powi(2))
+            });
+        assert!(
+            (num / den).sqrt() < 0.1,
+            "fp16 gradient off by {}",
+            (num / den).sqrt()
+        );
+    }
+
+    #[test]
+    fn the_fp16_loss_scale_is_checkpointed_and_checked_on_load() {
+        let mut l = fp16_learner(1024.0);
+        let mut state = StateDict::default();
+        l.save_state(&mut state).unwrap();
+        let mut other = fp16_learner(65536.0);
+        other.load_state(&state).unwrap();
+        assert_eq!(
+            other.loss_scale,
+            Some(LossScale {
+                scale: 1024.0,
+                clean_steps: 7
+            })
+        );
+        state.put_f64("loss_scale", f64::NAN);
+        let e = other.load_state(&state).err().expect("refused").to_string();
+        assert!(e.contains("loss scale") && !e.contains('\n'), "{e}");
     }
 }

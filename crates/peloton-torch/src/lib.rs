@@ -25,7 +25,7 @@ mod net;
 pub use learner::{TorchLearner, TorchTask};
 
 use peloton_burn::memory::MemoryEstimate;
-use peloton_burn::{DeviceKind, NetworkTask};
+use peloton_burn::{DeviceKind, ModelConfig, NetworkTask, Precision};
 use peloton_core::learner::LearnerFactory;
 use peloton_core::{Error, Result};
 
@@ -42,6 +42,38 @@ pub fn check_device(device: DeviceKind) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16), from the
+/// kernel's CPU flags; `None` where they cannot be read. Without it oneDNN converts bf16
+/// in software and a bf16 step is slower than an fp32 one.
+pub fn cpu_has_bf16() -> Option<bool> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    Some(
+        flags
+            .split_whitespace()
+            .any(|f| f == "avx512_bf16" || f == "amx_bf16"),
+    )
+}
+
+/// What a run's header should say about `model`'s settings on this machine: bf16 on a CPU
+/// without bf16 arithmetic.
+pub fn run_notes(model: &ModelConfig) -> Vec<String> {
+    notes_for(model, cpu_has_bf16())
+}
+
+fn notes_for(model: &ModelConfig, cpu_bf16: Option<bool>) -> Vec<String> {
+    let mut notes = Vec::new();
+    if model.device == DeviceKind::Torch
+        && model.precision == Precision::Bf16
+        && cpu_bf16 == Some(false)
+    {
+        notes.push(
+            "model.precision = \"bf16\" on a CPU with neither AVX512-BF16 nor AMX-BF16: LibTorch converts in software, so a step is slower than in fp32 here".into(),
+        );
+    }
+    notes
 }
 
 /// The learners' factory of a loaded network task on a LibTorch device, with its memory
@@ -71,6 +103,25 @@ pub fn factory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_warns_of_bf16_on_a_cpu_without_bf16_arithmetic() {
+        let mut model = ModelConfig::new(peloton_burn::ModelName::Resnet20);
+        model.device = DeviceKind::Torch;
+        assert!(
+            notes_for(&model, Some(false)).is_empty(),
+            "fp32: nothing to say"
+        );
+        model.precision = Precision::Bf16;
+        let notes = notes_for(&model, Some(false));
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("slower than in fp32"), "{notes:?}");
+        // A CPU with it, or one that cannot tell, or a GPU: nothing.
+        assert!(notes_for(&model, Some(true)).is_empty());
+        assert!(notes_for(&model, None).is_empty());
+        model.device = DeviceKind::TorchCuda;
+        assert!(notes_for(&model, Some(false)).is_empty());
+    }
 
     #[test]
     fn flex_is_always_available_and_torch_only_with_the_feature() {

@@ -23,32 +23,132 @@ use tch::{Kind, Tensor};
 const BN_MOMENTUM: f64 = 0.1;
 const BN_EPSILON: f64 = 1e-5;
 
-/// Where one tensor lies in a flat buffer.
+/// Where one tensor lies in a flat buffer: its segment's index in the layout, and offset.
 #[derive(Debug, Clone)]
 struct Slot {
+    index: usize,
     offset: i64,
     numel: i64,
     shape: Vec<i64>,
 }
 
-/// The two flat tensors a network reads: parameters and running statistics.
+/// The two flat tensors a network reads (parameters and running statistics, both fp32), and
+/// the format its convolutions and linear layers compute in.
 pub(crate) struct Store {
     pub params: Tensor,
     pub buffers: Tensor,
+    /// `BFloat16` or `Half` for mixed precision, `None` for fp32.
+    pub reduced: Option<Kind>,
+    /// The parameter segments' sizes, in layout order (they tile the flat tensor).
+    pub sizes: Vec<i64>,
+    /// Channels-last activations, and convolution weights handed to the kernels in the
+    /// same layout.
+    pub channels_last: bool,
+}
+
+/// One forward pass's views of a [`Store`]: the parameter segments split off the flat leaf
+/// in one operation, and, with mixed precision, split off one cast of the whole leaf.
+///
+/// One split (not a `narrow` per segment) matters for the backward pass: a `narrow`'s
+/// gradient is a zero tensor of the whole leaf's size with the segment copied in, and
+/// autograd sums those, one whole-size addition per segment (about 65 for ResNet-20);
+/// a split's gradient is one concatenation. With bf16 that was 10–15% of a ResNet-20 step.
+/// Casting the leaf once likewise gives one cast node instead of one per weight. The cast
+/// is an autograd operation, so the gradient reaches the fp32 leaf, as under PyTorch's
+/// autocast.
+pub(crate) struct Views<'a> {
+    store: &'a Store,
+    params: Vec<Tensor>,
+    reduced: Option<(Kind, Vec<Tensor>)>,
 }
 
 impl Store {
+    /// The views of one forward pass.
+    pub fn views(&self) -> Views<'_> {
+        Views {
+            store: self,
+            params: self.params.split_with_sizes(self.sizes.as_slice(), 0),
+            reduced: self.reduced.map(|kind| {
+                (
+                    kind,
+                    self.params
+                        .to_kind(kind)
+                        .split_with_sizes(self.sizes.as_slice(), 0),
+                )
+            }),
+        }
+    }
+}
+
+impl Views<'_> {
+    /// A parameter in fp32 (BatchNorm's affine parameters).
     fn param(&self, s: &Slot) -> Tensor {
-        self.params
+        self.params[s.index].view(s.shape.as_slice())
+    }
+
+    /// A weight or bias of a convolution or linear layer, in the compute format; with
+    /// channels-last, a convolution's weight in channels-last strides too, as PyTorch's
+    /// `model.to(memory_format=torch.channels_last)` leaves it. LibTorch takes the
+    /// channels-last kernels when the input or the weight is channels-last, and a
+    /// one-channel input (MNIST) cannot say it: its two layouts have the same strides.
+    fn weight(&self, s: &Slot) -> Tensor {
+        let w = match &self.reduced {
+            Some((_, parts)) => parts[s.index].view(s.shape.as_slice()),
+            None => self.param(s),
+        };
+        if self.store.channels_last && s.shape.len() == 4 {
+            channels_last(&w)
+        } else {
+            w
+        }
+    }
+
+    /// A running statistic: a view of the buffer tensor, which BatchNorm updates in place.
+    fn buffer(&self, s: &Slot) -> Tensor {
+        self.store
+            .buffers
             .narrow(0, s.offset, s.numel)
             .view(s.shape.as_slice())
     }
 
-    fn buffer(&self, s: &Slot) -> Tensor {
-        self.buffers
-            .narrow(0, s.offset, s.numel)
-            .view(s.shape.as_slice())
+    /// An activation in the compute format (not copied when it is in it already).
+    fn compute(&self, t: &Tensor) -> Tensor {
+        match &self.reduced {
+            Some((kind, _)) if t.kind() != *kind => t.to_kind(*kind),
+            _ => t.shallow_clone(),
+        }
     }
+}
+
+/// `t` (`N×C×H×W`) with channels-last strides: permuted to `N×H×W×C`, made contiguous,
+/// permuted back. tch has no memory-format argument; LibTorch recognises these strides as
+/// channels-last (`suggest_memory_format`).
+pub(crate) fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// The sizes of `layout`'s segments, which must tile its flat buffer in order (as every
+/// layout of the zoo does): the views of a forward pass are one split by these sizes.
+pub(crate) fn segment_sizes(layout: &ParamLayout) -> Result<Vec<i64>> {
+    let mut end = 0;
+    let mut sizes = Vec::with_capacity(layout.segments().len());
+    for seg in layout.segments() {
+        if seg.offset != end {
+            return Err(Error::Config(format!(
+                "the LibTorch model needs parameter segments that follow each other; `{}` starts at {}, not {end}",
+                seg.name, seg.offset
+            )));
+        }
+        end += seg.numel();
+        sizes.push(seg.numel() as i64);
+    }
+    if end != layout.len() {
+        return Err(Error::Config(format!(
+            "the parameter segments cover {end} of the layout's {} values",
+            layout.len()
+        )));
+    }
+    Ok(sizes)
 }
 
 /// What a forward pass is for.
@@ -67,13 +167,13 @@ pub(crate) enum Mode<'a> {
 
 /// Takes segments off a layout in order, checking each against what the layer expects.
 struct Cursor<'a> {
-    params: std::slice::Iter<'a, Segment>,
-    buffers: std::slice::Iter<'a, Segment>,
+    params: std::iter::Enumerate<std::slice::Iter<'a, Segment>>,
+    buffers: std::iter::Enumerate<std::slice::Iter<'a, Segment>>,
 }
 
 impl Cursor<'_> {
     fn take(
-        segments: &mut std::slice::Iter<'_, Segment>,
+        segments: &mut std::iter::Enumerate<std::slice::Iter<'_, Segment>>,
         what: &str,
         name: &str,
         shape: &[usize],
@@ -83,13 +183,14 @@ impl Cursor<'_> {
                 "the LibTorch model expects {what} `…{name}` of shape {shape:?}, the layout has {found}"
             ))
         };
-        let seg = segments
+        let (index, seg) = segments
             .next()
             .ok_or_else(|| mismatch("no more segments".into()))?;
         if !seg.name.ends_with(name) || seg.shape != shape {
             return Err(mismatch(format!("`{}` {:?}", seg.name, seg.shape)));
         }
         Ok(Slot {
+            index,
             offset: seg.offset as i64,
             numel: seg.numel() as i64,
             shape: seg.shape.iter().map(|&d| d as i64).collect(),
@@ -135,10 +236,10 @@ impl Conv {
         })
     }
 
-    fn forward(&self, s: &Store, x: &Tensor) -> Tensor {
-        x.conv2d(
-            &s.param(&self.weight),
-            self.bias.as_ref().map(|b| s.param(b)),
+    fn forward(&self, s: &Views, x: &Tensor) -> Tensor {
+        s.compute(x).conv2d(
+            &s.weight(&self.weight),
+            self.bias.as_ref().map(|b| s.weight(b)),
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
@@ -162,8 +263,9 @@ impl Linear {
     }
 
     /// `bias + x · weight` in one fused call.
-    fn forward(&self, s: &Store, x: &Tensor) -> Tensor {
-        s.param(&self.bias).addmm(x, &s.param(&self.weight))
+    fn forward(&self, s: &Views, x: &Tensor) -> Tensor {
+        s.weight(&self.bias)
+            .addmm(&s.compute(x), &s.weight(&self.weight))
     }
 }
 
@@ -184,7 +286,10 @@ impl BatchNorm {
         })
     }
 
-    fn forward(&self, s: &Store, x: &Tensor, mode: &mut Mode) -> Tensor {
+    /// With mixed precision `x` comes in the reduced format and BatchNorm runs mixed, as
+    /// under autocast: the kernel reads and writes the activations in that format, and its
+    /// statistics, affine parameters and running statistics are fp32.
+    fn forward(&self, s: &Views, x: &Tensor, mode: &mut Mode) -> Tensor {
         let (gamma, beta) = (s.param(&self.gamma), s.param(&self.beta));
         let norm = |mean: &Tensor, var: &Tensor, training: bool, momentum: f64| {
             x.batch_norm(
@@ -236,7 +341,8 @@ fn dropout(x: Tensor, p: f64, mode: &mut Mode) -> Tensor {
         .collect();
     let mask = Tensor::from_slice(&mask)
         .view(x.size().as_slice())
-        .to_device(x.device());
+        .to_device(x.device())
+        .to_kind(x.kind());
     x * mask
 }
 
@@ -260,7 +366,7 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    fn forward(&self, s: &Store, x: &Tensor, mode: &mut Mode) -> Tensor {
+    fn forward(&self, s: &Views, x: &Tensor, mode: &mut Mode) -> Tensor {
         let out = self.bn1.forward(s, &self.conv1.forward(s, x), mode).relu();
         let out = self.bn2.forward(s, &self.conv2.forward(s, &out), mode);
         let shortcut = if self.stride == 1 && self.pad_channels == 0 {
@@ -317,8 +423,8 @@ impl Model {
         buffers: &ParamLayout,
     ) -> Result<Self> {
         let c = &mut Cursor {
-            params: params.segments().iter(),
-            buffers: buffers.segments().iter(),
+            params: params.segments().iter().enumerate(),
+            buffers: buffers.segments().iter().enumerate(),
         };
         let net = match name {
             ModelName::Mlp => {
@@ -423,8 +529,9 @@ impl Model {
         Ok(net)
     }
 
-    /// The logits of `x` (`N×C×H×W`).
-    pub fn forward(&self, s: &Store, x: &Tensor, mode: &mut Mode) -> Tensor {
+    /// The logits of `x` (`N×C×H×W`), in the compute format (fp32 or the reduced one).
+    pub fn forward(&self, store: &Store, x: &Tensor, mode: &mut Mode) -> Tensor {
+        let s = &store.views();
         match self {
             Model::Mlp(layers) => {
                 let mut h = flatten(x);

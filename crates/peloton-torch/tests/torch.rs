@@ -7,14 +7,14 @@
 //! `cargo test -p peloton-torch --features torch`.
 #![cfg(feature = "torch")]
 
+mod common;
+
+use common::{data, two_worker_lsgd};
 use peloton_burn::models::{ModelName, ZooLayout};
 use peloton_burn::{BatchNormPolicy, DeviceKind, ModelConfig, NetworkLearner, NetworkTask};
-use peloton_core::algorithms::{lsgd::LsgdConfig, AlgorithmConfig};
 use peloton_core::checkpoint::StateDict;
 use peloton_core::learner::{Learner, LearnerContext};
-use peloton_core::optim::OptimizerConfig;
-use peloton_core::runner::{run_threads, RunConfig};
-use peloton_data::{Batch, DataConfig, SyntheticConfig};
+use peloton_data::{Batch, DataConfig};
 use peloton_torch::{TorchLearner, TorchTask};
 
 const CTX: LearnerContext = LearnerContext {
@@ -22,21 +22,6 @@ const CTX: LearnerContext = LearnerContext {
     workers: 1,
     seed: 7,
 };
-
-fn data(channels: usize, size: usize, batch: usize) -> DataConfig {
-    DataConfig {
-        batch_size: batch,
-        synthetic: SyntheticConfig {
-            channels,
-            size,
-            shift: 1,
-            train: 64,
-            test: 48,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
 
 fn model(name: ModelName, device: DeviceKind, policy: BatchNormPolicy) -> ModelConfig {
     let mut m = ModelConfig::new(name);
@@ -256,44 +241,12 @@ fn a_checkpoint_of_either_learner_resumes_on_the_other() {
 
 #[test]
 fn two_workers_train_with_lsgd_and_repeat_bit_for_bit() {
-    let d = DataConfig {
-        batch_size: 16,
-        synthetic: SyntheticConfig {
-            train: 512,
-            test: 128,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let task = NetworkTask::load(
-        model(ModelName::Lenet, DeviceKind::Torch, BatchNormPolicy::Local),
-        &d,
-        2,
-        3,
-    )
-    .unwrap();
-    let task = TorchTask::new(task).unwrap();
-    let c = RunConfig {
-        workers: 2,
-        seed: 3,
-        steps: Some(150),
-        log_every: 50,
-        optimizer: OptimizerConfig {
-            lr: 0.05,
-            momentum: 0.9,
-            ..Default::default()
-        },
-        algorithm: AlgorithmConfig::Lsgd(LsgdConfig {
-            tau: 4,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let a = run_threads(&c, &task, &mut |_| {}).unwrap();
+    let lenet = || model(ModelName::Lenet, DeviceKind::Torch, BatchNormPolicy::Local);
+    let a = two_worker_lsgd(lenet());
     let accuracy = a.final_evals[0].eval.accuracy.unwrap();
     // 10 classes: chance is 10%.
     assert!(accuracy > 0.5, "test accuracy {accuracy}");
-    let b = run_threads(&c, &task, &mut |_| {}).unwrap();
+    let b = two_worker_lsgd(lenet());
     for (x, y) in a.workers.iter().zip(&b.workers) {
         assert_eq!(x.params, y.params);
         assert_eq!(x.losses, y.losses);
