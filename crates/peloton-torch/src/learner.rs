@@ -772,7 +772,7 @@ mod tests {
             })
         );
         state.put_f64("loss_scale", f64::NAN);
-        let e = other.load_state(&state).err().expect("refused").to_string();
+        let e = other.load_state(&state).expect_err("refused").to_string();
         assert!(e.contains("loss scale") && !e.contains('\n'), "{e}");
     }
 }

@@ -198,7 +198,7 @@ fn the_settings_are_refused_where_they_do_not_apply() {
     for (device, precision, format, expect) in cases {
         let mut m = model(ModelName::Lenet, precision, format);
         m.device = device;
-        let e = m.validate().err().expect("refused").to_string();
+        let e = m.validate().expect_err("refused").to_string();
         assert!(e.contains(expect) && !e.contains('\n'), "{e}");
     }
 }
