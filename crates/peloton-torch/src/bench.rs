@@ -95,7 +95,6 @@ fn one_worker(
     config.threads = Some(peloton_burn::config::machine_cores());
     config.precision = precision;
     config.memory_format = memory_format;
-    config.validate()?;
     let task = TorchTask::new(NetworkTask::load(config, &data, 1, 0)?)?;
     let ctx = LearnerContext {
         rank: 0,

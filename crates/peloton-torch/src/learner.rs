@@ -125,7 +125,6 @@ pub struct TorchLearner {
     policy: BatchNormPolicy,
     recompute_batches: Option<usize>,
     threads: usize,
-    channels_last: bool,
     /// fp16's dynamic loss scale (`None` in fp32 and bf16, whose range needs none).
     loss_scale: Option<LossScale>,
     /// A LibTorch failure in a trait method without a Result, for the next one with it.
@@ -260,7 +259,6 @@ impl TorchLearner {
             policy: model.batch_norm,
             recompute_batches: model.recompute_batches,
             threads,
-            channels_last: model.memory_format == MemoryFormat::ChannelsLast,
             loss_scale: (model.precision == Precision::Fp16).then(LossScale::new),
             pending_error: None,
         })
@@ -286,21 +284,17 @@ impl TorchLearner {
     /// `batch`'s images as an `N×C×H×W` tensor on the worker's device; with
     /// `memory_format = "channels-last"` its strides are `N×H×W×C`'s.
     ///
-    /// tch has no memory-format argument, so channels-last is made through strides: the
-    /// tensor permuted to `N×H×W×C`, made contiguous and permuted back keeps `N×H×W×C`
-    /// strides, which LibTorch recognises as channels-last (`suggest_memory_format`). Its
-    /// convolutions then choose channels-last kernels and hand their outputs on in the same
-    /// layout, as after PyTorch's `x.to(memory_format=torch.channels_last)`.
+    /// ([`crate::net::channels_last`]). The convolutions then choose channels-last kernels
+    /// and hand their outputs on in the same layout, as after PyTorch's
+    /// `x.to(memory_format=torch.channels_last)`.
     pub(crate) fn images(&self, batch: &Batch) -> Result<Tensor> {
         let [c, h, w] = batch.shape;
         let shape = [batch.len() as i64, c as i64, h as i64, w as i64];
         let x = Tensor::f_from_slice(&batch.images)
             .and_then(|t| t.f_view(shape))
             .and_then(|t| t.f_to_device(self.device));
-        let x = if self.channels_last {
-            x.and_then(|t| t.f_permute([0, 2, 3, 1]))
-                .and_then(|t| t.f_contiguous())
-                .and_then(|t| t.f_permute([0, 3, 1, 2]))
+        let x = if self.store.channels_last {
+            x.and_then(|t| crate::net::channels_last(&t))
         } else {
             x
         };

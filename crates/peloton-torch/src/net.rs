@@ -97,7 +97,9 @@ impl Views<'_> {
             None => self.param(s),
         };
         if self.store.channels_last && s.shape.len() == 4 {
-            channels_last(&w)
+            // A permuted copy of a few kilobytes: failing here is LibTorch out of memory,
+            // which every other operation of the forward pass reports the same way.
+            channels_last(&w).expect("a channels-last copy of a convolution weight")
         } else {
             w
         }
@@ -123,8 +125,10 @@ impl Views<'_> {
 /// `t` (`N×C×H×W`) with channels-last strides: permuted to `N×H×W×C`, made contiguous,
 /// permuted back. tch has no memory-format argument; LibTorch recognises these strides as
 /// channels-last (`suggest_memory_format`).
-pub(crate) fn channels_last(t: &Tensor) -> Tensor {
-    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+pub(crate) fn channels_last(t: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+    t.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])
 }
 
 /// The sizes of `layout`'s segments, which must tile its flat buffer in order (as every
