@@ -1,0 +1,192 @@
+//! Checksums of whole runs, recorded before the algorithm registry restructuring (issue 20) and
+//! kept since: every algorithm, written as a config file writes it, runs 30 steps of a small
+//! softmax problem on the simulator (deterministic for synchronous and asynchronous algorithms
+//! alike, jittered compute times, evaluations and consensus on) and the run's every number is
+//! hashed: each event (virtual times included), each worker's final parameters, losses, traffic,
+//! per-link traffic, center, leader changes and shared state.
+//!
+//! A change in any algorithm's arithmetic, communication order, config defaults or reporting
+//! shows up here. When a change is meant to alter results, rerun with
+//! `PELOTON_RECORD_GOLDEN=1 cargo test -p peloton-sim --test golden -- --nocapture` and paste
+//! the printed table, saying why in the commit.
+
+use peloton_core::algorithms::AlgorithmConfig;
+use peloton_core::optim::OptimizerConfig;
+use peloton_core::runner::{EvalModel, Event, RunConfig, RunReport};
+use peloton_problems::{ProblemConfig, SoftmaxConfig};
+use peloton_sim::{run_sim, ClusterConfig, ComputeModel};
+
+/// (algorithm table as in a config file, evaluation model, Nesterov momentum, checksum).
+const GOLDEN: &[(&str, EvalModel, bool, u64)] = &[
+    (r#"name = "independent""#, EvalModel::Workers, false, 0x69cdf9ca0b5aded2),
+    (r#"name = "all-reduce""#, EvalModel::Average, false, 0xafcf00ddab7e11fc),
+    (r#"name = "local-sgd""#, EvalModel::Average, false, 0x48ecf20b2123013d),
+    (
+        "name = \"local-sgd\"\nperiod = 3\nwarmup_steps = 8\ngroup_size = 2",
+        EvalModel::Average,
+        false,
+        0xcba75f8fa8ac9f1b,
+    ),
+    ("name = \"easgd\"\ntau = 2\nbeta = 0.8", EvalModel::Center, false, 0xef1240f075cac8b0),
+    ("name = \"eamsgd\"\nalpha = 0.1", EvalModel::Center, true, 0xa72b67e0a9c007d3),
+    (r#"name = "lsgd""#, EvalModel::Leader, false, 0xc49dc537ff60faf0),
+    (
+        "name = \"lsgd\"\ntau = 3\nlambda = 0.2\nprox = 0.01\ngroup_size = 2\ntau_global = 6\nlambda_global = 0.3",
+        EvalModel::Average,
+        true,
+        0x22925bad5ccfc99c,
+    ),
+    (r#"name = "d-psgd""#, EvalModel::Workers, false, 0xd0be28f4db5b3e83),
+    (
+        "name = \"d-psgd\"\nvariant = \"combine-while-computing\"",
+        EvalModel::Average,
+        false,
+        0x322b4ea609c4159f,
+    ),
+    (r#"name = "sgp""#, EvalModel::Workers, false, 0xbecedebaa5c674ba),
+    (
+        "name = \"sgp\"\noverlap = true\nstaleness = 2\neager = true",
+        EvalModel::Average,
+        false,
+        0x039cf96270dc492e,
+    ),
+    ("name = \"matcha\"\nbudget = 0.5", EvalModel::Workers, false, 0x9ae690cf9ce8bad7),
+    (r#"name = "al-dsgd""#, EvalModel::Average, false, 0xcdd53cb40e6c209d),
+    ("name = \"layered-sgd\"\ngroup_size = 2", EvalModel::Average, false, 0xf5d5d5866ac0d3ce),
+    (r#"name = "slowmo""#, EvalModel::Average, false, 0x53301f9fdaa177d8),
+    (
+        "name = \"slowmo\"\nbase = \"sgp\"\nfrequency = 6\nsharded = true",
+        EvalModel::Average,
+        false,
+        0xf3330d651fa472bc,
+    ),
+    ("name = \"async-lsgd\"\ntau = 2\nlambda = 0.2", EvalModel::Leader, false, 0xa3dde8da1df4a6b5),
+    (
+        "name = \"async-lsgd\"\ntau = 2\ngroup_size = 2\ntau_global = 4",
+        EvalModel::Average,
+        false,
+        0xf19fe55f8aa46b20,
+    ),
+    ("name = \"async-easgd\"\ntau = 2\nservers = 2", EvalModel::Center, false, 0x9c5a4b91f424d675),
+    ("name = \"async-eamsgd\"\ntau = 3", EvalModel::Average, true, 0x9b6993efdb9d36b4),
+    (r#"name = "ad-psgd""#, EvalModel::Average, false, 0xfda406319cede410),
+];
+
+fn problem() -> ProblemConfig {
+    ProblemConfig::Softmax(SoftmaxConfig {
+        classes: 4,
+        features: 6,
+        train_samples: 400,
+        test_samples: 100,
+        batch_size: 8,
+        ..Default::default()
+    })
+}
+
+fn cluster() -> ClusterConfig {
+    let mut cluster = ClusterConfig {
+        workers_per_node: 2,
+        compute: ComputeModel {
+            seconds: 0.01,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    cluster.compute.sigma = 0.3;
+    cluster.compute.straggler_probability = 0.1;
+    cluster
+}
+
+fn run_config(algorithm: AlgorithmConfig, eval_model: EvalModel, nesterov: bool) -> RunConfig {
+    RunConfig {
+        workers: 4,
+        seed: 11,
+        steps: Some(30),
+        log_every: 5,
+        eval_every: 10,
+        eval_model,
+        optimizer: OptimizerConfig {
+            lr: 0.2,
+            momentum: if nesterov { 0.9 } else { 0.0 },
+            nesterov,
+            ..Default::default()
+        },
+        algorithm,
+        ..Default::default()
+    }
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms (std's hasher is neither).
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn f32s(&mut self, values: &[f32]) {
+        for v in values {
+            self.bytes(&v.to_bits().to_le_bytes());
+        }
+    }
+    fn f64s(&mut self, values: &[f64]) {
+        for v in values {
+            self.bytes(&v.to_bits().to_le_bytes());
+        }
+    }
+}
+
+fn checksum(events: &[Event], report: &RunReport) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    for event in events {
+        h.bytes(format!("{event:?}").as_bytes());
+    }
+    for w in &report.workers {
+        h.f32s(&w.params);
+        h.f64s(&w.losses);
+        h.f32s(&w.shared_state);
+        h.f32s(w.center.as_deref().unwrap_or(&[]));
+        h.f64s(&[w.metric]);
+        h.bytes(
+            format!(
+                "{:?}{:?}{:?}{}",
+                w.stats, w.links, w.leader_changes, w.steps
+            )
+            .as_bytes(),
+        );
+    }
+    h.bytes(format!("{:?}", report.final_evals).as_bytes());
+    h.0
+}
+
+#[test]
+fn every_algorithm_gives_the_recorded_run() {
+    let record = std::env::var_os("PELOTON_RECORD_GOLDEN").is_some();
+    let mut mismatches = Vec::new();
+    for &(table, eval_model, nesterov, expected) in GOLDEN {
+        let algorithm: AlgorithmConfig =
+            toml::from_str(table).unwrap_or_else(|e| panic!("{table}: {e}"));
+        let config = run_config(algorithm, eval_model, nesterov);
+        let mut events = Vec::new();
+        let (report, sim, _) = run_sim(&config, &cluster(), &problem(), &mut |e| {
+            events.push(e.clone())
+        })
+        .unwrap_or_else(|e| panic!("{table}: {e}"));
+        assert!(sim.simulated_seconds > 0.0);
+        let got = checksum(&events, &report);
+        if record {
+            println!("{table:?} {eval_model:?} {nesterov} 0x{got:016x}");
+        } else if got != expected {
+            mismatches.push(format!(
+                "{table:?}: 0x{got:016x}, recorded 0x{expected:016x}"
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "runs differ from the recorded ones:\n{}",
+        mismatches.join("\n")
+    );
+}
