@@ -190,3 +190,63 @@ fn every_algorithm_gives_the_recorded_run() {
         mismatches.join("\n")
     );
 }
+
+/// How each algorithm table is written back (a run folder's `config.toml`, whose bytes the
+/// checkpoints' config fingerprint hashes, and JSON), recorded before the restructuring: the
+/// name first, then the keys in the config's order.
+const WRITTEN: &[u64] = &[
+    0x5485b59edbd7d995,
+    0x60987f6c6c7b177d,
+    0xccc7f9c7143b2df9,
+    0x10d27f920240aa36,
+    0xeecc36f8561a5994,
+    0x59aee4d2a61c7975,
+    0x0d1a6de53f137a97,
+    0x3dbc1549f20a5455,
+    0x5006468402200142,
+    0x1c57b232581a312a,
+    0xf10f0aead3eba04b,
+    0x61165af9eb29f959,
+    0x7516d30cd76748f6,
+    0xd012caa152d17d6a,
+    0x44d8cd7911d0f380,
+    0xc54f1f0919be10bf,
+    0xbfb19c8dcb5a5051,
+    0xca60004f6c6be6f0,
+    0x4e577955bbdf1f37,
+    0xde38c03cc171280d,
+    0x416103f64084335c,
+    0x68e04f29e56cdb81,
+];
+
+#[test]
+fn every_algorithm_config_is_written_as_recorded() {
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        workers: usize,
+        algorithm: &'a AlgorithmConfig,
+    }
+    let record = std::env::var_os("PELOTON_RECORD_GOLDEN").is_some();
+    let mut got = Vec::new();
+    for &(table, ..) in GOLDEN {
+        let algorithm: AlgorithmConfig = toml::from_str(table).unwrap();
+        let text = toml::to_string(&File {
+            workers: 4,
+            algorithm: &algorithm,
+        })
+        .unwrap();
+        let json = serde_json::to_string(&algorithm).unwrap();
+        let back: AlgorithmConfig = toml::from_str(&toml::to_string(&algorithm).unwrap()).unwrap();
+        assert_eq!(back, algorithm, "{table}: round trip");
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        h.bytes(text.as_bytes());
+        h.bytes(json.as_bytes());
+        if record {
+            println!("{text}{json}\n0x{:016x}\n", h.0);
+        }
+        got.push(h.0);
+    }
+    if !record {
+        assert_eq!(got, WRITTEN);
+    }
+}
