@@ -47,7 +47,7 @@ fn lsgd_trains_an_mlp_and_repeats_bit_for_bit() {
     let c = config(
         2,
         120,
-        AlgorithmConfig::Lsgd(LsgdConfig {
+        AlgorithmConfig::new(LsgdConfig {
             tau: 4,
             ..Default::default()
         }),
@@ -82,7 +82,11 @@ fn all_reduce_on_two_workers_equals_one_worker_on_the_doubled_batch() {
             ..Default::default()
         },
         consensus: false,
-        ..config(2, steps, AlgorithmConfig::AllReduce(Default::default()))
+        ..config(
+            2,
+            steps,
+            AlgorithmConfig::new(peloton_core::algorithms::AllReduceConfig {}),
+        )
     };
     let report = run_threads(&c, &t, &mut |_| {}).unwrap();
 

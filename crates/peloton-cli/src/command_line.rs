@@ -281,8 +281,24 @@ fn parse_slowdown(spec: &str) -> Result<(usize, f64)> {
 
 fn list() {
     outln!("algorithms ([algorithm] name = ...):");
-    for (name, what, keys) in AlgorithmConfig::catalog() {
-        outln!("  {name:<18} {what}\n  {:<18} keys: {keys}", "");
+    for entry in AlgorithmConfig::catalog() {
+        let keys = entry.keys();
+        let keys = if keys.is_empty() {
+            "(none)".to_string()
+        } else {
+            keys.join(", ")
+        };
+        let timing = if entry.asynchronous {
+            " (asynchronous)"
+        } else {
+            ""
+        };
+        outln!(
+            "  {:<18} {}{timing}\n  {:<18} keys: {keys}",
+            entry.name,
+            entry.summary,
+            ""
+        );
     }
     outln!("\nmodels ([model] name = ...; keys: hidden, device (flex | torch | torch-cuda), cuda_index, batch_norm, recompute_batches, threads, split_batch, precision (fp32 | bf16 | fp16; LibTorch), memory_format (nchw | channels-last; LibTorch)):");
     for (name, what) in peloton_burn::ModelName::catalog() {
@@ -540,6 +556,32 @@ fn mpi_bench(args: &BenchArgs) -> Result<()> {
         outln!("{}", peloton_mpi::bench::format_service_table(&rows.1));
     }
     Ok(())
+}
+
+/// The whole `peloton` process: parses the command line, runs it, prints a failure as one
+/// line and returns the exit code. A user crate whose binary registers algorithms of its own
+/// ([`peloton_core::algorithms::register`]) calls this from its `main` to get the full CLI
+/// (train on threads, the simulator or MPI, resume, report, list) with them.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let result = run(cli);
+    // A failed write to standard output is the command's error when nothing else failed.
+    let result = match (result, crate::output::failure()) {
+        (Ok(()), Some(e)) => Err(anyhow::anyhow!("cannot write to standard output: {e}")),
+        (result, _) => result,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<AlreadyReported>().is_none() {
+                print_error(&e);
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -674,9 +674,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.workers, 2);
         assert_eq!(c.optimizer.lr, 0.05);
-        match c.algorithm {
-            AlgorithmConfig::Easgd(e) => assert_eq!(e.tau, Some(8)),
-            other => panic!("{other:?}"),
+        match c.algorithm.get::<peloton_core::algorithms::EasgdConfig>() {
+            Some(e) => assert_eq!(e.tau, Some(8)),
+            None => panic!("{:?}", c.algorithm),
         }
         let err = load(None, &[Override::parse("algorithm.lamda=0.1").unwrap()])
             .unwrap_err()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod fuzz_entry;
 pub mod output;
 pub mod report;
+mod run_common;
 pub mod run_folder;
 pub mod sweep;
 pub mod topology;

@@ -30,7 +30,7 @@ pub struct MpiResume {
 #[cfg(not(feature = "mpi"))]
 pub fn train_mpi(
     _config: &crate::config::ExperimentConfig,
-    _options: &crate::train::TrainOptions,
+    _options: &crate::run_common::TrainOptions,
     _resume: Option<MpiResume>,
 ) -> anyhow::Result<std::path::PathBuf> {
     anyhow::bail!(
@@ -46,7 +46,7 @@ mod imp {
     use std::path::PathBuf;
 
     use anyhow::{anyhow, Result};
-    use peloton_core::algorithms::AlgorithmConfig;
+    use peloton_core::algorithms::LsgdConfig;
     use peloton_core::checkpoint::CheckpointConfig;
     use peloton_core::learner::LearnerFactory;
     use peloton_core::runner::Event;
@@ -57,10 +57,10 @@ mod imp {
     use crate::config::ExperimentConfig;
     use crate::outln;
     // The ranks compare their resolved configs through the run folder's config fingerprint.
+    use crate::run_common::{display, print_summary, progress_bar, Header, Recorder, TrainOptions};
     use crate::run_folder::{
         checkpoints_dir, commit_manifest, default_path, fingerprint, RunFolder,
     };
-    use crate::train::{display, print_summary, progress_bar, Header, Recorder, TrainOptions};
 
     /// Test hook: `PELOTON_MPI_TEST_PANIC=RANK:STEP` makes that rank panic at its first worker
     /// record at or after STEP (the tests check that the job then ends within seconds).
@@ -138,7 +138,7 @@ mod imp {
             config.workers = ranks;
         }
         let layout = NodeLayout::detect(world);
-        if let AlgorithmConfig::Lsgd(lsgd) = &mut config.algorithm {
+        if let Some(lsgd) = config.algorithm.get_mut::<LsgdConfig>() {
             if lsgd.group_size.is_none() && layout.nodes() > 1 {
                 match layout.uniform_group_size() {
                     Some(g) => {

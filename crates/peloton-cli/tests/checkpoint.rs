@@ -114,34 +114,27 @@ fn short_run(out: &Path, algorithm: &str, flags: &[&str], settings: &[&str]) -> 
 #[test]
 fn every_synchronous_algorithm_resumes_exactly() {
     let dir = scratch("every-algorithm");
-    // (name, extra settings): every synchronous algorithm, with the state each one carries
-    // across steps (centers, anchors, push-sum weights, momentum, slow momentum).
-    let cases: &[(&str, &[&str])] = &[
-        ("independent", &[]),
-        ("all-reduce", &["optimizer.momentum=0.9"]),
-        ("local-sgd", &["algorithm.period=3"]),
-        ("easgd", &[]),
-        (
-            "eamsgd",
-            &["optimizer.momentum=0.9", "optimizer.nesterov=true"],
-        ),
-        ("lsgd", &["algorithm.prox=0.5"]),
-        (
-            "lsgd",
-            &["algorithm.group_size=2", "algorithm.prox_global=0.3"],
-        ),
-        ("d-psgd", &[]),
-        ("sgp", &[]),
-        ("sgp", &["algorithm.overlap=true", "algorithm.staleness=2"]),
-        ("matcha", &[]),
-        ("al-dsgd", &[]),
-        ("layered-sgd", &["algorithm.group_size=2"]),
-        ("slowmo", &["algorithm.frequency=4"]),
-    ];
-    for (i, (algorithm, settings)) in cases.iter().enumerate() {
-        let source = dir.join(format!("{i}-{algorithm}"));
-        ok(&short_run(&source, algorithm, &[], settings));
-        resume_last_checkpoint_matches(&source, &dir.join(format!("{i}-{algorithm}-resumed")));
+    // Every synchronous algorithm of the registry, each of its test configs (the variants
+    // each algorithm's file declares carry its state across steps: centers, anchors,
+    // push-sum weights, slow momentum), with momentum as the optimizer's state.
+    let cases: Vec<_> = common::registry_cases(&dir.join("configs"))
+        .into_iter()
+        .filter(|c| !c.asynchronous)
+        .collect();
+    assert!(
+        cases.len() >= 20,
+        "the built-in synchronous algorithms' test configs"
+    );
+    for (i, case) in cases.iter().enumerate() {
+        let source = dir.join(format!("{i}-{}", case.name));
+        let file = case.file.display().to_string();
+        ok(&short_run(
+            &source,
+            case.name,
+            &["-c", &file],
+            &["optimizer.momentum=0.9"],
+        ));
+        resume_last_checkpoint_matches(&source, &dir.join(format!("{i}-{}-resumed", case.name)));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -152,23 +145,9 @@ fn every_synchronous_algorithm_resumes_exactly() {
 #[test]
 fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
     let dir = scratch("sim-algorithms");
-    let cases: &[(&str, &[&str])] = &[
-        ("async-easgd", &["algorithm.servers=2"]),
-        (
-            "async-eamsgd",
-            &["optimizer.momentum=0.9", "optimizer.nesterov=true"],
-        ),
-        ("ad-psgd", &[]),
-        ("async-lsgd", &["algorithm.tau=3"]),
-        (
-            "async-lsgd",
-            &["algorithm.group_size=2", "algorithm.tau_global=8"],
-        ),
-        ("all-reduce", &["optimizer.momentum=0.9"]),
-        ("lsgd", &["algorithm.group_size=2"]),
-        ("sgp", &["algorithm.overlap=true", "algorithm.staleness=2"]),
-        ("d-psgd", &[]),
-    ];
+    // Every algorithm of the registry, each of its test configs.
+    let cases = common::registry_cases(&dir.join("configs"));
+    assert!(cases.len() >= 27, "the built-in algorithms' test configs");
     // Two nodes, so messages queue on NICs; noisy compute, so clocks drift apart.
     let simulator = [
         "--transport",
@@ -178,9 +157,12 @@ fn simulated_runs_resume_exactly_synchronous_and_asynchronous() {
         "--set",
         "transport.cluster.compute.sigma=0.5",
     ];
-    for (i, (algorithm, settings)) in cases.iter().enumerate() {
+    for (i, case) in cases.iter().enumerate() {
+        let algorithm = case.name;
         let source = dir.join(format!("{i}-{algorithm}"));
-        ok(&short_run(&source, algorithm, &simulator, settings));
+        let file = case.file.display().to_string();
+        let flags: Vec<&str> = simulator.iter().copied().chain(["-c", &file]).collect();
+        ok(&short_run(&source, algorithm, &flags, &[]));
         let copy = dir.join(format!("{i}-{algorithm}-resumed"));
         resume_last_checkpoint_matches(&source, &copy);
         // Virtual times too, and the simulator's totals (the trace restarts at a resume).

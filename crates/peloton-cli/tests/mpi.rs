@@ -4,6 +4,8 @@
 //! Every `mpirun` runs under `timeout`, so a hang fails the test instead of stalling CI.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -144,98 +146,36 @@ fn mpi_runs_match_threads_bit_for_bit() {
     if !have_mpirun() {
         return;
     }
-    let cases: &[(&str, &[&str])] = &[
-        ("all-reduce", &["--algorithm", "all-reduce"]),
-        ("lsgd", &["--algorithm", "lsgd"]),
-        (
-            "lsgd-multi-leader",
-            &[
-                "--algorithm",
-                "lsgd",
-                "--set",
-                "algorithm.group_size=2",
-                "--set",
-                "algorithm.lambda_global=0.2",
-                "--set",
-                "algorithm.tau_global=8",
-            ],
-        ),
-        ("easgd", &["--algorithm", "easgd", "--eval-model", "center"]),
-        (
-            "eamsgd",
-            &[
-                "--algorithm",
-                "eamsgd",
-                "--set",
-                "optimizer.momentum=0.9",
-                "--set",
-                "optimizer.nesterov=true",
-            ],
-        ),
-        (
-            "local-sgd",
-            &["--algorithm", "local-sgd", "--set", "algorithm.period=4"],
-        ),
-        (
-            "post-local-sgd",
-            &[
-                "--algorithm",
-                "local-sgd",
-                "--set",
-                "algorithm.warmup_steps=10",
-                "--set",
-                "algorithm.group_size=2",
-            ],
-        ),
-        (
-            "independent",
-            &["--algorithm", "independent", "--eval-model", "workers"],
-        ),
-        (
-            "d-psgd",
-            &["--algorithm", "d-psgd", "--eval-model", "workers"],
-        ),
-        (
-            "d-psgd-cwc",
-            &[
-                "--algorithm",
-                "d-psgd",
-                "--set",
-                "algorithm.variant=combine-while-computing",
-            ],
-        ),
-        ("sgp", &["--algorithm", "sgp", "--eval-model", "workers"]),
-        (
-            "sgp-overlap",
-            &["--algorithm", "sgp", "--set", "algorithm.overlap=true"],
-        ),
-        (
-            "matcha",
-            &["--algorithm", "matcha", "--eval-model", "leader"],
-        ),
-        ("al-dsgd", &["--algorithm", "al-dsgd"]),
-        ("layered-sgd", &["--algorithm", "layered-sgd"]),
-        (
-            "slowmo",
-            &["--algorithm", "slowmo", "--set", "algorithm.frequency=8"],
-        ),
-        (
-            "slowmo-sgp-sharded",
-            &[
-                "--algorithm",
-                "slowmo",
-                "--set",
-                "algorithm.base=sgp",
-                "--set",
-                "algorithm.frequency=8",
-                "--set",
-                "algorithm.sharded=true",
-            ],
-        ),
-    ];
     let dir = scratch("match");
+    // Every synchronous algorithm of the registry, each of its test configs, evaluated on
+    // its center where it keeps one, else in turn on the average, the leader and every worker.
+    let cases: Vec<(String, Vec<String>)> = common::registry_cases(&dir.join("configs"))
+        .into_iter()
+        .filter(|c| !c.asynchronous)
+        .enumerate()
+        .map(|(k, c)| {
+            let model = if c.has_center {
+                "center"
+            } else {
+                ["average", "leader", "workers"][k % 3]
+            };
+            let extra = vec![
+                "-c".to_string(),
+                c.file.display().to_string(),
+                "--eval-model".to_string(),
+                model.to_string(),
+            ];
+            (c.label.replace(" #", "-"), extra)
+        })
+        .collect();
+    assert!(
+        cases.len() >= 20,
+        "the built-in synchronous algorithms' test configs"
+    );
     let mut failures = Vec::new();
-    for (name, extra) in cases {
+    for (name, extra) in &cases {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let extra = extra.as_slice();
         let threads_dir = dir.join(format!("{name}-threads"));
         let mpi_dir = dir.join(format!("{name}-mpi"));
         let out = Command::new(peloton())

@@ -35,12 +35,7 @@ fn all_reduce_sgd_equals_single_worker_sgd_on_the_union_batch() {
     for n in [2, 3, 4] {
         let (b, steps, lr) = (8, 60, 0.5f32);
         let problem = small_softmax(b);
-        let cfg = config(
-            n,
-            steps,
-            AlgorithmConfig::AllReduce(AllReduceConfig {}),
-            sgd(lr),
-        );
+        let cfg = config(n, steps, AlgorithmConfig::new(AllReduceConfig {}), sgd(lr));
         let report = run(&cfg, &ProblemConfig::Softmax(problem.clone()));
 
         // The reference: one process, N samplers drawing exactly what the workers drew.
@@ -80,7 +75,7 @@ fn all_reduce_sgd_equals_single_worker_sgd_on_the_union_batch() {
 fn lsgd_with_zero_lambda_is_independent_sgd() {
     let problem = ProblemConfig::Softmax(small_softmax(16));
     let n = 4;
-    let lsgd = AlgorithmConfig::Lsgd(LsgdConfig {
+    let lsgd = AlgorithmConfig::new(LsgdConfig {
         lambda: 0.0,
         tau: 2,
         ..Default::default()
@@ -95,7 +90,7 @@ fn lsgd_with_zero_lambda_is_independent_sgd() {
         &config(
             n,
             40,
-            AlgorithmConfig::Independent(IndependentConfig {}),
+            AlgorithmConfig::new(IndependentConfig {}),
             opt.clone(),
         ),
         &problem,
@@ -137,21 +132,16 @@ fn lsgd_with_zero_lambda_is_independent_sgd() {
 #[test]
 fn lgd_escapes_the_saddle_that_traps_eagd() {
     let problem = ProblemConfig::DoubleWell(DoubleWellConfig::default());
-    let mut cfg = config(
-        4,
-        400,
-        AlgorithmConfig::Independent(IndependentConfig {}),
-        sgd(0.1),
-    );
+    let mut cfg = config(4, 400, AlgorithmConfig::new(IndependentConfig {}), sgd(0.1));
     cfg.sync_init = false;
     cfg.leader_window = 1;
-    cfg.algorithm = AlgorithmConfig::Lsgd(LsgdConfig {
+    cfg.algorithm = AlgorithmConfig::new(LsgdConfig {
         tau: 1,
         lambda: 0.2,
         ..Default::default()
     });
     let lgd = run(&cfg, &problem);
-    cfg.algorithm = AlgorithmConfig::Easgd(EasgdConfig {
+    cfg.algorithm = AlgorithmConfig::new(EasgdConfig {
         tau: Some(1),
         alpha: Some(0.2),
         beta: None,
@@ -198,34 +188,36 @@ fn algorithms_for(n: usize) -> Vec<(AlgorithmConfig, OptimizerConfig)> {
         ..Default::default()
     };
     let mut algos = vec![
-        (AlgorithmConfig::AllReduce(AllReduceConfig {}), cosine(0.5)),
+        (AlgorithmConfig::new(AllReduceConfig {}), cosine(0.5)),
         (
-            AlgorithmConfig::LocalSgd(LocalSgdConfig {
+            AlgorithmConfig::new(LocalSgdConfig {
                 period: 4,
                 ..Default::default()
             }),
             cosine(0.5),
         ),
         (
-            AlgorithmConfig::LocalSgd(LocalSgdConfig {
+            AlgorithmConfig::new(LocalSgdConfig {
                 period: 8,
                 warmup_steps: 100,
                 group_size: None,
             }),
             cosine(0.5),
         ),
-        (AlgorithmConfig::Easgd(EasgdConfig::default()), cosine(0.5)),
+        (AlgorithmConfig::new(EasgdConfig::default()), cosine(0.5)),
         (
-            AlgorithmConfig::Eamsgd(EasgdConfig::default()),
+            AlgorithmConfig::new(peloton_core::algorithms::EamsgdConfig {
+                easgd: EasgdConfig::default(),
+            }),
             OptimizerConfig {
                 momentum: 0.9,
                 nesterov: true,
                 ..cosine(0.05)
             },
         ),
-        (AlgorithmConfig::Lsgd(LsgdConfig::default()), cosine(0.5)),
+        (AlgorithmConfig::new(LsgdConfig::default()), cosine(0.5)),
         (
-            AlgorithmConfig::Lsgd(LsgdConfig {
+            AlgorithmConfig::new(LsgdConfig {
                 prox: 0.1,
                 ..Default::default()
             }),
@@ -234,7 +226,7 @@ fn algorithms_for(n: usize) -> Vec<(AlgorithmConfig, OptimizerConfig)> {
     ];
     if n.is_multiple_of(2) && n > 2 {
         algos.push((
-            AlgorithmConfig::Lsgd(LsgdConfig {
+            AlgorithmConfig::new(LsgdConfig {
                 group_size: Some(2),
                 tau_global: Some(8),
                 lambda_global: Some(0.2),
@@ -284,7 +276,7 @@ fn same_seed_same_run_bit_for_bit() {
     let mut cfg = config(
         6,
         120,
-        AlgorithmConfig::Lsgd(LsgdConfig {
+        AlgorithmConfig::new(LsgdConfig {
             group_size: Some(3),
             tau: 2,
             tau_global: Some(6),
@@ -348,7 +340,7 @@ fn divergence_is_a_clear_error() {
     let cfg = config(
         3,
         500,
-        AlgorithmConfig::Lsgd(LsgdConfig::default()),
+        AlgorithmConfig::new(LsgdConfig::default()),
         sgd(50.0),
     );
     let err = run_threads(&cfg, &problem, &mut |_| {}).unwrap_err();
@@ -366,12 +358,7 @@ fn bad_run_configs_are_rejected() {
             .to_string();
         assert!(err.contains(needle), "expected '{needle}' in: {err}");
     };
-    let base = config(
-        4,
-        10,
-        AlgorithmConfig::Lsgd(LsgdConfig::default()),
-        sgd(0.1),
-    );
+    let base = config(4, 10, AlgorithmConfig::new(LsgdConfig::default()), sgd(0.1));
     check(
         RunConfig {
             workers: 0,
@@ -388,7 +375,7 @@ fn bad_run_configs_are_rejected() {
     );
     check(
         RunConfig {
-            algorithm: AlgorithmConfig::Lsgd(LsgdConfig {
+            algorithm: AlgorithmConfig::new(LsgdConfig {
                 group_size: Some(3),
                 ..Default::default()
             }),
@@ -398,7 +385,9 @@ fn bad_run_configs_are_rejected() {
     );
     check(
         RunConfig {
-            algorithm: AlgorithmConfig::Eamsgd(EasgdConfig::default()),
+            algorithm: AlgorithmConfig::new(peloton_core::algorithms::EamsgdConfig {
+                easgd: EasgdConfig::default(),
+            }),
             ..base.clone()
         },
         "Nesterov",
@@ -424,12 +413,7 @@ fn workers_that_disagree_on_the_model_fail_cleanly() {
         })
         .build(ctx)
     };
-    let cfg = config(
-        3,
-        10,
-        AlgorithmConfig::AllReduce(AllReduceConfig {}),
-        sgd(0.1),
-    );
+    let cfg = config(3, 10, AlgorithmConfig::new(AllReduceConfig {}), sgd(0.1));
     let err = run_threads(&cfg, &factory, &mut |_| {})
         .unwrap_err()
         .to_string();
@@ -440,12 +424,7 @@ fn workers_that_disagree_on_the_model_fail_cleanly() {
 #[test]
 fn epoch_budget_counts_steps_from_the_shard() {
     let problem = ProblemConfig::Softmax(small_softmax(20));
-    let mut cfg = config(
-        4,
-        1,
-        AlgorithmConfig::AllReduce(AllReduceConfig {}),
-        sgd(0.1),
-    );
+    let mut cfg = config(4, 1, AlgorithmConfig::new(AllReduceConfig {}), sgd(0.1));
     cfg.steps = None;
     cfg.epochs = Some(1.5);
     let report = run(&cfg, &problem);

@@ -60,7 +60,6 @@ pub fn gossip_steps(
 ) -> peloton_core::Result<()> {
     let mut grad = vec![0.0; params.len()];
     for step in 0..rounds {
-        algorithm.before_compute(comm, params, step)?;
         let mut ctx = peloton_core::algorithms::StepContext {
             comm: &mut *comm,
             params,
@@ -70,6 +69,7 @@ pub fn gossip_steps(
             metric: loss,
             lr: 0.1,
         };
+        algorithm.before_compute(&mut ctx)?;
         algorithm.before_step(&mut ctx)?;
         algorithm.after_step(&mut ctx)?;
     }

@@ -34,39 +34,39 @@ fn cosine(lr: f32, total_steps: u64) -> OptimizerConfig {
 /// Every decentralized algorithm with a configuration that fits `n` workers.
 fn decentralized_for(n: usize) -> Vec<AlgorithmConfig> {
     let mut algos = vec![
-        AlgorithmConfig::Dpsgd(DpsgdConfig::default()),
-        AlgorithmConfig::Dpsgd(DpsgdConfig {
+        AlgorithmConfig::new(DpsgdConfig::default()),
+        AlgorithmConfig::new(DpsgdConfig {
             variant: Variant::CombineWhileComputing,
             schedule: ScheduleConfig::Static {
                 graph: GraphSpec::Exponential,
                 weights: MixingWeights::MetropolisHastings,
             },
         }),
-        AlgorithmConfig::Sgp(SgpConfig::default()),
-        AlgorithmConfig::Sgp(SgpConfig {
+        AlgorithmConfig::new(SgpConfig::default()),
+        AlgorithmConfig::new(SgpConfig {
             overlap: true,
             staleness: 2,
             ..Default::default()
         }),
-        AlgorithmConfig::Matcha(MatchaConfig::default()),
-        AlgorithmConfig::AlDsgd(AlDsgdConfig::default()),
-        AlgorithmConfig::SlowMo(SlowMoConfig {
+        AlgorithmConfig::new(MatchaConfig::default()),
+        AlgorithmConfig::new(AlDsgdConfig::default()),
+        AlgorithmConfig::new(SlowMoConfig {
             frequency: 12,
             ..Default::default()
         }),
-        AlgorithmConfig::SlowMo(SlowMoConfig {
+        AlgorithmConfig::new(SlowMoConfig {
             base: SlowMoBase::Sgp,
             frequency: 12,
             sharded: true,
             ..Default::default()
         }),
-        AlgorithmConfig::LayeredSgd(LayeredSgdConfig {
+        AlgorithmConfig::new(LayeredSgdConfig {
             group_size: if n.is_multiple_of(2) { 2 } else { n },
         }),
     ];
     if n >= 3 {
         // Two peers per step on the ±2^i phone book, weights ⅓ (general push-sum form).
-        algos.push(AlgorithmConfig::Sgp(SgpConfig {
+        algos.push(AlgorithmConfig::new(SgpConfig {
             schedule: ScheduleConfig::Exponential {
                 peers: 2,
                 directions: Directions::Both,
@@ -76,7 +76,7 @@ fn decentralized_for(n: usize) -> Vec<AlgorithmConfig> {
         }));
     }
     if n.is_multiple_of(2) {
-        algos.push(AlgorithmConfig::Dpsgd(DpsgdConfig {
+        algos.push(AlgorithmConfig::new(DpsgdConfig {
             schedule: ScheduleConfig::Bipartite {},
             variant: Variant::AdaptThenCombine,
         }));
@@ -113,7 +113,7 @@ fn every_decentralized_algorithm_converges_on_the_quadratic() {
             cfg.consensus = true;
             // Decentralized methods must pull different starts together; layered SGD, like
             // all-reduce SGD, only averages gradients and needs a common start.
-            cfg.sync_init = matches!(cfg.algorithm, AlgorithmConfig::LayeredSgd(_));
+            cfg.sync_init = cfg.algorithm.name() == "layered-sgd";
             let (report, events) = run_with_events(&cfg, &problem);
             assert_eq!(report.final_evals.len(), n);
             for e in &report.final_evals {
@@ -154,7 +154,7 @@ fn every_decentralized_algorithm_learns_softmax_regression() {
             &config(
                 n,
                 steps,
-                AlgorithmConfig::AllReduce(AllReduceConfig {}),
+                AlgorithmConfig::new(AllReduceConfig {}),
                 cosine(0.5, steps),
             ),
             &problem,
@@ -183,7 +183,7 @@ fn lazy_sgp_equals_general_push_sum_bit_for_bit() {
     });
     for directions in [Directions::Forward, Directions::Both] {
         let sgp = |debias| {
-            AlgorithmConfig::Sgp(SgpConfig {
+            AlgorithmConfig::new(SgpConfig {
                 schedule: ScheduleConfig::Exponential {
                     peers: 1,
                     directions,
@@ -218,19 +218,14 @@ fn layered_sgd_matches_all_reduce_sgd() {
     });
     for (n, g) in [(4, 2), (6, 3), (6, 1), (5, 5)] {
         let reference = run(
-            &config(
-                n,
-                50,
-                AlgorithmConfig::AllReduce(AllReduceConfig {}),
-                sgd(0.5),
-            ),
+            &config(n, 50, AlgorithmConfig::new(AllReduceConfig {}), sgd(0.5)),
             &problem,
         );
         let layered = run(
             &config(
                 n,
                 50,
-                AlgorithmConfig::LayeredSgd(LayeredSgdConfig { group_size: g }),
+                AlgorithmConfig::new(LayeredSgdConfig { group_size: g }),
                 sgd(0.5),
             ),
             &problem,
@@ -254,23 +249,23 @@ fn slowmo_without_momentum_is_periodic_averaging() {
         dim: 8,
         ..Default::default()
     });
-    let slowmo = AlgorithmConfig::SlowMo(SlowMoConfig {
+    let slowmo = AlgorithmConfig::new(SlowMoConfig {
         local_period: 1000,
         frequency: 5,
         slow_momentum: 0.0,
         ..Default::default()
     });
-    let local = AlgorithmConfig::LocalSgd(peloton_core::algorithms::LocalSgdConfig {
+    let local = AlgorithmConfig::new(peloton_core::algorithms::LocalSgdConfig {
         period: 5,
         ..Default::default()
     });
     for sharded in [false, true] {
-        let slowmo = match &slowmo {
-            AlgorithmConfig::SlowMo(c) => AlgorithmConfig::SlowMo(SlowMoConfig {
+        let slowmo = match slowmo.get::<SlowMoConfig>() {
+            Some(c) => AlgorithmConfig::new(SlowMoConfig {
                 sharded,
                 ..c.clone()
             }),
-            _ => unreachable!(),
+            None => unreachable!(),
         };
         let a = run(&config(3, 40, slowmo, sgd(0.05)), &problem);
         let b = run(&config(3, 40, local.clone(), sgd(0.05)), &problem);
@@ -294,9 +289,16 @@ fn gossip_only(n: usize, algorithm: &AlgorithmConfig, rounds: u64) -> Vec<Vec<f3
     run_workers(n, |comm| {
         let rank = comm.rank();
         let mut params = start(rank);
-        let mut alg = algorithm.init(n, params.len(), 7)?;
+        let optimizer = OptimizerConfig::default();
+        let run = peloton_core::algorithms::RunShape {
+            workers: n,
+            seed: 7,
+            optimizer: &optimizer,
+        };
+        let mut built = algorithm.build(&run, params.len())?;
+        let alg = built.as_algorithm_mut();
         alg.setup(comm, &mut params)?;
-        gossip_steps(comm, alg.as_mut(), &mut params, rounds, 1.0)?;
+        gossip_steps(comm, alg, &mut params, rounds, 1.0)?;
         Ok(params)
     })
     .into_iter()
@@ -326,12 +328,12 @@ fn average(vectors: &[Vec<f32>]) -> Vec<f64> {
 fn consensus_rounds_preserve_the_average_and_contract() {
     for n in [2usize, 3, 8, 13] {
         let mut algos = vec![
-            AlgorithmConfig::Dpsgd(DpsgdConfig::default()),
-            AlgorithmConfig::Matcha(MatchaConfig::default()),
-            AlgorithmConfig::Sgp(SgpConfig::default()),
+            AlgorithmConfig::new(DpsgdConfig::default()),
+            AlgorithmConfig::new(MatchaConfig::default()),
+            AlgorithmConfig::new(SgpConfig::default()),
         ];
         if n.is_multiple_of(2) {
-            algos.push(AlgorithmConfig::Dpsgd(DpsgdConfig {
+            algos.push(AlgorithmConfig::new(DpsgdConfig {
                 schedule: ScheduleConfig::Bipartite {},
                 variant: Variant::CombineWhileComputing,
             }));
@@ -364,7 +366,7 @@ fn consensus_rounds_preserve_the_average_and_contract() {
 #[test]
 fn overlap_sgp_conserves_mass_through_the_drain() {
     for n in [3, 5, 7] {
-        let algorithm = AlgorithmConfig::Sgp(SgpConfig {
+        let algorithm = AlgorithmConfig::new(SgpConfig {
             schedule: ScheduleConfig::Exponential {
                 peers: 1,
                 directions: Directions::Both,
@@ -395,7 +397,7 @@ fn overlap_sgp_conserves_mass_through_the_drain() {
 ///   worker 0: b = m = 0: z = 0.6y + 0.4x₀ = 0.7x₀ + 0.3x₁, x₀' = 0.6z + 0.4x₀ = 0.82x₀ + 0.18x₁.
 #[test]
 fn aldsgd_update_matches_the_hand_computed_formula() {
-    let algorithm = AlgorithmConfig::AlDsgd(AlDsgdConfig {
+    let algorithm = AlgorithmConfig::new(AlDsgdConfig {
         schedule: ScheduleConfig::Matchings {
             graph: GraphSpec::Complete,
             select: None,
@@ -408,7 +410,14 @@ fn aldsgd_update_matches_the_hand_computed_formula() {
     let after: Vec<Vec<f32>> = run_workers(2, |comm| {
         let rank = comm.rank();
         let mut params = start(rank);
-        let mut alg = algorithm.init(2, params.len(), 0)?;
+        let optimizer = OptimizerConfig::default();
+        let run = peloton_core::algorithms::RunShape {
+            workers: 2,
+            seed: 0,
+            optimizer: &optimizer,
+        };
+        let mut built = algorithm.build(&run, params.len())?;
+        let alg = built.as_algorithm_mut();
         let mut grad = vec![0.0; params.len()];
         let mut ctx = StepContext {
             comm,
@@ -448,9 +457,9 @@ fn aldsgd_update_matches_the_hand_computed_formula() {
 fn decentralized_runs_are_deterministic_and_report_links() {
     let problem = ProblemConfig::Quadratic(QuadraticConfig::default());
     for algorithm in [
-        AlgorithmConfig::Matcha(MatchaConfig::default()),
-        AlgorithmConfig::AlDsgd(AlDsgdConfig::default()),
-        AlgorithmConfig::Sgp(SgpConfig {
+        AlgorithmConfig::new(MatchaConfig::default()),
+        AlgorithmConfig::new(AlDsgdConfig::default()),
+        AlgorithmConfig::new(SgpConfig {
             overlap: true,
             staleness: 2,
             ..Default::default()
@@ -513,7 +522,7 @@ fn bad_decentralized_configs_are_rejected() {
     };
     check(
         7,
-        AlgorithmConfig::Dpsgd(DpsgdConfig {
+        AlgorithmConfig::new(DpsgdConfig {
             schedule: ScheduleConfig::Bipartite {},
             variant: Variant::AdaptThenCombine,
         }),
@@ -522,7 +531,7 @@ fn bad_decentralized_configs_are_rejected() {
     // Pairwise exchange needs a symmetric schedule; SGP's exponential graph is directed.
     check(
         8,
-        AlgorithmConfig::AlDsgd(AlDsgdConfig {
+        AlgorithmConfig::new(AlDsgdConfig {
             schedule: ScheduleConfig::Exponential {
                 peers: 1,
                 directions: Directions::Forward,
@@ -533,7 +542,7 @@ fn bad_decentralized_configs_are_rejected() {
     );
     check(
         8,
-        AlgorithmConfig::Matcha(MatchaConfig {
+        AlgorithmConfig::new(MatchaConfig {
             budget: 0.0,
             ..Default::default()
         }),
@@ -541,12 +550,12 @@ fn bad_decentralized_configs_are_rejected() {
     );
     check(
         6,
-        AlgorithmConfig::LayeredSgd(LayeredSgdConfig { group_size: 4 }),
+        AlgorithmConfig::new(LayeredSgdConfig { group_size: 4 }),
         "group_size",
     );
     check(
         4,
-        AlgorithmConfig::Sgp(SgpConfig {
+        AlgorithmConfig::new(SgpConfig {
             overlap: true,
             staleness: 0,
             ..Default::default()
@@ -555,7 +564,7 @@ fn bad_decentralized_configs_are_rejected() {
     );
     check(
         4,
-        AlgorithmConfig::AlDsgd(AlDsgdConfig {
+        AlgorithmConfig::new(AlDsgdConfig {
             c1: 0.8,
             c2: 0.5,
             ..Default::default()
@@ -564,7 +573,7 @@ fn bad_decentralized_configs_are_rejected() {
     );
     check(
         8,
-        AlgorithmConfig::Dpsgd(DpsgdConfig {
+        AlgorithmConfig::new(DpsgdConfig {
             schedule: ScheduleConfig::Static {
                 graph: GraphSpec::Edges {
                     edges: vec![[0, 1], [1, 2], [2, 3], [4, 5], [5, 6], [6, 7]],

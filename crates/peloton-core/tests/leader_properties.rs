@@ -23,12 +23,19 @@ fn one_round(
         lambda_global,
         ..Default::default()
     };
-    let algorithm = AlgorithmConfig::Lsgd(config);
+    let algorithm = AlgorithmConfig::new(config);
     algorithm.validate(n, 0, &Default::default()).unwrap();
     let results = run_workers(n, |comm| {
         let rank = peloton_core::transport::Communicator::rank(comm);
         let mut params = start(rank);
-        let mut alg = algorithm.init(n, params.len(), 0)?;
+        let optimizer = peloton_core::optim::OptimizerConfig::default();
+        let run = peloton_core::algorithms::RunShape {
+            workers: n,
+            seed: 0,
+            optimizer: &optimizer,
+        };
+        let mut built = algorithm.build(&run, params.len())?;
+        let alg = built.as_algorithm_mut();
         alg.setup(comm, &mut params)?;
         let mut grad = vec![0.0; params.len()];
         let mut ctx = StepContext {

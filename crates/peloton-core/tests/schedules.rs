@@ -47,9 +47,16 @@ fn run_guarded(n: usize, algorithm: AlgorithmConfig, schedule: ScheduleConfig, r
             }
             comm.agree("the schedule's rounds", fingerprint)?;
             let mut params = start(rank);
-            let mut alg = algorithm.init(n, params.len(), 3)?;
+            let optimizer = peloton_core::optim::OptimizerConfig::default();
+            let run = peloton_core::algorithms::RunShape {
+                workers: n,
+                seed: 3,
+                optimizer: &optimizer,
+            };
+            let mut built = algorithm.build(&run, params.len())?;
+            let alg = built.as_algorithm_mut();
             alg.setup(comm, &mut params)?;
-            common::gossip_steps(comm, alg.as_mut(), &mut params, rounds, rank as f64)
+            common::gossip_steps(comm, alg, &mut params, rounds, rank as f64)
         });
         let _ = done.send(
             results
@@ -96,26 +103,26 @@ proptest! {
             ScheduleConfig::Matchings { graph: g.clone(), select: None },
         ];
         for schedule in statics {
-            let algorithm = AlgorithmConfig::Dpsgd(DpsgdConfig { schedule: schedule.clone(), ..Default::default() });
+            let algorithm = AlgorithmConfig::new(DpsgdConfig { schedule: schedule.clone(), ..Default::default() });
             run_guarded(n, algorithm, schedule, 20);
         }
         if n.is_multiple_of(2) {
             let schedule = ScheduleConfig::Bipartite {};
-            let algorithm = AlgorithmConfig::Dpsgd(DpsgdConfig { schedule: schedule.clone(), ..Default::default() });
+            let algorithm = AlgorithmConfig::new(DpsgdConfig { schedule: schedule.clone(), ..Default::default() });
             run_guarded(n, algorithm, schedule, 20);
         }
         if n >= 2 {
             let matcha = MatchaConfig { graph: g.clone(), budget: 0.5, alpha: None };
-            run_guarded(n, AlgorithmConfig::Matcha(matcha.clone()), matcha.schedule(), 20);
+            run_guarded(n, AlgorithmConfig::new(matcha.clone()), matcha.schedule(), 20);
         }
         let directions = if both { Directions::Both } else { Directions::Forward };
         let schedule = ScheduleConfig::Exponential { peers: 1, directions };
         let sgp = SgpConfig { schedule: schedule.clone(), ..Default::default() };
-        run_guarded(n, AlgorithmConfig::Sgp(sgp), schedule, 20);
+        run_guarded(n, AlgorithmConfig::new(sgp), schedule, 20);
         if n > peers + 1 {
             let schedule = ScheduleConfig::Exponential { peers, directions: Directions::Both };
             let sgp = SgpConfig { schedule: schedule.clone(), overlap: true, staleness: 2, ..Default::default() };
-            run_guarded(n, AlgorithmConfig::Sgp(sgp), schedule, 20);
+            run_guarded(n, AlgorithmConfig::new(sgp), schedule, 20);
         }
     }
 

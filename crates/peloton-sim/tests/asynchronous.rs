@@ -5,8 +5,8 @@
 
 use peloton_core::algorithms::async_easgd::AsyncEasgd;
 use peloton_core::algorithms::{
-    AdPsgdConfig, Algorithm, AlgorithmConfig, AsyncEasgdConfig, AsyncLsgdConfig, LsgdConfig,
-    StepContext,
+    AdPsgdConfig, Algorithm, AlgorithmConfig, AsyncAlgorithm, AsyncEasgdConfig, AsyncLsgdConfig,
+    LsgdConfig, StepContext,
 };
 use peloton_core::optim::OptimizerConfig;
 use peloton_core::runner::{
@@ -54,7 +54,7 @@ fn softmax() -> ProblemConfig {
 }
 
 fn async_lsgd(group_size: Option<usize>) -> AlgorithmConfig {
-    AlgorithmConfig::AsyncLsgd(AsyncLsgdConfig {
+    AlgorithmConfig::new(AsyncLsgdConfig {
         lsgd: LsgdConfig {
             tau: 4,
             lambda: 0.2,
@@ -66,7 +66,7 @@ fn async_lsgd(group_size: Option<usize>) -> AlgorithmConfig {
 }
 
 fn async_easgd(servers: usize) -> AlgorithmConfig {
-    AlgorithmConfig::AsyncEasgd(AsyncEasgdConfig {
+    AlgorithmConfig::new(AsyncEasgdConfig {
         tau: Some(2),
         servers: Some(servers),
         ..Default::default()
@@ -89,16 +89,15 @@ fn asynchronous_for(n: usize) -> Vec<(AlgorithmConfig, OptimizerConfig)> {
         (async_lsgd(None), sgd.clone()),
         (async_easgd(2), sgd.clone()),
         (
-            AlgorithmConfig::AsyncEamsgd(AsyncEasgdConfig {
-                tau: Some(2),
-                ..Default::default()
+            AlgorithmConfig::new(peloton_core::algorithms::AsyncEamsgdConfig {
+                easgd: AsyncEasgdConfig {
+                    tau: Some(2),
+                    ..Default::default()
+                },
             }),
             nesterov,
         ),
-        (
-            AlgorithmConfig::AdPsgd(AdPsgdConfig::default()),
-            sgd.clone(),
-        ),
+        (AlgorithmConfig::new(AdPsgdConfig::default()), sgd.clone()),
     ];
     if n >= 4 {
         out.push((async_lsgd(Some(2)), sgd));
@@ -247,8 +246,8 @@ fn asynchronous_lsgd_beats_synchronous_lsgd_with_a_straggler() {
     };
     let mut times = Vec::new();
     for algorithm in [
-        AlgorithmConfig::Lsgd(lsgd.clone()),
-        AlgorithmConfig::AsyncLsgd(AsyncLsgdConfig { lsgd: lsgd.clone() }),
+        AlgorithmConfig::new(lsgd.clone()),
+        AlgorithmConfig::new(AsyncLsgdConfig { lsgd: lsgd.clone() }),
     ] {
         let mut config = run_config(
             4,
@@ -364,7 +363,10 @@ fn easgd_worker(
         CounterOp::Add(1),
     )?;
     algo.finish(comm, &mut params)?;
-    Ok((pushed, algo.center().expect("easgd has a center").to_vec()))
+    Ok((
+        pushed,
+        algo.observe().center.expect("easgd has a center").to_vec(),
+    ))
 }
 
 /// No lost update: after 4 workers pushed concurrently (real threads, 3 server shards) the
@@ -410,7 +412,7 @@ fn a_stopped_worker_does_not_stop_asynchronous_easgd_or_ad_psgd() {
     let _machine = alone();
     for algorithm in [
         async_easgd(2),
-        AlgorithmConfig::AdPsgd(AdPsgdConfig::default()),
+        AlgorithmConfig::new(AdPsgdConfig::default()),
     ] {
         for stopped in [1usize, 2] {
             let name = format!("{} with worker {stopped} stopped", algorithm.name());

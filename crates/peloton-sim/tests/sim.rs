@@ -62,18 +62,18 @@ fn lines(events: &[Event]) -> Vec<String> {
 fn synchronous_algorithms_match_the_threads_transport_bit_for_bit() {
     let problem = softmax();
     for algorithm in [
-        AlgorithmConfig::AllReduce(AllReduceConfig {}),
-        AlgorithmConfig::Lsgd(LsgdConfig::default()),
-        AlgorithmConfig::Lsgd(LsgdConfig {
+        AlgorithmConfig::new(AllReduceConfig {}),
+        AlgorithmConfig::new(LsgdConfig::default()),
+        AlgorithmConfig::new(LsgdConfig {
             group_size: Some(2),
             tau_global: Some(8),
             ..Default::default()
         }),
-        AlgorithmConfig::Easgd(EasgdConfig::default()),
-        AlgorithmConfig::LocalSgd(LocalSgdConfig::default()),
-        AlgorithmConfig::Dpsgd(DpsgdConfig::default()),
-        AlgorithmConfig::Sgp(SgpConfig::default()),
-        AlgorithmConfig::Matcha(MatchaConfig::default()),
+        AlgorithmConfig::new(EasgdConfig::default()),
+        AlgorithmConfig::new(LocalSgdConfig::default()),
+        AlgorithmConfig::new(DpsgdConfig::default()),
+        AlgorithmConfig::new(SgpConfig::default()),
+        AlgorithmConfig::new(MatchaConfig::default()),
     ] {
         let config = run_config(4, 40, algorithm);
         let threads = run_threads(&config, &problem, &mut |_| {}).unwrap();
@@ -101,7 +101,7 @@ fn same_seed_same_metrics_and_trace() {
     let config = run_config(
         6,
         30,
-        AlgorithmConfig::Sgp(SgpConfig {
+        AlgorithmConfig::new(SgpConfig {
             overlap: true,
             staleness: 2,
             eager: true,
@@ -128,7 +128,7 @@ fn virtual_time_of_all_reduce_sgd_is_the_hand_computed_sum() {
     let c = cluster(4, 0.1);
     let config = RunConfig {
         consensus: false,
-        ..run_config(4, 20, AlgorithmConfig::AllReduce(AllReduceConfig {}))
+        ..run_config(4, 20, AlgorithmConfig::new(AllReduceConfig {}))
     };
     let (run, report, _) = run_sim(&config, &c, &problem, &mut |_| {}).unwrap();
     // Softmax with 6 features and 4 classes: 6·4 + 4 = 28 parameters, 112 bytes.
@@ -158,7 +158,7 @@ fn a_slow_worker_slows_synchronous_training() {
     c.compute.speeds = vec![1.0, 5.0, 1.0, 1.0];
     let config = RunConfig {
         consensus: false,
-        ..run_config(4, 10, AlgorithmConfig::AllReduce(AllReduceConfig {}))
+        ..run_config(4, 10, AlgorithmConfig::new(AllReduceConfig {}))
     };
     let (_, report, _) = run_sim(&config, &c, &problem, &mut |_| {}).unwrap();
     assert!(report.simulated_seconds > 10.0 * 0.5);
@@ -248,7 +248,7 @@ fn an_injected_stop_ends_a_synchronous_run_naming_the_worker() {
         kind: FaultKind::Stop,
         factor: 1.0,
     }];
-    let config = run_config(4, 20, AlgorithmConfig::AllReduce(AllReduceConfig {}));
+    let config = run_config(4, 20, AlgorithmConfig::new(AllReduceConfig {}));
     let err = run_sim(&config, &c, &softmax(), &mut |_| {})
         .unwrap_err()
         .to_string();
@@ -269,7 +269,7 @@ fn mismatched_collectives_fail_cleanly() {
 /// Sixty-four workers of softmax regression with SGP: the simulation runs and reports a rate.
 #[test]
 fn sixty_four_workers_simulate() {
-    let config = run_config(64, 30, AlgorithmConfig::Sgp(SgpConfig::default()));
+    let config = run_config(64, 30, AlgorithmConfig::new(SgpConfig::default()));
     let (run, report, _) = run_sim(
         &config,
         &ClusterConfig::preset("ethernet-10g").unwrap(),

@@ -46,3 +46,72 @@ pub fn fails<S: AsRef<OsStr> + Debug>(args: &[S], needle: &str) -> String {
     );
     lines[0].to_string()
 }
+
+/// One registered algorithm's test config (see `Registration::test_configs`), written as a
+/// config file for `peloton train -c`.
+#[allow(dead_code)] // not every test binary uses it
+pub struct RegistryCase {
+    /// "name #i": the algorithm and which of its test configs.
+    pub label: String,
+    pub name: &'static str,
+    pub asynchronous: bool,
+    pub has_center: bool,
+    /// The config file: the `[algorithm]` table, and a Nesterov-momentum optimizer where the
+    /// algorithm asks for one.
+    pub file: std::path::PathBuf,
+}
+
+/// Every registered algorithm's test configs, as config files in `dir`: the suites that
+/// iterate them check a new algorithm because it is registered, not because a list names it.
+#[allow(dead_code)] // not every test binary uses it
+pub fn registry_cases(dir: &std::path::Path) -> Vec<RegistryCase> {
+    use peloton_core::algorithms::{registry, AlgorithmConfig};
+    use peloton_core::optim::OptimizerConfig;
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        algorithm: &'a AlgorithmConfig,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        optimizer: Option<toml::Table>,
+    }
+    std::fs::create_dir_all(dir).expect("scratch dir");
+    let nesterov = OptimizerConfig {
+        momentum: 0.9,
+        nesterov: true,
+        ..Default::default()
+    };
+    let mut cases = Vec::new();
+    for entry in registry::registered() {
+        for (i, algorithm) in entry.test_configs().iter().enumerate() {
+            let optimizer = if algorithm
+                .validate(4, 0, &OptimizerConfig::default())
+                .is_ok()
+            {
+                None
+            } else {
+                let mut table = toml::Table::new();
+                table.insert(
+                    "momentum".into(),
+                    toml::Value::Float(nesterov.momentum as f64),
+                );
+                table.insert("nesterov".into(), toml::Value::Boolean(true));
+                Some(table)
+            };
+            let label = format!("{} #{i}", entry.name);
+            let file = dir.join(format!("{}-{i}.toml", entry.name));
+            let text = toml::to_string(&File {
+                algorithm,
+                optimizer,
+            })
+            .expect("a config writes");
+            std::fs::write(&file, text).expect("config file");
+            cases.push(RegistryCase {
+                label,
+                name: entry.name,
+                asynchronous: entry.asynchronous,
+                has_center: entry.has_center,
+                file,
+            });
+        }
+    }
+    cases
+}

@@ -29,7 +29,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::asynchronous::{self, Staleness, DONE};
-use super::{Algorithm, AsyncSchedule, StepContext};
+use super::{Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, RunShape, StepContext};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -66,6 +66,20 @@ impl AdPsgdConfig {
             workers,
             exchanges: 0,
         })
+    }
+}
+
+impl AlgorithmSpec for AdPsgdConfig {
+    const NAME: &'static str = "ad-psgd";
+    const SUMMARY: &'static str = "asynchronous decentralized SGD: each step, average atomically with a random neighbour of a bipartite graph";
+    type Timing = Asynchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn AsyncAlgorithm>> {
+        Ok(Box::new(self.init(run.workers, len, run.seed)?))
     }
 }
 
@@ -164,11 +178,6 @@ impl Algorithm for AdPsgd {
         self.neighbours = neighbours(comm.rank(), self.workers)?;
         Ok(())
     }
-
-    fn schedule(&self) -> Option<AsyncSchedule> {
-        Some(AsyncSchedule { round_tau: None })
-    }
-
     fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         // The gradient was taken at the current model; average, then the optimizer applies it.
         self.history.record(asynchronous::clock(ctx.comm), ctx.step);
@@ -178,26 +187,6 @@ impl Algorithm for AdPsgd {
             self.serve(ctx.comm, ctx.params)
         }
     }
-
-    fn finish(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
-        if Self::active(comm.rank()) {
-            return Ok(());
-        }
-        // Keep answering until every worker has finished: active workers only finish after
-        // their last reply, so nothing is left waiting.
-        loop {
-            self.serve(comm, params)?;
-            if comm.counter(DONE, CounterOp::Get)? >= self.workers as u64 {
-                return self.serve(comm, params);
-            }
-            comm.pause()?;
-        }
-    }
-
-    fn staleness(&mut self) -> Option<(f64, u64)> {
-        self.staleness.take()
-    }
-
     // Between two steps no exchange is in progress: an active worker has its reply, and a
     // passive one answered what it received (see `serves_at_cut`).
     fn save_state(&self, state: &mut StateDict) -> Result<()> {
@@ -211,7 +200,6 @@ impl Algorithm for AdPsgd {
         state.put_u64("exchanges", self.exchanges);
         Ok(())
     }
-
     fn load_state(&mut self, state: &StateDict) -> Result<()> {
         let live = state.u64s("neighbours")?;
         if live.iter().any(|&w| w as usize >= self.workers) {
@@ -229,6 +217,27 @@ impl Algorithm for AdPsgd {
         self.staleness.load_state(state.dict("staleness")?)?;
         self.exchanges = state.u64("exchanges")?;
         Ok(())
+    }
+}
+
+impl AsyncAlgorithm for AdPsgd {
+    fn finish(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
+        if Self::active(comm.rank()) {
+            return Ok(());
+        }
+        // Keep answering until every worker has finished: active workers only finish after
+        // their last reply, so nothing is left waiting.
+        loop {
+            self.serve(comm, params)?;
+            if comm.counter(DONE, CounterOp::Get)? >= self.workers as u64 {
+                return self.serve(comm, params);
+            }
+            comm.pause()?;
+        }
+    }
+
+    fn staleness(&mut self) -> Option<(f64, u64)> {
+        self.staleness.take()
     }
 
     fn serves_at_cut(&self, rank: usize) -> bool {

@@ -31,8 +31,8 @@ use peloton_topology::{GraphSpec, Protocol, Schedule, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use super::dpsgd::build_checked;
-use super::gossip::{Gossip, LinkStats, TAG_GOSSIP};
-use super::{Algorithm, StepContext};
+use super::gossip::{Gossip, TAG_GOSSIP};
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -144,6 +144,20 @@ impl AlDsgdConfig {
     }
 }
 
+impl AlgorithmSpec for AlDsgdConfig {
+    const NAME: &'static str = "al-dsgd";
+    const SUMMARY: &'static str = "adjacent-leader decentralized SGD on dynamic (rotated) graphs";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers, run.seed)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len, run.seed)?))
+    }
+}
+
 /// One worker's AL-DSGD state.
 pub struct AlDsgd {
     schedule: Schedule,
@@ -234,7 +248,10 @@ impl Algorithm for AlDsgd {
         Ok(())
     }
 
-    fn links(&mut self) -> Option<&mut LinkStats> {
-        Some(&mut self.gossip.links)
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            links: Some(&mut self.gossip.links),
+            ..Default::default()
+        }
     }
 }

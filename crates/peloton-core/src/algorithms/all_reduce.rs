@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, StepContext};
+use super::{Algorithm, AlgorithmSpec, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::transport::ReduceOp;
 use crate::Result;
@@ -16,6 +16,16 @@ use crate::Result;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllReduceConfig {}
+
+impl AlgorithmSpec for AllReduceConfig {
+    const NAME: &'static str = "all-reduce";
+    const SUMMARY: &'static str = "gradients averaged over all workers every step";
+    type Timing = Synchronous;
+
+    fn build(&self, _run: &RunShape<'_>, _len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(AllReduceSgd))
+    }
+}
 
 /// Gradient averaging before every step.
 pub struct AllReduceSgd;

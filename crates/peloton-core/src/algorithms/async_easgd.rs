@@ -25,14 +25,17 @@ use serde::{Deserialize, Serialize};
 
 use super::asynchronous::{Staleness, DONE};
 use super::easgd::EasgdConfig;
-use super::{Algorithm, AsyncSchedule, StepContext};
+use super::{
+    Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, Every, Observation, RunShape,
+    StepContext,
+};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, CounterOp};
 use crate::Result;
 
-/// `name = "async-easgd"` or `name = "async-eamsgd"`.
+/// `name = "async-easgd"` (and, through [`AsyncEamsgdConfig`], `"async-eamsgd"`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AsyncEasgdConfig {
@@ -87,6 +90,55 @@ impl AsyncEasgdConfig {
     }
 }
 
+impl AlgorithmSpec for AsyncEasgdConfig {
+    const NAME: &'static str = "async-easgd";
+    const SUMMARY: &'static str = "asynchronous EASGD: every tau own steps pull the center from a sharded parameter server, push the elastic difference";
+    const HAS_CENTER: bool = true;
+    type Timing = Asynchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn AsyncAlgorithm>> {
+        Ok(Box::new(self.init(run.workers, len)))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![AsyncEasgdConfig {
+            servers: Some(2),
+            ..Default::default()
+        }]
+    }
+}
+
+/// `name = "async-eamsgd"`: the keys of `async-easgd`, with a Nesterov-momentum local optimizer
+/// (checked).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AsyncEamsgdConfig {
+    pub easgd: AsyncEasgdConfig,
+}
+
+impl AlgorithmSpec for AsyncEamsgdConfig {
+    const NAME: &'static str = "async-eamsgd";
+    const SUMMARY: &'static str = "asynchronous EASGD with a Nesterov-momentum local optimizer";
+    const HAS_CENTER: bool = true;
+    type Timing = Asynchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        ensure_config!(
+            run.optimizer.momentum > 0.0 && run.optimizer.nesterov,
+            "async-eamsgd needs a Nesterov-momentum local optimizer: set optimizer.momentum > 0 (the paper uses 0.99) and optimizer.nesterov = true"
+        );
+        self.easgd.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn AsyncAlgorithm>> {
+        Ok(Box::new(self.easgd.init(run.workers, len)))
+    }
+}
+
 /// One worker's asynchronous EASGD state.
 pub struct AsyncEasgd {
     tau: u64,
@@ -117,13 +169,8 @@ impl Algorithm for AsyncEasgd {
         comm.server_pull(&mut self.center)?;
         Ok(())
     }
-
-    fn schedule(&self) -> Option<AsyncSchedule> {
-        Some(AsyncSchedule { round_tau: None })
-    }
-
     fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        if !(ctx.step + 1).is_multiple_of(self.tau) {
+        if !Every::steps(self.tau).due(ctx.step) {
             return Ok(());
         }
         let version = ctx.comm.server_pull(&mut self.center)?;
@@ -137,7 +184,6 @@ impl Algorithm for AsyncEasgd {
         self.pending = true;
         Ok(())
     }
-
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         if self.pending {
             kernels::sub_assign(ctx.params, &self.delta);
@@ -145,20 +191,6 @@ impl Algorithm for AsyncEasgd {
         }
         Ok(())
     }
-
-    fn finish(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
-        // The final center includes every worker's last push.
-        while comm.counter(DONE, CounterOp::Get)? < self.workers as u64 {
-            comm.pause()?;
-        }
-        comm.server_pull(&mut self.center)?;
-        Ok(())
-    }
-
-    fn staleness(&mut self) -> Option<(f64, u64)> {
-        self.staleness.take()
-    }
-
     // Between two steps `pending` is false; the server's center is the transport's state.
     fn save_state(&self, state: &mut StateDict) -> Result<()> {
         state.put_f32s("center", &self.center);
@@ -170,7 +202,6 @@ impl Algorithm for AsyncEasgd {
         state.put_dict("staleness", self.staleness.save_state());
         Ok(())
     }
-
     fn load_state(&mut self, state: &StateDict) -> Result<()> {
         state.f32s_into("center", &mut self.center)?;
         state.f32s_into("delta", &mut self.delta)?;
@@ -179,9 +210,26 @@ impl Algorithm for AsyncEasgd {
         self.pending = false;
         Ok(())
     }
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            center: Some(&self.center),
+            ..Default::default()
+        }
+    }
+}
 
-    fn center(&self) -> Option<&[f32]> {
-        Some(&self.center)
+impl AsyncAlgorithm for AsyncEasgd {
+    fn finish(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        // The final center includes every worker's last push.
+        while comm.counter(DONE, CounterOp::Get)? < self.workers as u64 {
+            comm.pause()?;
+        }
+        comm.server_pull(&mut self.center)?;
+        Ok(())
+    }
+
+    fn staleness(&mut self) -> Option<(f64, u64)> {
+        self.staleness.take()
     }
 }
 

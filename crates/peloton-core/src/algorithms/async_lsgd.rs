@@ -18,8 +18,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::lsgd::{Lsgd, LsgdConfig};
-use super::{Algorithm, AsyncSchedule, StepContext};
-use crate::checkpoint::StateDict;
+use super::{
+    Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, RunShape, StepContext, Wrapper,
+};
 use crate::transport::Communicator;
 use crate::Result;
 
@@ -42,26 +43,64 @@ impl AsyncLsgdConfig {
     }
 }
 
+impl AlgorithmSpec for AsyncLsgdConfig {
+    const NAME: &'static str = "async-lsgd";
+    const SUMMARY: &'static str = "asynchronous Leader SGD: leader rounds every N·tau steps of total work, fast workers step more";
+    type Timing = Asynchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn AsyncAlgorithm>> {
+        Ok(Box::new(self.init(run.workers, len)))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![
+            AsyncLsgdConfig {
+                lsgd: LsgdConfig {
+                    tau: 3,
+                    ..Default::default()
+                },
+            },
+            AsyncLsgdConfig {
+                lsgd: LsgdConfig {
+                    group_size: Some(2),
+                    tau_global: Some(8),
+                    ..Default::default()
+                },
+            },
+        ]
+    }
+}
+
 /// One worker's asynchronous LSGD state: the synchronous algorithm's rounds, run on tickets.
 pub struct AsyncLsgd {
     inner: Lsgd,
 }
 
-impl Algorithm for AsyncLsgd {
-    fn setup(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
-        self.inner.setup(comm, params)
+/// LSGD's setup, checkpoint state and observations (leader, leader changes) are the inner
+/// algorithm's; only the step differs.
+impl Wrapper for AsyncLsgd {
+    fn inner(&mut self) -> &mut dyn Algorithm {
+        &mut self.inner
     }
 
-    fn schedule(&self) -> Option<AsyncSchedule> {
-        Some(AsyncSchedule {
-            round_tau: Some(self.inner.tau()),
-        })
+    fn inner_ref(&self) -> &dyn Algorithm {
+        &self.inner
     }
 
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         // Only the proximal pulls: rounds come from the work counter, not from this count.
         self.inner.proximal_pulls(ctx.params);
         Ok(())
+    }
+}
+
+impl AsyncAlgorithm for AsyncLsgd {
+    fn round_tau(&self) -> Option<u64> {
+        Some(self.inner.tau())
     }
 
     fn round(
@@ -73,21 +112,5 @@ impl Algorithm for AsyncLsgd {
     ) -> Result<()> {
         let global = (index + 1).is_multiple_of(self.inner.global_every());
         self.inner.leader_round(comm, params, metric, global)
-    }
-
-    fn save_state(&self, state: &mut StateDict) -> Result<()> {
-        self.inner.save_state(state)
-    }
-
-    fn load_state(&mut self, state: &StateDict) -> Result<()> {
-        self.inner.load_state(state)
-    }
-
-    fn leader(&self) -> Option<usize> {
-        self.inner.leader()
-    }
-
-    fn leader_changes(&self) -> Option<u64> {
-        self.inner.leader_changes()
     }
 }

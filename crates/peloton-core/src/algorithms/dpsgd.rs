@@ -23,10 +23,9 @@ use std::sync::Mutex;
 use peloton_topology::{Protocol, Schedule, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
-use super::gossip::{Gossip, LinkStats};
-use super::{Algorithm, StepContext};
+use super::gossip::Gossip;
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
-use crate::transport::Communicator;
 use crate::Result;
 
 /// When the neighbours' parameters are mixed in.
@@ -79,6 +78,28 @@ impl DpsgdConfig {
             variant: self.variant,
             gossip: Gossip::new(len),
         })
+    }
+}
+
+impl AlgorithmSpec for DpsgdConfig {
+    const NAME: &'static str = "d-psgd";
+    const SUMMARY: &'static str =
+        "decentralized SGD: mix with neighbours through a doubly-stochastic schedule";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers, run.seed)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len, run.seed)?))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![DpsgdConfig {
+            variant: Variant::CombineWhileComputing,
+            ..Default::default()
+        }]
     }
 }
 
@@ -136,15 +157,10 @@ impl Algorithm for Dpsgd {
     fn load_state(&mut self, state: &StateDict) -> Result<()> {
         self.gossip.links.load_state(state.dict("links")?)
     }
-    fn before_compute(
-        &mut self,
-        comm: &mut dyn Communicator,
-        params: &mut [f32],
-        step: u64,
-    ) -> Result<()> {
+    fn before_compute(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         if self.variant == Variant::CombineWhileComputing {
-            let node = self.schedule.node(step, comm.rank());
-            self.gossip.start(comm, &node, params)?;
+            let node = self.schedule.node(ctx.step, ctx.comm.rank());
+            self.gossip.start(ctx.comm, &node, ctx.params)?;
         }
         Ok(())
     }
@@ -165,7 +181,10 @@ impl Algorithm for Dpsgd {
         Ok(())
     }
 
-    fn links(&mut self) -> Option<&mut LinkStats> {
-        Some(&mut self.gossip.links)
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            links: Some(&mut self.gossip.links),
+            ..Default::default()
+        }
     }
 }

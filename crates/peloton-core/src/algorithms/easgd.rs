@@ -20,14 +20,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, StepContext};
+use super::{Algorithm, AlgorithmSpec, Every, Observation, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
 use crate::transport::{Communicator, ReduceOp};
 use crate::Result;
 
-/// `name = "easgd"` or `name = "eamsgd"`.
+/// `name = "easgd"` (and, through [`EamsgdConfig`], `"eamsgd"`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EasgdConfig {
@@ -87,6 +87,47 @@ impl EasgdConfig {
     }
 }
 
+impl AlgorithmSpec for EasgdConfig {
+    const NAME: &'static str = "easgd";
+    const SUMMARY: &'static str = "synchronous elastic averaging toward a replicated center";
+    const HAS_CENTER: bool = true;
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len)))
+    }
+}
+
+/// `name = "eamsgd"`: the keys of `easgd`, with a Nesterov-momentum local optimizer (checked).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EamsgdConfig {
+    pub easgd: EasgdConfig,
+}
+
+impl AlgorithmSpec for EamsgdConfig {
+    const NAME: &'static str = "eamsgd";
+    const SUMMARY: &'static str = "EASGD with a Nesterov-momentum local optimizer";
+    const HAS_CENTER: bool = true;
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        ensure_config!(
+            run.optimizer.momentum > 0.0 && run.optimizer.nesterov,
+            "eamsgd needs a Nesterov-momentum local optimizer: set optimizer.momentum > 0 (the paper uses 0.99) and optimizer.nesterov = true"
+        );
+        self.easgd.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.easgd.init(run.workers, len)))
+    }
+}
+
 /// One worker's EASGD state: its replica of the center and its last elastic difference.
 pub struct Easgd {
     tau: u64,
@@ -116,7 +157,7 @@ impl Algorithm for Easgd {
     }
 
     fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        if !(ctx.step + 1).is_multiple_of(self.tau) {
+        if !Every::steps(self.tau).due(ctx.step) {
             return Ok(());
         }
         // δ_i = α(x_i − x̃) at time t, before the gradient step.
@@ -137,7 +178,10 @@ impl Algorithm for Easgd {
         Ok(())
     }
 
-    fn center(&self) -> Option<&[f32]> {
-        Some(&self.center)
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            center: Some(&self.center),
+            ..Default::default()
+        }
     }
 }

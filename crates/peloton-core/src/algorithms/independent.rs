@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Algorithm;
+use super::{Algorithm, AlgorithmSpec, RunShape, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::Result;
 
@@ -11,6 +11,16 @@ use crate::Result;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndependentConfig {}
+
+impl AlgorithmSpec for IndependentConfig {
+    const NAME: &'static str = "independent";
+    const SUMMARY: &'static str = "no communication: N independent SGD runs";
+    type Timing = Synchronous;
+
+    fn build(&self, _run: &RunShape<'_>, _len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(Independent))
+    }
+}
 
 /// The state of a worker that never communicates.
 pub struct Independent;

@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, StepContext};
+use super::{Algorithm, AlgorithmSpec, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -67,6 +67,21 @@ impl LayeredSgdConfig {
             subgroup: None,
             communicators: None,
         }
+    }
+}
+
+impl AlgorithmSpec for LayeredSgdConfig {
+    const NAME: &'static str = "layered-sgd";
+    const SUMMARY: &'static str =
+        "gradients reduced inside nodes, all-reduced among node communicators";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, _len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers)))
     }
 }
 

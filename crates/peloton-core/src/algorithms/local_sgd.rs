@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, StepContext};
+use super::{Algorithm, AlgorithmSpec, Every, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::transport::{Communicator, ReduceOp};
@@ -63,6 +63,35 @@ impl LocalSgdConfig {
     }
 }
 
+impl AlgorithmSpec for LocalSgdConfig {
+    const NAME: &'static str = "local-sgd";
+    const SUMMARY: &'static str =
+        "local steps, parameters averaged every `period` steps; post-local SGD with `warmup_steps`";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers)
+    }
+
+    fn build(&self, _run: &RunShape<'_>, _len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init()))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![
+            LocalSgdConfig {
+                period: 4,
+                ..Default::default()
+            },
+            LocalSgdConfig {
+                period: 4,
+                warmup_steps: 10,
+                group_size: Some(2),
+            },
+        ]
+    }
+}
+
 /// One worker's local SGD state.
 pub struct LocalSgd {
     config: LocalSgdConfig,
@@ -95,9 +124,11 @@ impl Algorithm for LocalSgd {
     }
 
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        let warmup = self.config.warmup_steps;
-        let done = ctx.step + 1;
-        if done > warmup && (done - warmup).is_multiple_of(self.config.period) {
+        let averaging = Every {
+            period: self.config.period,
+            offset: self.config.warmup_steps,
+        };
+        if averaging.due(ctx.step) {
             ctx.comm.all_reduce(ctx.params, ReduceOp::Mean)?;
         }
         Ok(())

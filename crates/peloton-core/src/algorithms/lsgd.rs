@@ -29,7 +29,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::leader::{elect, pull_toward_leader};
-use super::{Algorithm, StepContext};
+use super::{Algorithm, AlgorithmSpec, Every, Observation, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -189,6 +189,37 @@ impl LsgdConfig {
             local_leader: None,
             leader_changes: 0,
         }
+    }
+}
+
+impl AlgorithmSpec for LsgdConfig {
+    const NAME: &'static str = "lsgd";
+    const SUMMARY: &'static str =
+        "Leader SGD: pull toward the best worker every tau steps; multi-leader with groups";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len)))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![
+            LsgdConfig {
+                prox: 0.5,
+                ..Default::default()
+            },
+            LsgdConfig {
+                group_size: Some(2),
+                tau_global: Some(8),
+                lambda_global: Some(0.2),
+                prox_global: Some(0.3),
+                ..Default::default()
+            },
+        ]
     }
 }
 
@@ -369,20 +400,19 @@ impl Algorithm for Lsgd {
 
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         self.proximal_pulls(ctx.params);
-        let done = ctx.step + 1;
-        if !done.is_multiple_of(self.tau) {
+        if !Every::steps(self.tau).due(ctx.step) {
             return Ok(());
         }
-        let global = done.is_multiple_of(self.tau_global);
+        let global = Every::steps(self.tau_global).due(ctx.step);
         self.leader_round(ctx.comm, ctx.params, ctx.metric, global)
     }
 
-    fn leader(&self) -> Option<usize> {
-        self.leader
-    }
-
-    fn leader_changes(&self) -> Option<u64> {
-        Some(self.leader_changes)
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            leader: self.leader,
+            leader_changes: Some(self.leader_changes),
+            ..Default::default()
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use peloton_topology::{GraphSpec, Protocol, Schedule, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use super::dpsgd::build_checked;
-use super::gossip::{Gossip, LinkStats};
-use super::{Algorithm, StepContext};
+use super::gossip::Gossip;
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::Result;
 
@@ -83,6 +83,21 @@ impl MatchaConfig {
     }
 }
 
+impl AlgorithmSpec for MatchaConfig {
+    const NAME: &'static str = "matcha";
+    const SUMMARY: &'static str =
+        "decentralized SGD over random matchings under a communication budget";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers, run.seed)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len, run.seed)?))
+    }
+}
+
 /// One worker's MATCHA state.
 pub struct Matcha {
     schedule: Schedule,
@@ -102,7 +117,10 @@ impl Algorithm for Matcha {
         self.gossip.mix(ctx.comm, &node, ctx.params)
     }
 
-    fn links(&mut self) -> Option<&mut LinkStats> {
-        Some(&mut self.gossip.links)
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            links: Some(&mut self.gossip.links),
+            ..Default::default()
+        }
     }
 }

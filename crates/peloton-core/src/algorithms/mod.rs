@@ -1,8 +1,10 @@
 //! Distributed algorithms, one file each, built from the blocks in [`leader`].
 //!
-//! An algorithm is a serde config ([`AlgorithmConfig`], selected by `name`) whose
-//! [`AlgorithmConfig::init`] builds one worker's state implementing [`Algorithm`]. The runner
-//! calls its hooks around every local step:
+//! An algorithm is a config type implementing [`AlgorithmSpec`] (its name, keys, validation,
+//! timing and how to build one worker's state), registered in the [`registry`]; a config file's
+//! `[algorithm]` table becomes an [`AlgorithmConfig`] through it. The built worker implements
+//! [`Algorithm`] (and [`AsyncAlgorithm`] when it is asynchronous). The runner calls its hooks
+//! around every local step:
 //!
 //! ```text
 //! algorithm.before_compute(x)                // combine-while-computing sends start here
@@ -26,6 +28,7 @@ pub mod all_reduce;
 pub mod async_easgd;
 pub mod async_lsgd;
 pub mod asynchronous;
+mod config;
 pub mod dpsgd;
 pub mod easgd;
 pub mod gossip;
@@ -35,46 +38,88 @@ pub mod leader;
 pub mod local_sgd;
 pub mod lsgd;
 pub mod matcha;
+pub mod registry;
 pub mod sgp;
 pub mod slowmo;
 
-use serde::{Deserialize, Serialize};
-
 use crate::checkpoint::StateDict;
-use crate::optim::OptimizerConfig;
 use crate::transport::Communicator;
 use crate::{Error, Result};
 
 pub use adpsgd::AdPsgdConfig;
 pub use aldsgd::AlDsgdConfig;
 pub use all_reduce::AllReduceConfig;
-pub use async_easgd::AsyncEasgdConfig;
+pub use async_easgd::{AsyncEamsgdConfig, AsyncEasgdConfig};
 pub use async_lsgd::AsyncLsgdConfig;
+pub use config::AlgorithmConfig;
 pub use dpsgd::DpsgdConfig;
-pub use easgd::EasgdConfig;
+pub use easgd::{EamsgdConfig, EasgdConfig};
 pub use gossip::LinkStats;
 pub use independent::IndependentConfig;
 pub use layered::LayeredSgdConfig;
 pub use local_sgd::LocalSgdConfig;
 pub use lsgd::LsgdConfig;
 pub use matcha::MatchaConfig;
+pub use registry::{
+    register, AlgorithmSpec, Asynchronous, Registration, RunShape, Synchronous, Worker,
+};
 pub use sgp::SgpConfig;
 pub use slowmo::SlowMoConfig;
 
-/// What an algorithm sees at one local step.
+/// What an algorithm sees at one local step: the context every step-phase hook takes.
 pub struct StepContext<'a> {
     pub comm: &'a mut dyn Communicator,
     pub params: &'a mut [f32],
     /// The mini-batch gradient of this step (after `before_step`, what the optimizer used).
+    /// In `before_compute` it is not computed yet and still holds the previous step's.
     pub grad: &'a mut [f32],
     /// Index of this local step, counted from 0.
     pub step: u64,
-    /// This step's mini-batch loss, at the parameters before the step.
+    /// This step's mini-batch loss, at the parameters before the step; NaN in
+    /// `before_compute`, where it is not known yet.
     pub loss: f64,
-    /// The leader metric: mean of the last K mini-batch losses, this one included.
+    /// The leader metric: mean of the last K mini-batch losses, this one included (in
+    /// `before_compute`: the previous K).
     pub metric: f64,
     /// The learning rate of this step.
     pub lr: f32,
+}
+
+/// What an algorithm reports for the metrics, at log points and at the end (see
+/// [`Algorithm::observe`]); a field is `None` where the algorithm has no such thing.
+#[derive(Default)]
+pub struct Observation<'a> {
+    /// The world rank of the current (global) leader (leader-based algorithms).
+    pub leader: Option<usize>,
+    /// How many times the (global) leader changed so far (leader-based algorithms).
+    pub leader_changes: Option<u64>,
+    /// The center variable (EASGD); also what evaluation model "center" evaluates.
+    pub center: Option<&'a [f32]>,
+    /// Per-link traffic (algorithms that talk to individual peers).
+    pub links: Option<&'a mut LinkStats>,
+}
+
+/// "Every `period` local steps", the rhythm of most communication: due at the step that
+/// completes `offset + period`, `offset + 2·period`, … steps (steps are counted from 0, so
+/// with no offset at steps `period − 1`, `2·period − 1`, …). `offset` delays the first
+/// round (post-local SGD's warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Every {
+    pub period: u64,
+    pub offset: u64,
+}
+
+impl Every {
+    /// Every `period` steps from the start.
+    pub fn steps(period: u64) -> Self {
+        Every { period, offset: 0 }
+    }
+
+    /// Whether the round falls on local step `step` (counted from 0).
+    pub fn due(self, step: u64) -> bool {
+        let done = step + 1;
+        done > self.offset && (done - self.offset).is_multiple_of(self.period)
+    }
 }
 
 /// One worker's state of a distributed algorithm. Every hook is collective where the
@@ -87,12 +132,7 @@ pub trait Algorithm: Send {
     }
     /// The parameters are about to be used for this step's gradient (communication that
     /// overlaps the gradient computation starts here).
-    fn before_compute(
-        &mut self,
-        _comm: &mut dyn Communicator,
-        _params: &mut [f32],
-        _step: u64,
-    ) -> Result<()> {
+    fn before_compute(&mut self, _ctx: &mut StepContext<'_>) -> Result<()> {
         Ok(())
     }
     /// The gradient is ready; the local optimizer has not stepped yet.
@@ -108,21 +148,9 @@ pub trait Algorithm: Send {
     fn drain(&mut self, _comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
         Ok(())
     }
-    /// Per-link traffic, for algorithms that talk to individual peers.
-    fn links(&mut self) -> Option<&mut gossip::LinkStats> {
-        None
-    }
-    /// The world rank of the current (global) leader, for leader-based algorithms.
-    fn leader(&self) -> Option<usize> {
-        None
-    }
-    /// The center variable, for algorithms that keep one (EASGD).
-    fn center(&self) -> Option<&[f32]> {
-        None
-    }
-    /// How many times the (global) leader changed so far, for leader-based algorithms.
-    fn leader_changes(&self) -> Option<u64> {
-        None
+    /// What the metrics record of this algorithm: leader, center, per-link traffic.
+    fn observe(&mut self) -> Observation<'_> {
+        Observation::default()
     }
 
     // ---- Checkpoints (see [`crate::checkpoint`]) -------------------------------------------
@@ -142,12 +170,79 @@ pub trait Algorithm: Send {
             "this algorithm cannot be checkpointed".into(),
         ))
     }
+}
 
-    // ---- Asynchronous algorithms (see [`asynchronous`]) -----------------------------------
+/// An algorithm built around another one (SlowMo around local SGD or SGP, asynchronous LSGD
+/// around LSGD's rounds): implement this instead of [`Algorithm`], say where the inner
+/// algorithm is, and override only the hooks that differ — every other hook, the
+/// observations and the checkpoint state go to the inner algorithm.
+pub trait Wrapper: Send {
+    /// The wrapped algorithm.
+    fn inner(&mut self) -> &mut dyn Algorithm;
+    /// The wrapped algorithm, for the hooks that only read it.
+    fn inner_ref(&self) -> &dyn Algorithm;
 
-    /// `Some` for asynchronous algorithms: the runner hands out work through a global work
-    /// counter instead of a per-worker step count, and never synchronizes the workers itself.
-    fn schedule(&self) -> Option<AsyncSchedule> {
+    fn setup(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
+        self.inner().setup(comm, params)
+    }
+    fn before_compute(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        self.inner().before_compute(ctx)
+    }
+    fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        self.inner().before_step(ctx)
+    }
+    fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        self.inner().after_step(ctx)
+    }
+    fn drain(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
+        self.inner().drain(comm, params)
+    }
+    fn observe(&mut self) -> Observation<'_> {
+        self.inner().observe()
+    }
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        self.inner_ref().save_state(state)
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.inner().load_state(state)
+    }
+}
+
+impl<W: Wrapper> Algorithm for W {
+    fn setup(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
+        Wrapper::setup(self, comm, params)
+    }
+    fn before_compute(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        Wrapper::before_compute(self, ctx)
+    }
+    fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        Wrapper::before_step(self, ctx)
+    }
+    fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        Wrapper::after_step(self, ctx)
+    }
+    fn drain(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
+        Wrapper::drain(self, comm, params)
+    }
+    fn observe(&mut self) -> Observation<'_> {
+        Wrapper::observe(self)
+    }
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        Wrapper::save_state(self, state)
+    }
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        Wrapper::load_state(self, state)
+    }
+}
+
+/// The hooks of an asynchronous algorithm, on top of [`Algorithm`]'s: the runner hands out
+/// work through a global work counter instead of a per-worker step count and never
+/// synchronizes the workers itself (see [`asynchronous`]). Registered with
+/// [`Asynchronous`] timing, whose `build` returns one of these.
+pub trait AsyncAlgorithm: Algorithm {
+    /// τ of algorithms with collective rounds: a [`AsyncAlgorithm::round`] after every N·τ
+    /// steps of the whole run; `None` for algorithms without rounds.
+    fn round_tau(&self) -> Option<u64> {
         None
     }
     /// Collective round `index` of an asynchronous algorithm with rounds; `metric` is this
@@ -173,229 +268,13 @@ pub trait Algorithm: Send {
     }
     /// Whether this worker must keep answering its peers while it waits at a checkpoint cut
     /// for the others (a passive AD-PSGD worker: an active peer still in its step waits for
-    /// the reply). Such a worker's [`Algorithm::serve_at_cut`] is called until every other
+    /// the reply). Such a worker's [`AsyncAlgorithm::serve_at_cut`] is called until every other
     /// worker has reached the cut.
     fn serves_at_cut(&self, _rank: usize) -> bool {
         false
     }
-    /// Answers what peers sent so far (see [`Algorithm::serves_at_cut`]).
+    /// Answers what peers sent so far (see [`AsyncAlgorithm::serves_at_cut`]).
     fn serve_at_cut(&mut self, _comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
         Ok(())
-    }
-}
-
-/// How the runner schedules an asynchronous algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AsyncSchedule {
-    /// τ of algorithms with collective rounds: a round after every N·τ steps of the whole run.
-    pub round_tau: Option<u64>,
-}
-
-/// Every algorithm, selected by `name` in a config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "kebab-case")]
-pub enum AlgorithmConfig {
-    /// No communication: N independent SGD runs (a baseline).
-    Independent(IndependentConfig),
-    /// Synchronous data-parallel SGD: gradients averaged every step.
-    AllReduce(AllReduceConfig),
-    /// Local SGD (average every `period` steps) and post-local SGD (`warmup_steps`).
-    LocalSgd(LocalSgdConfig),
-    /// Synchronous elastic averaging SGD.
-    Easgd(EasgdConfig),
-    /// Synchronous elastic averaging with Nesterov momentum as the local optimizer.
-    Eamsgd(EasgdConfig),
-    /// Leader SGD, single- and multi-leader.
-    Lsgd(LsgdConfig),
-    /// Decentralized parallel SGD over a doubly-stochastic gossip schedule.
-    #[serde(rename = "d-psgd")]
-    Dpsgd(DpsgdConfig),
-    /// Stochastic gradient push (and overlap SGP).
-    Sgp(SgpConfig),
-    /// Decentralized SGD over randomly activated matchings under a communication budget.
-    Matcha(MatchaConfig),
-    /// Adjacent-leader decentralized SGD on dynamic graphs.
-    #[serde(rename = "al-dsgd")]
-    AlDsgd(AlDsgdConfig),
-    /// Two-layer (intra-node, inter-node) gradient averaging.
-    LayeredSgd(LayeredSgdConfig),
-    /// Slow momentum over local SGD or SGP.
-    #[serde(rename = "slowmo")]
-    SlowMo(SlowMoConfig),
-    /// Asynchronous Leader SGD: leader rounds every N·τ steps of total work.
-    AsyncLsgd(AsyncLsgdConfig),
-    /// Asynchronous EASGD with a (sharded) parameter server holding the center.
-    AsyncEasgd(AsyncEasgdConfig),
-    /// Asynchronous EASGD with a Nesterov-momentum local optimizer.
-    AsyncEamsgd(AsyncEasgdConfig),
-    /// Asynchronous decentralized SGD: atomic pairwise averaging with a random neighbour.
-    #[serde(rename = "ad-psgd")]
-    AdPsgd(AdPsgdConfig),
-}
-
-impl Default for AlgorithmConfig {
-    fn default() -> Self {
-        AlgorithmConfig::Lsgd(LsgdConfig::default())
-    }
-}
-
-impl AlgorithmConfig {
-    /// The `name` of this algorithm in config files.
-    pub fn name(&self) -> &'static str {
-        match self {
-            AlgorithmConfig::Independent(_) => "independent",
-            AlgorithmConfig::AllReduce(_) => "all-reduce",
-            AlgorithmConfig::LocalSgd(_) => "local-sgd",
-            AlgorithmConfig::Easgd(_) => "easgd",
-            AlgorithmConfig::Eamsgd(_) => "eamsgd",
-            AlgorithmConfig::Lsgd(_) => "lsgd",
-            AlgorithmConfig::Dpsgd(_) => "d-psgd",
-            AlgorithmConfig::Sgp(_) => "sgp",
-            AlgorithmConfig::Matcha(_) => "matcha",
-            AlgorithmConfig::AlDsgd(_) => "al-dsgd",
-            AlgorithmConfig::LayeredSgd(_) => "layered-sgd",
-            AlgorithmConfig::SlowMo(_) => "slowmo",
-            AlgorithmConfig::AsyncLsgd(_) => "async-lsgd",
-            AlgorithmConfig::AsyncEasgd(_) => "async-easgd",
-            AlgorithmConfig::AsyncEamsgd(_) => "async-eamsgd",
-            AlgorithmConfig::AdPsgd(_) => "ad-psgd",
-        }
-    }
-
-    /// True for asynchronous algorithms (no per-step synchronization; see [`asynchronous`]).
-    pub fn is_async(&self) -> bool {
-        matches!(
-            self,
-            AlgorithmConfig::AsyncLsgd(_)
-                | AlgorithmConfig::AsyncEasgd(_)
-                | AlgorithmConfig::AsyncEamsgd(_)
-                | AlgorithmConfig::AdPsgd(_)
-        )
-    }
-
-    /// Every algorithm name with a one-line description and its keys, for `peloton list`.
-    pub fn catalog() -> &'static [(&'static str, &'static str, &'static str)] {
-        &[
-            ("independent", "no communication: N independent SGD runs", "(none)"),
-            ("all-reduce", "gradients averaged over all workers every step", "(none)"),
-            ("local-sgd", "local steps, parameters averaged every `period` steps; post-local SGD with `warmup_steps`", "period, warmup_steps, group_size"),
-            ("easgd", "synchronous elastic averaging toward a replicated center", "tau, alpha | beta"),
-            ("eamsgd", "EASGD with a Nesterov-momentum local optimizer", "tau, alpha | beta"),
-            ("lsgd", "Leader SGD: pull toward the best worker every tau steps; multi-leader with groups", "tau, lambda, prox, group_size, tau_global, lambda_global, prox_global"),
-            ("d-psgd", "decentralized SGD: mix with neighbours through a doubly-stochastic schedule", "schedule, variant"),
-            ("sgp", "stochastic gradient push on a directed time-varying graph; overlap SGP", "schedule, overlap, staleness, eager, debias"),
-            ("matcha", "decentralized SGD over random matchings under a communication budget", "graph, budget, alpha"),
-            ("al-dsgd", "adjacent-leader decentralized SGD on dynamic (rotated) graphs", "schedule, c1, c2, p1, p2, period"),
-            ("layered-sgd", "gradients reduced inside nodes, all-reduced among node communicators", "group_size"),
-            ("slowmo", "slow momentum every `frequency` steps over local SGD or SGP", "base, local_period, schedule, frequency, slow_lr, slow_momentum, sharded"),
-            ("async-lsgd", "asynchronous Leader SGD: leader rounds every N·tau steps of total work, fast workers step more", "tau, lambda, group_size, tau_global, lambda_global"),
-            ("async-easgd", "asynchronous EASGD: every tau own steps pull the center from a sharded parameter server, push the elastic difference", "tau, alpha | beta, servers"),
-            ("async-eamsgd", "asynchronous EASGD with a Nesterov-momentum local optimizer", "tau, alpha | beta, servers"),
-            ("ad-psgd", "asynchronous decentralized SGD: each step, average atomically with a random neighbour of a bipartite graph", "graph"),
-        ]
-    }
-
-    /// Checks the config against the run shape; every error names the offending key.
-    /// `seed` is the run seed (random gossip activations are drawn from it).
-    pub fn validate(&self, workers: usize, seed: u64, optimizer: &OptimizerConfig) -> Result<()> {
-        match self {
-            AlgorithmConfig::Independent(_) | AlgorithmConfig::AllReduce(_) => Ok(()),
-            AlgorithmConfig::LocalSgd(c) => c.validate(workers),
-            AlgorithmConfig::Easgd(c) => c.validate(workers),
-            AlgorithmConfig::Eamsgd(c) => {
-                crate::ensure_config!(
-                    optimizer.momentum > 0.0 && optimizer.nesterov,
-                    "eamsgd needs a Nesterov-momentum local optimizer: set optimizer.momentum > 0 (the paper uses 0.99) and optimizer.nesterov = true"
-                );
-                c.validate(workers)
-            }
-            AlgorithmConfig::Lsgd(c) => c.validate(workers),
-            AlgorithmConfig::Dpsgd(c) => c.validate(workers, seed),
-            AlgorithmConfig::Sgp(c) => c.validate(workers, seed),
-            AlgorithmConfig::Matcha(c) => c.validate(workers, seed),
-            AlgorithmConfig::AlDsgd(c) => c.validate(workers, seed),
-            AlgorithmConfig::LayeredSgd(c) => c.validate(workers),
-            AlgorithmConfig::SlowMo(c) => c.validate(workers, seed),
-            AlgorithmConfig::AsyncLsgd(c) => c.validate(workers),
-            AlgorithmConfig::AsyncEasgd(c) => c.validate(workers),
-            AlgorithmConfig::AsyncEamsgd(c) => {
-                crate::ensure_config!(
-                    optimizer.momentum > 0.0 && optimizer.nesterov,
-                    "async-eamsgd needs a Nesterov-momentum local optimizer: set optimizer.momentum > 0 (the paper uses 0.99) and optimizer.nesterov = true"
-                );
-                c.validate(workers)
-            }
-            AlgorithmConfig::AdPsgd(c) => c.validate(workers),
-        }
-    }
-
-    /// True when the algorithm keeps a center variable (evaluation model "center").
-    pub fn has_center(&self) -> bool {
-        matches!(
-            self,
-            AlgorithmConfig::Easgd(_)
-                | AlgorithmConfig::Eamsgd(_)
-                | AlgorithmConfig::AsyncEasgd(_)
-                | AlgorithmConfig::AsyncEamsgd(_)
-        )
-    }
-
-    /// Builds one worker's algorithm state for a world of `workers` and `len` parameters;
-    /// `seed` is the run seed, the same on every worker.
-    pub fn init(&self, workers: usize, len: usize, seed: u64) -> Result<Box<dyn Algorithm>> {
-        Ok(match self {
-            AlgorithmConfig::Independent(_) => Box::new(independent::Independent),
-            AlgorithmConfig::AllReduce(_) => Box::new(all_reduce::AllReduceSgd),
-            AlgorithmConfig::LocalSgd(c) => Box::new(c.init()),
-            AlgorithmConfig::Easgd(c) | AlgorithmConfig::Eamsgd(c) => {
-                Box::new(c.init(workers, len))
-            }
-            AlgorithmConfig::Lsgd(c) => Box::new(c.init(workers, len)),
-            AlgorithmConfig::Dpsgd(c) => Box::new(c.init(workers, len, seed)?),
-            AlgorithmConfig::Sgp(c) => Box::new(c.init(workers, len, seed)?),
-            AlgorithmConfig::Matcha(c) => Box::new(c.init(workers, len, seed)?),
-            AlgorithmConfig::AlDsgd(c) => Box::new(c.init(workers, len, seed)?),
-            AlgorithmConfig::LayeredSgd(c) => Box::new(c.init(workers)),
-            AlgorithmConfig::SlowMo(c) => Box::new(c.init(workers, len, seed)?),
-            AlgorithmConfig::AsyncLsgd(c) => Box::new(c.init(workers, len)),
-            AlgorithmConfig::AsyncEasgd(c) | AlgorithmConfig::AsyncEamsgd(c) => {
-                Box::new(c.init(workers, len))
-            }
-            AlgorithmConfig::AdPsgd(c) => Box::new(c.init(workers, len, seed)?),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn catalog_lists_every_variant() {
-        let names: Vec<&str> = AlgorithmConfig::catalog().iter().map(|c| c.0).collect();
-        for cfg in [
-            AlgorithmConfig::Independent(Default::default()),
-            AlgorithmConfig::AllReduce(Default::default()),
-            AlgorithmConfig::LocalSgd(Default::default()),
-            AlgorithmConfig::Easgd(Default::default()),
-            AlgorithmConfig::Eamsgd(Default::default()),
-            AlgorithmConfig::Lsgd(Default::default()),
-            AlgorithmConfig::Dpsgd(Default::default()),
-            AlgorithmConfig::Sgp(Default::default()),
-            AlgorithmConfig::Matcha(Default::default()),
-            AlgorithmConfig::AlDsgd(Default::default()),
-            AlgorithmConfig::LayeredSgd(Default::default()),
-            AlgorithmConfig::SlowMo(Default::default()),
-            AlgorithmConfig::AsyncLsgd(Default::default()),
-            AlgorithmConfig::AsyncEasgd(Default::default()),
-            AlgorithmConfig::AsyncEamsgd(Default::default()),
-            AlgorithmConfig::AdPsgd(Default::default()),
-        ] {
-            assert!(
-                names.contains(&cfg.name()),
-                "{} missing from the catalog",
-                cfg.name()
-            );
-        }
     }
 }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dpsgd::build_checked;
 use super::gossip::LinkStats;
-use super::{Algorithm, StepContext};
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -135,6 +135,29 @@ impl SgpConfig {
             sends: Vec::new(),
             links: LinkStats::default(),
         })
+    }
+}
+
+impl AlgorithmSpec for SgpConfig {
+    const NAME: &'static str = "sgp";
+    const SUMMARY: &'static str =
+        "stochastic gradient push on a directed time-varying graph; overlap SGP";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers, run.seed)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len, run.seed)?))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![SgpConfig {
+            overlap: true,
+            staleness: 2,
+            ..Default::default()
+        }]
     }
 }
 
@@ -359,7 +382,10 @@ impl Algorithm for Sgp {
         Ok(())
     }
 
-    fn links(&mut self) -> Option<&mut LinkStats> {
-        Some(&mut self.links)
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            links: Some(&mut self.links),
+            ..Default::default()
+        }
     }
 }

@@ -25,10 +25,9 @@
 use peloton_topology::ScheduleConfig;
 use serde::{Deserialize, Serialize};
 
-use super::gossip::LinkStats;
 use super::local_sgd::{LocalSgd, LocalSgdConfig};
 use super::sgp::{Sgp, SgpConfig};
-use super::{Algorithm, StepContext};
+use super::{Algorithm, AlgorithmSpec, Every, RunShape, StepContext, Synchronous, Wrapper};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::transport::{Communicator, ReduceOp};
@@ -157,6 +156,34 @@ impl SlowMoConfig {
     }
 }
 
+impl AlgorithmSpec for SlowMoConfig {
+    const NAME: &'static str = "slowmo";
+    const SUMMARY: &'static str = "slow momentum every `frequency` steps over local SGD or SGP";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers, run.seed)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len, run.seed)?))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![
+            SlowMoConfig {
+                frequency: 4,
+                ..Default::default()
+            },
+            SlowMoConfig {
+                base: SlowMoBase::Sgp,
+                frequency: 6,
+                ..Default::default()
+            },
+        ]
+    }
+}
+
 enum Base {
     LocalSgd(LocalSgd),
     Sgp(Box<Sgp>),
@@ -167,6 +194,13 @@ impl Base {
         match self {
             Base::LocalSgd(a) => a,
             Base::Sgp(a) => a.as_mut(),
+        }
+    }
+
+    fn get_ref(&self) -> &dyn Algorithm {
+        match self {
+            Base::LocalSgd(a) => a,
+            Base::Sgp(a) => a.as_ref(),
         }
     }
 }
@@ -218,7 +252,17 @@ impl SlowMo {
     }
 }
 
-impl Algorithm for SlowMo {
+/// The base algorithm's gradient hook, drain and per-link traffic pass through; the setup, the
+/// step (a slow step every `frequency` steps) and the checkpoint state are SlowMo's.
+impl Wrapper for SlowMo {
+    fn inner(&mut self) -> &mut dyn Algorithm {
+        self.base.get()
+    }
+
+    fn inner_ref(&self) -> &dyn Algorithm {
+        self.base.get_ref()
+    }
+
     fn setup(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
         self.base.get().setup(comm, params)?;
         let d = params.len();
@@ -240,12 +284,8 @@ impl Algorithm for SlowMo {
         Ok(())
     }
 
-    fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        self.base.get().before_step(ctx)
-    }
-
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        let slow_step = (ctx.step + 1).is_multiple_of(self.config.frequency);
+        let slow_step = Every::steps(self.config.frequency).due(ctx.step);
         if !slow_step || matches!(self.base, Base::Sgp(_)) {
             self.base.get().after_step(ctx)?;
         }
@@ -255,19 +295,12 @@ impl Algorithm for SlowMo {
         Ok(())
     }
 
-    fn drain(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
-        self.base.get().drain(comm, params)
-    }
-
     // `gathered` is rewritten by every slow step; `slice` is recomputed by `setup`.
     fn save_state(&self, state: &mut StateDict) -> Result<()> {
         state.put_f32s("slow", &self.slow);
         state.put_f32s("momentum", &self.momentum);
         let mut base = StateDict::new();
-        match &self.base {
-            Base::LocalSgd(a) => a.save_state(&mut base)?,
-            Base::Sgp(a) => a.save_state(&mut base)?,
-        }
+        self.base.get_ref().save_state(&mut base)?;
         state.put_dict("base", base);
         Ok(())
     }
@@ -276,9 +309,5 @@ impl Algorithm for SlowMo {
         state.f32s_into("slow", &mut self.slow)?;
         state.f32s_into("momentum", &mut self.momentum)?;
         self.base.get().load_state(state.dict("base")?)
-    }
-
-    fn links(&mut self) -> Option<&mut LinkStats> {
-        self.base.get().links()
     }
 }

@@ -1,5 +1,4 @@
-//! The runner's asynchronous mode: one worker's loop for algorithms whose
-//! [`Algorithm::schedule`](crate::algorithms::Algorithm::schedule) is `Some`.
+//! The runner's asynchronous mode: one worker's loop for an algorithm registered with [`Asynchronous`](crate::algorithms::Asynchronous) timing.
 //!
 //! Differences from the synchronous loop, all so that no worker ever waits for the group:
 //! * work comes from the global work counter ([`TicketPlan`]): a worker does local steps or
@@ -42,7 +41,7 @@ use super::{
 };
 use crate::algorithms::asynchronous::{Ticket, TicketPlan, DONE};
 use crate::algorithms::leader::{elect, LossWindow};
-use crate::algorithms::{Algorithm, AsyncSchedule};
+use crate::algorithms::AsyncAlgorithm;
 use crate::checkpoint::{self, StateDict};
 use crate::learner::{LearnerContext, LearnerFactory};
 use crate::transport::{Communicator, CounterOp};
@@ -54,12 +53,11 @@ pub(super) fn run_async_worker(
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
     prepared: Prepared,
-    schedule: AsyncSchedule,
+    mut algorithm: Box<dyn AsyncAlgorithm>,
 ) -> Result<WorkerOutcome> {
     let Prepared {
         mut learner,
         mut params,
-        mut algorithm,
         total_steps,
         state_len,
         mut shared_state,
@@ -69,9 +67,10 @@ pub(super) fn run_async_worker(
     let rank = comm.rank();
     let n = comm.size() as u64;
     let len = params.len();
+    let round_tau = algorithm.round_tau();
     let plan = TicketPlan {
         workers: n,
-        round_steps: schedule.round_tau.map(|tau| tau * n),
+        round_steps: round_tau.map(|tau| tau * n),
         budget: total_steps.map(|s| s * n),
     };
     let mut grad = vec![0.0f32; len];
@@ -125,7 +124,7 @@ pub(super) fn run_async_worker(
     loop {
         // A stopped worker leaves before drawing more work (without collective rounds the
         // others go on), even one the scheduler starved of every step so far.
-        if schedule.round_tau.is_none() && held.is_none() {
+        if round_tau.is_none() && held.is_none() {
             if let Some(at) = comm.stopped_by_fault() {
                 stopped_at = Some(at);
                 break;
@@ -185,10 +184,17 @@ pub(super) fn run_async_worker(
         progress.work = global + 1;
         progress.lr = config.optimizer.lr_at(global / n, clock(comm));
         let step = progress.step;
-        algorithm.before_compute(comm, &mut params, step)?;
+        super::before_compute(
+            algorithm.as_mut(),
+            comm,
+            (&mut params, &mut grad),
+            step,
+            &window,
+            progress.lr,
+        )?;
         match comm.compute(step) {
             // Without collective rounds the others can go on: leave the run.
-            Err(Error::Stopped { at, .. }) if schedule.round_tau.is_none() => {
+            Err(Error::Stopped { at, .. }) if round_tau.is_none() => {
                 stopped_at = Some(at);
                 break;
             }
@@ -272,14 +278,12 @@ pub(super) fn run_async_worker(
     if state_len > 0 {
         learner.read_shared_state(&mut shared_state);
     }
+    let (links, center, leader_changes) = super::at_the_end(algorithm.as_mut());
     Ok(WorkerOutcome {
         rank,
         stats: comm.stats().since(&diag.0),
-        links: algorithm
-            .links()
-            .map(super::link_traffic)
-            .unwrap_or_default(),
-        center: algorithm.center().map(<[f32]>::to_vec),
+        links,
+        center,
         params,
         losses,
         final_evals,
@@ -288,7 +292,7 @@ pub(super) fn run_async_worker(
         metric: window.mean(),
         shared_state,
         stopped_at,
-        leader_changes: algorithm.leader_changes(),
+        leader_changes,
     })
 }
 
@@ -341,13 +345,14 @@ impl Progress {
     fn record(
         &mut self,
         comm: &dyn Communicator,
-        algorithm: &mut dyn Algorithm,
+        algorithm: &mut dyn AsyncAlgorithm,
         diag: &DiagnosticTraffic,
         window: &LossWindow,
         params: &[f32],
         seconds: f64,
     ) -> WorkerRecord {
         let staleness = algorithm.staleness();
+        let seen = super::Seen::at_record(algorithm);
         let traffic = comm.stats().since(&diag.0);
         let record = WorkerRecord {
             step: self.step,
@@ -355,16 +360,16 @@ impl Progress {
             loss: self.interval_sum / self.interval_count.max(1) as f64,
             metric: window.mean(),
             lr: self.lr,
-            leader: algorithm.leader(),
+            leader: seen.leader,
             consensus: None,
-            peers: algorithm.links().map(|l| l.take_window()),
+            peers: seen.peers,
             bytes_sent: traffic.bytes_sent,
             bytes_received: traffic.bytes_received,
             seconds,
             work: Some(self.work),
             staleness: staleness.map(|s| s.0),
             staleness_max: staleness.map(|s| s.1),
-            leader_changes: algorithm.leader_changes(),
+            leader_changes: seen.leader_changes,
             params: (params.len() <= super::RECORD_PARAMS_MAX).then(|| params.to_vec()),
         };
         (self.interval_sum, self.interval_count, self.logged_at) = (0.0, 0, self.step);

@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithms::leader::{elect, LossWindow};
-use crate::algorithms::{AlgorithmConfig, LinkStats, StepContext};
+use crate::algorithms::{AlgorithmConfig, LinkStats, RunShape, StepContext, Worker};
 use crate::checkpoint::{self, CheckpointConfig, Identity, StateDict, WorkerCheckpoint};
 use crate::ensure_config;
 use crate::kernels;
@@ -328,14 +328,16 @@ pub fn run_worker(
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
 ) -> Result<WorkerOutcome> {
-    let prepared = prepare(comm, factory, config, emit)?;
-    if let Some(schedule) = prepared.algorithm.schedule() {
-        return asynchronous::run_async_worker(comm, config, emit, prepared, schedule);
-    }
+    let (prepared, algorithm) = prepare(comm, factory, config, emit)?;
+    let mut algorithm = match algorithm {
+        Worker::Asynchronous(algorithm) => {
+            return asynchronous::run_async_worker(comm, config, emit, prepared, algorithm)
+        }
+        Worker::Synchronous(algorithm) => algorithm,
+    };
     let Prepared {
         mut learner,
         mut params,
-        mut algorithm,
         total_steps,
         state_len,
         mut shared_state,
@@ -397,7 +399,14 @@ pub fn run_worker(
             break;
         }
         let lr = config.optimizer.lr_at(step, clock(comm));
-        algorithm.before_compute(comm, &mut params, step)?;
+        before_compute(
+            algorithm.as_mut(),
+            comm,
+            (&mut params, &mut grad),
+            step,
+            &window,
+            lr,
+        )?;
         // Charged before the real work: the simulator then knows this worker's next virtual
         // time while the gradient is being computed, so other workers need not wait for it.
         comm.compute(step)?;
@@ -494,7 +503,7 @@ pub fn run_worker(
                     }
                     EvalModel::Center => {
                         if rank == 0 {
-                            let center = algorithm.center().ok_or_else(|| {
+                            let center = algorithm.observe().center.ok_or_else(|| {
                             Error::Config(format!(
                                 "eval.model = \"center\" needs an algorithm with a center variable; {} has none",
                                 config.algorithm.name()
@@ -515,22 +524,23 @@ pub fn run_worker(
                 }
             }
             let spent = traffic.algorithm(comm.stats(), &diag);
+            let seen = Seen::at_record(algorithm.as_mut());
             emit(Event::Worker(WorkerRecord {
                 step,
                 worker: rank,
                 loss: interval_sum / interval_count.max(1) as f64,
                 metric,
                 lr,
-                leader: algorithm.leader(),
+                leader: seen.leader,
                 consensus,
-                peers: algorithm.links().map(|l| l.take_window()),
+                peers: seen.peers,
                 bytes_sent: spent.bytes_sent,
                 bytes_received: spent.bytes_received,
                 seconds,
                 work: None,
                 staleness: None,
                 staleness_max: None,
-                leader_changes: algorithm.leader_changes(),
+                leader_changes: seen.leader_changes,
                 params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.clone()),
             }));
             interval_sum = 0.0;
@@ -563,11 +573,12 @@ pub fn run_worker(
             )?;
         }
     }
+    let (links, center, leader_changes) = at_the_end(algorithm.as_mut());
     Ok(WorkerOutcome {
         rank,
         stats: traffic.algorithm(comm.stats(), &diag),
-        links: algorithm.links().map(link_traffic).unwrap_or_default(),
-        center: algorithm.center().map(<[f32]>::to_vec),
+        links,
+        center,
         params,
         losses,
         final_evals,
@@ -576,7 +587,61 @@ pub fn run_worker(
         metric: window.mean(),
         shared_state,
         stopped_at: None,
-        leader_changes: algorithm.leader_changes(),
+        leader_changes,
+    })
+}
+
+/// What a worker record takes from the algorithm's observation at a log point; the
+/// per-link window (distinct peers since the previous record) restarts.
+pub(crate) struct Seen {
+    pub leader: Option<usize>,
+    pub peers: Option<usize>,
+    pub leader_changes: Option<u64>,
+}
+
+impl Seen {
+    pub(crate) fn at_record(algorithm: &mut dyn crate::algorithms::Algorithm) -> Self {
+        let seen = algorithm.observe();
+        Seen {
+            leader: seen.leader,
+            peers: seen.links.map(|l| l.take_window()),
+            leader_changes: seen.leader_changes,
+        }
+    }
+}
+
+/// What a worker's outcome takes from the algorithm's observation at the end: per-link
+/// traffic, the center, the leader changes.
+pub(crate) fn at_the_end(
+    algorithm: &mut dyn crate::algorithms::Algorithm,
+) -> (Vec<LinkTraffic>, Option<Vec<f32>>, Option<u64>) {
+    let seen = algorithm.observe();
+    (
+        seen.links.map(link_traffic).unwrap_or_default(),
+        seen.center.map(<[f32]>::to_vec),
+        seen.leader_changes,
+    )
+}
+
+/// The algorithm's hook before this step's gradient: its context holds the step's learning
+/// rate and the leader metric so far; the loss is not known yet (NaN) and `grad` still holds
+/// the previous step's gradient.
+pub(crate) fn before_compute(
+    algorithm: &mut dyn crate::algorithms::Algorithm,
+    comm: &mut dyn Communicator,
+    (params, grad): (&mut [f32], &mut [f32]),
+    step: u64,
+    window: &LossWindow,
+    lr: f32,
+) -> Result<()> {
+    algorithm.before_compute(&mut StepContext {
+        comm,
+        params,
+        grad,
+        step,
+        loss: f64::NAN,
+        metric: window.mean(),
+        lr,
     })
 }
 
@@ -892,7 +957,6 @@ impl DivergenceGuard {
 struct Prepared {
     learner: Box<dyn crate::learner::Learner>,
     params: Vec<f32>,
-    algorithm: Box<dyn crate::algorithms::Algorithm>,
     total_steps: Option<u64>,
     state_len: usize,
     shared_state: Vec<f32>,
@@ -907,7 +971,7 @@ fn prepare(
     factory: &dyn LearnerFactory,
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
-) -> Result<Prepared> {
+) -> Result<(Prepared, Worker)> {
     let rank = comm.rank();
     let n = comm.size();
     let mut learner = factory.build(LearnerContext {
@@ -939,8 +1003,13 @@ fn prepare(
     if config.sync_init {
         comm.broadcast(&mut params, 0)?;
     }
-    let mut algorithm = config.algorithm.init(n, len, config.seed)?;
-    algorithm.setup(comm, &mut params)?;
+    let run = RunShape {
+        workers: n,
+        seed: config.seed,
+        optimizer: &config.optimizer,
+    };
+    let mut algorithm = config.algorithm.build(&run, len)?;
+    algorithm.as_algorithm_mut().setup(comm, &mut params)?;
 
     let total_steps = match (config.steps, config.epochs) {
         (steps, None) => steps,
@@ -969,16 +1038,18 @@ fn prepare(
         });
     }
 
-    Ok(Prepared {
-        learner,
-        params,
+    Ok((
+        Prepared {
+            learner,
+            params,
+            total_steps,
+            state_len,
+            shared_state,
+            diag,
+            layout_fingerprint: fingerprint,
+        },
         algorithm,
-        total_steps,
-        state_len,
-        shared_state,
-        diag,
-        layout_fingerprint: fingerprint,
-    })
+    ))
 }
 
 fn link_traffic(links: &mut LinkStats) -> Vec<LinkTraffic> {

@@ -13,7 +13,7 @@
 
 use peloton_core::algorithms::async_easgd::AsyncEasgd;
 use peloton_core::algorithms::asynchronous::DONE;
-use peloton_core::algorithms::{Algorithm, AsyncEasgdConfig, StepContext};
+use peloton_core::algorithms::{Algorithm, AsyncAlgorithm, AsyncEasgdConfig, StepContext};
 use peloton_core::transport::{threads, CommStats, Communicator, CounterOp, ReduceOp};
 use peloton_core::{Error, Result};
 use peloton_mpi::{abort_job, is_shared_error, Mpi, MpiComm};
@@ -248,7 +248,10 @@ fn easgd_worker(world: &mut MpiComm, steps: u64, init: &[f32]) -> Result<(Vec<f6
     }
     world.counter(DONE, CounterOp::Add(1))?;
     algo.finish(world, &mut params)?;
-    Ok((pushed, algo.center().expect("easgd has a center").to_vec()))
+    Ok((
+        pushed,
+        algo.observe().center.expect("easgd has a center").to_vec(),
+    ))
 }
 
 /// No lost update: the final center equals its initial value (one rank's parameters: any rank

@@ -47,7 +47,7 @@ pub fn two_worker_lsgd(model: ModelConfig) -> RunReport {
             momentum: 0.9,
             ..Default::default()
         },
-        algorithm: AlgorithmConfig::Lsgd(LsgdConfig {
+        algorithm: AlgorithmConfig::new(LsgdConfig {
             tau: 4,
             ..Default::default()
         }),
