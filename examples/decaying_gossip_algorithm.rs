@@ -84,9 +84,10 @@ impl AlgorithmSpec for DecayingGossipConfig {
 }
 
 /// Messages travelling clockwise and counter-clockwise get their own tags, so that with two
-/// workers (left and right neighbour are the same worker) they cannot be confused.
-const CLOCKWISE: Tag = 0xDEC0_0001;
-const COUNTER_CLOCKWISE: Tag = 0xDEC0_0002;
+/// workers (left and right neighbour are the same worker) they cannot be confused. Tags up to
+/// 32767 work on every MPI library (the standard's least `MPI_TAG_UB`).
+const CLOCKWISE: Tag = 0x7D01;
+const COUNTER_CLOCKWISE: Tag = 0x7D02;
 
 /// One worker's state: its config and two receive buffers (scratch, rewritten every step).
 struct DecayingGossip {

@@ -13,6 +13,7 @@ use peloton_core::algorithms::AlgorithmConfig;
 use peloton_problems::ProblemConfig;
 
 use crate::config::{self, Override};
+pub use crate::output::{error_line, print_error, AlreadyReported};
 use crate::{bench_training, report, sweep, topology, train};
 
 /// peloton — distributed training: Leader SGD, elastic averaging, all-reduce, local SGD and
@@ -420,6 +421,15 @@ fn bench(args: &BenchArgs) -> Result<()> {
         peloton_core::bench::format_table(&peloton_core::bench::kernels(bytes, args.repeats))
     );
     outln!(
+        "message compressors on {} MiB of f32 (size = encoded / f32 bytes; ratio = memcpy time / time, same run):",
+        args.size_mib
+    );
+    let (memcpy, rows) = peloton_compression::bench::compressors(bytes, args.repeats);
+    outln!(
+        "{}",
+        peloton_compression::bench::format_table(memcpy, &rows)
+    );
+    outln!(
         "all-reduce on the threads transport, {} MiB:",
         args.size_mib
     );
@@ -622,35 +632,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::report(&args),
     }
 }
-
-/// Prints `e` as the run's one error line: the error and its causes, outermost first, in a
-/// single write (MPI ranks share stderr, and a line written in pieces interleaves with other
-/// ranks' lines).
-pub fn print_error(e: &anyhow::Error) {
-    crate::errln!("{}", error_line(e));
-}
-
-/// The error line of `e`: `error: ` and the error with its causes. Messages quote what the
-/// user gave, which may hold line breaks (`--model $'len\n'`); they are escaped, so that the
-/// error is always one line.
-pub fn error_line(e: &anyhow::Error) -> String {
-    format!("error: {e:#}")
-        .trim_end()
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
-}
-
-/// An error whose line was already printed (an MPI rank prints before MPI finalizes).
-#[derive(Debug)]
-pub struct AlreadyReported;
-
-impl std::fmt::Display for AlreadyReported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the error was reported above")
-    }
-}
-
-impl std::error::Error for AlreadyReported {}
 
 /// A command-line usage error (an unknown flag, a value that does not parse) as one `error:`
 /// line like every other error, clap's tip and usage folded into it; exit code 2 as clap's.

@@ -66,3 +66,32 @@ macro_rules! errln {
         $crate::output::write_error_line(format_args!($($arg)*))
     };
 }
+
+/// Prints `e` as the run's one error line: the error and its causes, outermost first, in a
+/// single write (MPI ranks share stderr, and a line written in pieces interleaves with other
+/// ranks' lines).
+pub fn print_error(e: &anyhow::Error) {
+    crate::errln!("{}", error_line(e));
+}
+
+/// The error line of `e`: `error: ` and the error with its causes. Messages quote what the
+/// user gave, which may hold line breaks (`--model $'len\n'`); they are escaped, so that the
+/// error is always one line.
+pub fn error_line(e: &anyhow::Error) -> String {
+    format!("error: {e:#}")
+        .trim_end()
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+/// An error whose line was already printed (an MPI rank prints before MPI finalizes).
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the error was reported above")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}

@@ -117,9 +117,9 @@ mod imp {
             // reaches: no rank exits (making mpirun end the job) before the others have
             // written their line.
             Err(Failure::Shared(e)) => {
-                crate::command_line::print_error(&e.context(format!("rank {rank}")));
+                crate::output::print_error(&e.context(format!("rank {rank}")));
                 drop(mpi);
-                Err(crate::command_line::AlreadyReported.into())
+                Err(crate::output::AlreadyReported.into())
             }
             Err(Failure::Local(e)) => abort_job(rank, &format!("{e:#}"), 1),
         }

@@ -297,6 +297,12 @@ fn catalog() -> Vec<Row> {
             "data.synthetic.train + data.synthetic.test = 9223372036854777855 images",
         ),
         row("ad-psgd on odd N", &quad(&["--algorithm", "ad-psgd", "--workers", "5"]), "ad-psgd needs an even number of workers"),
+        row("choco gamma zero", &quad(&["--algorithm", "choco-sgd", "--set", "algorithm.gamma=0"]), "algorithm.gamma must be in (0, 1], got 0"),
+        row("choco time-varying schedule", &quad(&["--algorithm", "choco-sgd", "--set", "algorithm.schedule.kind=bipartite"]), "choco-sgd needs a static graph"),
+        row("choco fraction zero", &quad(&["--algorithm", "choco-sgd", "--set", "algorithm.compression.fraction=0"]), "algorithm.compression.fraction must be in (0, 1], got 0"),
+        row("choco fraction above 1", &quad(&["--algorithm", "choco-sgd", "--set", "algorithm.compression.fraction=1.5"]), "algorithm.compression.fraction must be in (0, 1], got 1.5"),
+        row("choco unknown compressor", &quad(&["--algorithm", "choco-sgd", "--set", "algorithm.compression.kind=zip"]), "unknown variant `zip`"),
+        row("choco block on top-k", &quad(&["--algorithm", "choco-sgd", "--set", "algorithm.compression.block=64"]), "algorithm.compression.block applies to kind = \"int8\" only"),
         row(
             "more shards than samples",
             &train(&["--problem", "softmax", "--workers", "8", "--set", "problem.train_samples=4"], &[]),
@@ -779,7 +785,7 @@ fn check(index: usize, row: &Row) -> Option<String> {
 #[test]
 fn the_catalog_is_large_and_its_names_are_unique() {
     let rows = catalog();
-    assert!(rows.len() >= 180, "only {} rows", rows.len());
+    assert!(rows.len() >= 190, "only {} rows", rows.len());
     let mut names: Vec<&str> = rows.iter().map(|r| r.name).collect();
     names.sort_unstable();
     names.dedup();

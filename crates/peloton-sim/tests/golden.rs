@@ -1,5 +1,5 @@
 //! Checksums of whole runs, recorded before the algorithm registry restructuring (issue 20) and
-//! kept since: every algorithm, written as a config file writes it, runs 30 steps of a small
+//! kept since (algorithms added later, at the end of the table, recorded when they were added): every algorithm, written as a config file writes it, runs 30 steps of a small
 //! softmax problem on the simulator (deterministic for synchronous and asynchronous algorithms
 //! alike, jittered compute times, evaluations and consensus on) and the run's every number is
 //! hashed: each event (virtual times included), each worker's final parameters, losses, traffic,
@@ -70,6 +70,13 @@ const GOLDEN: &[(&str, EvalModel, bool, u64)] = &[
     ("name = \"async-easgd\"\ntau = 2\nservers = 2", EvalModel::Center, false, 0x9c5a4b91f424d675),
     ("name = \"async-eamsgd\"\ntau = 3", EvalModel::Average, true, 0x9b6993efdb9d36b4),
     (r#"name = "ad-psgd""#, EvalModel::Average, false, 0xfda406319cede410),
+    (r#"name = "choco-sgd""#, EvalModel::Workers, false, 0xb135c50bbc4995a2),
+    (
+        "name = \"choco-sgd\"\ngamma = 0.5\n[compression]\nkind = \"int8\"\nblock = 4",
+        EvalModel::Average,
+        false,
+        0x5a063b3d1936b8d6,
+    ),
 ];
 
 fn problem() -> ProblemConfig {
@@ -217,6 +224,8 @@ const WRITTEN: &[u64] = &[
     0xde38c03cc171280d,
     0x416103f64084335c,
     0x68e04f29e56cdb81,
+    0xf5358254a4fe7bf5,
+    0xe6b776cbfc090185,
 ];
 
 #[test]

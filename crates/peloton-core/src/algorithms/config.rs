@@ -72,6 +72,15 @@ impl AlgorithmConfig {
     }
 }
 
+impl Registration {
+    /// The configs the registry-driven test suites run for this algorithm: the default (the
+    /// table holding only `name`, when every key has a default) and
+    /// [`AlgorithmSpec::variants`].
+    pub fn test_configs(&self) -> Vec<AlgorithmConfig> {
+        self.test_specs().into_iter().map(AlgorithmConfig).collect()
+    }
+}
+
 impl Default for AlgorithmConfig {
     fn default() -> Self {
         AlgorithmConfig::new(LsgdConfig::default())
@@ -269,48 +278,6 @@ impl<M: SerializeMap> SerializeStruct for FieldsInto<M> {
     }
 }
 
-/// The keys a config struct accepts, read off its derived `Deserialize` (which names them when
-/// it asks for a struct); empty for a type that does not deserialize as a struct.
-pub(super) fn struct_fields<T: AlgorithmSpec>() -> Vec<&'static str> {
-    struct Fields(Vec<&'static str>);
-    #[derive(Debug)]
-    struct Stop;
-    impl std::fmt::Display for Stop {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("stop")
-        }
-    }
-    impl std::error::Error for Stop {}
-    impl de::Error for Stop {
-        fn custom<D: std::fmt::Display>(_: D) -> Self {
-            Stop
-        }
-    }
-    impl<'de> Deserializer<'de> for &mut Fields {
-        type Error = Stop;
-        fn deserialize_any<V: de::Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Stop> {
-            Err(Stop)
-        }
-        fn deserialize_struct<V: de::Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> std::result::Result<V::Value, Stop> {
-            self.0.extend_from_slice(fields);
-            Err(Stop)
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-    let mut fields = Fields(Vec::new());
-    let _ = T::deserialize(&mut fields);
-    fields.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,7 +362,7 @@ mod tests {
         assert_eq!(keys("eamsgd"), keys("easgd"));
         assert!(keys("ad-psgd").is_empty(), "ad-psgd has no keys");
         assert!(keys("all-reduce").is_empty());
-        assert_eq!(builtins().len(), 16);
+        assert_eq!(builtins().len(), 17);
     }
 
     #[test]

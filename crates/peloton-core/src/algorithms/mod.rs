@@ -28,6 +28,7 @@ pub mod all_reduce;
 pub mod async_easgd;
 pub mod async_lsgd;
 pub mod asynchronous;
+pub mod choco;
 mod config;
 pub mod dpsgd;
 pub mod easgd;

@@ -25,10 +25,10 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::{LazyLock, PoisonError, RwLock};
 
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Serialize;
 
-use super::{Algorithm, AlgorithmConfig, AsyncAlgorithm};
+use super::{Algorithm, AsyncAlgorithm};
 use crate::optim::OptimizerConfig;
 use crate::Result;
 
@@ -187,7 +187,7 @@ pub struct Registration {
     pub asynchronous: bool,
     pub has_center: bool,
     keys: fn() -> Vec<&'static str>,
-    variants: fn() -> Vec<AlgorithmConfig>,
+    variants: fn() -> Vec<Box<dyn DynSpec>>,
     pub(super) parse: fn(toml::Value) -> std::result::Result<Box<dyn DynSpec>, toml::de::Error>,
 }
 
@@ -209,11 +209,11 @@ impl Registration {
             summary: T::SUMMARY,
             asynchronous: T::Timing::ASYNCHRONOUS,
             has_center: T::HAS_CENTER,
-            keys: super::config::struct_fields::<T>,
+            keys: struct_fields::<T>,
             variants: || {
                 T::variants()
                     .into_iter()
-                    .map(AlgorithmConfig::new)
+                    .map(|v| Box::new(v) as Box<dyn DynSpec>)
                     .collect()
             },
             parse: |value| Ok(Box::new(T::deserialize(value)?)),
@@ -226,13 +226,15 @@ impl Registration {
         (self.keys)()
     }
 
-    /// The configs the registry-driven test suites run: the default (the table holding only
-    /// `name`, when every key has a default) and [`AlgorithmSpec::variants`].
-    pub fn test_configs(&self) -> Vec<AlgorithmConfig> {
-        let mut table = toml::Table::new();
-        table.insert("name".into(), toml::Value::String(self.name.into()));
-        let default = serde::Deserialize::deserialize(toml::Value::Table(table)).ok();
-        default.into_iter().chain((self.variants)()).collect()
+    /// The default config (the table holding only `name`, when every key has a default)
+    /// and [`AlgorithmSpec::variants`], type-erased; see `Registration::test_configs`.
+    pub(super) fn test_specs(&self) -> Vec<Box<dyn DynSpec>> {
+        let mut specs: Vec<Box<dyn DynSpec>> = Vec::new();
+        if let Ok(default) = (self.parse)(toml::Value::Table(toml::Table::new())) {
+            specs.push(default);
+        }
+        specs.extend((self.variants)());
+        specs
     }
 }
 
@@ -250,6 +252,7 @@ pub fn builtins() -> Vec<Registration> {
         Registration::of::<SgpConfig>(),
         Registration::of::<MatchaConfig>(),
         Registration::of::<AlDsgdConfig>(),
+        Registration::of::<choco::ChocoConfig>(),
         Registration::of::<LayeredSgdConfig>(),
         Registration::of::<SlowMoConfig>(),
         Registration::of::<AsyncLsgdConfig>(),
@@ -328,4 +331,46 @@ pub(super) fn unknown_name(name: &str) -> String {
         "unknown variant `{name}`, expected one of {}",
         names.join(", ")
     )
+}
+
+/// The keys a config struct accepts, read off its derived `Deserialize` (which names them when
+/// it asks for a struct); empty for a type that does not deserialize as a struct.
+fn struct_fields<T: AlgorithmSpec>() -> Vec<&'static str> {
+    struct Fields(Vec<&'static str>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("stop")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<D: std::fmt::Display>(_: D) -> Self {
+            Stop
+        }
+    }
+    impl<'de> Deserializer<'de> for &mut Fields {
+        type Error = Stop;
+        fn deserialize_any<V: de::Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Stop> {
+            self.0.extend_from_slice(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields = Fields(Vec::new());
+    let _ = T::deserialize(&mut fields);
+    fields.0
 }

@@ -33,16 +33,16 @@
 //! can be ordered differently from a run without checkpoints, so a run with checkpoints is
 //! reproducible bit for bit — resumed or not — yet not bit-identical to one without.
 
-use std::collections::BTreeMap;
-
+use super::checkpointing::{self, CheckpointParts};
+use super::records::Seen;
+use super::worker::{before_compute, local_step, Clock, Local, Prepared};
 use super::{
-    CheckpointParts, DiagnosticTraffic, EvalModel, EvalRecord, Event, Prepared, RunConfig,
-    WorkerOutcome, WorkerRecord,
+    EvalModel, EvalRecord, Event, RunConfig, WorkerOutcome, WorkerRecord, RECORD_PARAMS_MAX,
 };
 use crate::algorithms::asynchronous::{Ticket, TicketPlan, DONE};
-use crate::algorithms::leader::{elect, LossWindow};
+use crate::algorithms::leader::elect;
 use crate::algorithms::AsyncAlgorithm;
-use crate::checkpoint::{self, StateDict};
+use crate::checkpoint::{Identity, StateDict};
 use crate::learner::{LearnerContext, LearnerFactory};
 use crate::transport::{Communicator, CounterOp};
 use crate::{Error, Result};
@@ -53,247 +53,289 @@ pub(super) fn run_async_worker(
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
     prepared: Prepared,
-    mut algorithm: Box<dyn AsyncAlgorithm>,
+    algorithm: Box<dyn AsyncAlgorithm>,
 ) -> Result<WorkerOutcome> {
-    let Prepared {
-        mut learner,
-        mut params,
-        total_steps,
-        state_len,
-        mut shared_state,
-        mut diag,
-        layout_fingerprint,
-    } = prepared;
-    let rank = comm.rank();
-    let n = comm.size() as u64;
-    let len = params.len();
-    let round_tau = algorithm.round_tau();
-    let plan = TicketPlan {
-        workers: n,
-        round_steps: round_tau.map(|tau| tau * n),
-        budget: total_steps.map(|s| s * n),
-    };
-    let mut grad = vec![0.0f32; len];
-    let mut scratch = vec![0.0f32; len];
-    let mut optimizer = config.optimizer.init(learner.layout());
-    let mut window = LossWindow::new(config.leader_window);
-    let mut losses = Vec::new();
-    let start = std::time::Instant::now();
-    let clock =
-        |comm: &dyn Communicator| comm.now().unwrap_or_else(|| start.elapsed().as_secs_f64());
-    let mut progress = Progress {
-        rank,
-        lr: config.optimizer.lr,
-        ..Default::default()
-    };
-    let mut stopped_at = None;
-    let mut final_evals = Vec::new();
-    let identity = super::checkpoint_identity(config, rank, n as usize, layout_fingerprint);
-    let mut cuts = config
-        .checkpoint
-        .as_ref()
-        .map(|c| Cuts::new(plan, c.every, total_steps));
-    // A ticket drawn at a checkpoint cut, kept across it (and across a resume).
-    let mut held: Option<u64> = None;
-    if let (Some(c), Some(identity), Some(cuts)) = (&config.checkpoint, &identity, &mut cuts) {
-        if let Some(at) = c.resume {
-            let saved = checkpoint::load(&c.worker_file(at, rank))?;
-            saved.check(identity, at)?;
-            let r = &saved.runner;
-            r.f32s_into("params", &mut params)?;
-            losses = r.f64s("losses")?.to_vec();
-            window.load_state(r.dict("window")?)?;
-            r.f32s_into("shared_state", &mut shared_state)?;
-            progress.load_state(r.dict("progress")?)?;
-            held = Some(r.u64("held_ticket")?);
-            cuts.next = r.u64("next_cut")?;
-            super::restore_components(
-                comm,
-                config,
-                &saved,
-                &mut optimizer,
-                learner.as_mut(),
-                algorithm.as_mut(),
-                &mut diag,
-            )?;
-            // After the agreement above: the restored totals do not hold its traffic.
-            diag.0 = super::stats_from(r.u64s("diagnostic_traffic")?)?;
+    let mut run = AsyncRun::new(comm, config, emit, prepared, algorithm);
+    run.resume()?;
+    run.work()?;
+    run.leave()
+}
+
+/// An asynchronous worker's state through its run.
+struct AsyncRun<'a> {
+    comm: &'a mut dyn Communicator,
+    config: &'a RunConfig,
+    emit: &'a (dyn Fn(Event) + Sync),
+    algorithm: Box<dyn AsyncAlgorithm>,
+    local: Local,
+    rank: usize,
+    n: u64,
+    /// Local steps per worker between collective rounds (algorithms with rounds).
+    round_tau: Option<u64>,
+    plan: TicketPlan,
+    clock: Clock,
+    progress: Progress,
+    /// When an injected fault stopped this worker.
+    stopped_at: Option<f64>,
+    /// The evaluation this worker made at the end (`eval.model = "worker"`).
+    final_evals: Vec<EvalRecord>,
+    /// Who this worker's checkpoint files belong to (runs with checkpoints).
+    identity: Option<Identity>,
+    cuts: Option<Cuts>,
+    /// A ticket drawn at a checkpoint cut, kept across it (and across a resume).
+    held: Option<u64>,
+}
+
+impl<'a> AsyncRun<'a> {
+    fn new(
+        comm: &'a mut dyn Communicator,
+        config: &'a RunConfig,
+        emit: &'a (dyn Fn(Event) + Sync),
+        prepared: Prepared,
+        algorithm: Box<dyn AsyncAlgorithm>,
+    ) -> Self {
+        let total_steps = prepared.total_steps;
+        let layout_fingerprint = prepared.layout_fingerprint;
+        let rank = comm.rank();
+        let n = comm.size() as u64;
+        let round_tau = algorithm.round_tau();
+        let plan = TicketPlan {
+            workers: n,
+            round_steps: round_tau.map(|tau| tau * n),
+            budget: total_steps.map(|s| s * n),
+        };
+        let local = Local::new(prepared, config, 0);
+        let clock = Clock::start();
+        let progress = Progress {
+            rank,
+            lr: config.optimizer.lr,
+            ..Default::default()
+        };
+        let identity =
+            checkpointing::checkpoint_identity(config, rank, n as usize, layout_fingerprint);
+        let cuts = config
+            .checkpoint
+            .as_ref()
+            .map(|c| Cuts::new(plan, c.every, total_steps));
+        Self {
+            comm,
+            config,
+            emit,
+            algorithm,
+            local,
+            rank,
+            n,
+            round_tau,
+            plan,
+            clock,
+            progress,
+            stopped_at: None,
+            final_evals: Vec::new(),
+            identity,
+            cuts,
+            held: None,
         }
     }
 
-    loop {
-        // A stopped worker leaves before drawing more work (without collective rounds the
-        // others go on), even one the scheduler starved of every step so far.
-        if round_tau.is_none() && held.is_none() {
-            if let Some(at) = comm.stopped_by_fault() {
-                stopped_at = Some(at);
-                break;
+    /// Restores the checkpoint the config resumes from, if any.
+    fn resume(&mut self) -> Result<()> {
+        let Some(cuts) = self.cuts.as_mut() else {
+            return Ok(());
+        };
+        let Some(saved) = checkpointing::resumed(self.config, self.identity.as_ref(), self.rank)?
+        else {
+            return Ok(());
+        };
+        let (r, local) = (&saved.runner, &mut self.local);
+        r.f32s_into("params", &mut local.params)?;
+        local.losses = r.f64s("losses")?.to_vec();
+        local.window.load_state(r.dict("window")?)?;
+        r.f32s_into("shared_state", &mut local.shared_state)?;
+        self.progress.load_state(r.dict("progress")?)?;
+        self.held = Some(r.u64("held_ticket")?);
+        cuts.next = r.u64("next_cut")?;
+        checkpointing::restore_components(
+            self.comm,
+            self.config,
+            &saved,
+            local,
+            self.algorithm.as_mut(),
+            None,
+        )
+    }
+
+    /// Draws tickets until the run's budget is spent or a fault stops this worker: local
+    /// steps, collective rounds, and the checkpoint cuts they reach.
+    fn work(&mut self) -> Result<()> {
+        loop {
+            // A stopped worker leaves before drawing more work (without collective rounds the
+            // others go on), even one the scheduler starved of every step so far.
+            if self.round_tau.is_none() && self.held.is_none() {
+                if let Some(at) = self.comm.stopped_by_fault() {
+                    self.stopped_at = Some(at);
+                    return Ok(());
+                }
+            }
+            let out_of_time = self
+                .config
+                .time_budget
+                .is_some_and(|b| self.clock.now(self.comm) >= b);
+            let (number, ticket) = match self.held.take() {
+                // Time budgets are refused with checkpoints, so no stop was requested.
+                Some(number) => (number, self.plan.decide(number, 0)),
+                None => self.plan.next(self.comm, out_of_time)?,
+            };
+            if let Ticket::Step { .. } = ticket {
+                self.cut_if_due(number)?;
+            }
+            let global = match ticket {
+                Ticket::Stop => return Ok(()),
+                Ticket::Round { index } => {
+                    let metric = self.local.window.mean();
+                    self.algorithm
+                        .round(self.comm, &mut self.local.params, index, metric)?;
+                    continue;
+                }
+                Ticket::Step { global } => global,
+            };
+            if !self.take_step(global)? {
+                return Ok(());
             }
         }
-        let out_of_time = config.time_budget.is_some_and(|b| clock(comm) >= b);
-        let (number, ticket) = match held.take() {
-            // Time budgets are refused with checkpoints, so no stop was requested.
-            Some(number) => (number, plan.decide(number, 0)),
-            None => plan.next(comm, out_of_time)?,
+    }
+
+    /// At step ticket `number`: if it reaches the next checkpoint cut, waits there for
+    /// everyone (a passive AD-PSGD worker answering its peers meanwhile), then writes this
+    /// worker's state with the ticket it holds.
+    fn cut_if_due(&mut self, number: u64) -> Result<()> {
+        let (Some(cuts), Some(identity)) = (&mut self.cuts, &self.identity) else {
+            return Ok(());
         };
-        if let (Some(cuts), Some(identity), Ticket::Step { .. }) = (&mut cuts, &identity, ticket) {
-            if cuts.due(number) {
-                let label = cuts.label();
-                cuts.advance();
-                // Wait for everyone (a passive AD-PSGD worker answering its peers meanwhile),
-                // then write this worker's state with the ticket it holds.
-                let transport = if algorithm.serves_at_cut(rank) {
-                    let mut serve =
-                        |c: &mut dyn Communicator| algorithm.serve_at_cut(c, &mut params);
-                    comm.checkpoint_cut(Some(&mut serve))?
-                } else {
-                    comm.checkpoint_cut(None)?
-                };
-                let mut runner = StateDict::new();
-                runner.put_f32s("params", &params);
-                runner.put_f64s("losses", &losses);
-                runner.put_dict("window", window.save_state());
-                runner.put_f32s("shared_state", &shared_state);
-                runner.put_dict("progress", progress.save_state());
-                runner.put_u64("held_ticket", number);
-                runner.put_u64("next_cut", cuts.next);
-                runner.put_u64s("diagnostic_traffic", &super::stats_to(diag.0));
-                super::write_checkpoint(
-                    config,
-                    identity,
-                    label,
-                    emit,
-                    CheckpointParts {
-                        runner,
-                        optimizer: &optimizer,
-                        learner: learner.as_mut(),
-                        algorithm: algorithm.as_ref(),
-                        transport: transport.unwrap_or_default(),
-                    },
-                )?;
-            }
+        if !cuts.due(number) {
+            return Ok(());
         }
-        let global = match ticket {
-            Ticket::Stop => break,
-            Ticket::Round { index } => {
-                algorithm.round(comm, &mut params, index, window.mean())?;
-                continue;
-            }
-            Ticket::Step { global } => global,
+        let label = cuts.label();
+        cuts.advance();
+        let transport = if self.algorithm.serves_at_cut(self.rank) {
+            let mut serve =
+                |c: &mut dyn Communicator| self.algorithm.serve_at_cut(c, &mut self.local.params);
+            self.comm.checkpoint_cut(Some(&mut serve))?
+        } else {
+            self.comm.checkpoint_cut(None)?
         };
-        progress.work = global + 1;
-        progress.lr = config.optimizer.lr_at(global / n, clock(comm));
-        let step = progress.step;
-        super::before_compute(
-            algorithm.as_mut(),
-            comm,
-            (&mut params, &mut grad),
+        let mut runner = checkpointing::runner_state(&self.local);
+        runner.put_dict("progress", self.progress.save_state());
+        runner.put_u64("held_ticket", number);
+        runner.put_u64("next_cut", cuts.next);
+        checkpointing::write_checkpoint(
+            self.config,
+            identity,
+            label,
+            self.emit,
+            CheckpointParts {
+                runner,
+                optimizer: &self.local.optimizer,
+                learner: self.local.learner.as_mut(),
+                algorithm: self.algorithm.as_ref(),
+                transport: transport.unwrap_or_default(),
+            },
+        )
+    }
+
+    /// The local step of step ticket `global`, then the evaluation and the record due at this
+    /// worker's new step count. Returns false when an injected fault stopped this worker and
+    /// it leaves the run.
+    fn take_step(&mut self, global: u64) -> Result<bool> {
+        self.progress.work = global + 1;
+        self.progress.lr = self
+            .config
+            .optimizer
+            .lr_at(global / self.n, self.clock.now(self.comm));
+        let (step, lr) = (self.progress.step, self.progress.lr);
+        before_compute(
+            self.algorithm.as_mut(),
+            self.comm,
+            &mut self.local,
             step,
-            &window,
-            progress.lr,
+            lr,
         )?;
-        match comm.compute(step) {
+        match self.comm.compute(step) {
             // Without collective rounds the others can go on: leave the run.
-            Err(Error::Stopped { at, .. }) if round_tau.is_none() => {
-                stopped_at = Some(at);
-                break;
+            Err(Error::Stopped { at, .. }) if self.round_tau.is_none() => {
+                self.stopped_at = Some(at);
+                return Ok(false);
             }
             other => other?,
         }
-        let loss = super::local_step(
-            comm,
-            learner.as_mut(),
-            algorithm.as_mut(),
-            &mut optimizer,
-            (&mut params, &mut grad),
-            &mut window,
+        let loss = local_step(
+            self.comm,
+            &mut self.local,
+            self.algorithm.as_mut(),
             step,
-            progress.lr,
+            lr,
             // Asynchronous workers never meet every step: a divergence stops the run.
             None,
         )?;
-        losses.push(loss);
-        progress.add_loss(loss);
+        self.local.losses.push(loss);
+        self.progress.add_loss(loss);
         let step = step + 1;
-        progress.step = step;
+        self.progress.step = step;
 
-        if config.eval_every > 0 && step.is_multiple_of(config.eval_every) {
-            let seconds = clock(comm);
-            for e in evaluate_local(
-                comm,
-                config,
-                &mut *learner,
-                &params,
-                &mut scratch,
-                &mut diag,
-                step,
-                seconds,
-            )? {
-                emit(Event::Eval(e));
+        if self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every) {
+            let seconds = self.clock.now(self.comm);
+            for e in evaluate_local(self.comm, self.config, &mut self.local, step, seconds)? {
+                (self.emit)(Event::Eval(e));
             }
         }
-        if step.is_multiple_of(config.log_every) {
-            let seconds = clock(comm);
-            emit(Event::Worker(progress.record(
-                comm,
-                algorithm.as_mut(),
-                &diag,
-                &window,
-                &params,
-                seconds,
-            )));
+        if step.is_multiple_of(self.config.log_every) {
+            let seconds = self.clock.now(self.comm);
+            self.emit_record(seconds);
         }
+        Ok(true)
     }
 
-    // Leave: count this worker out, then let the algorithm finish (a passive AD-PSGD worker
-    // answers its peers until everybody is done; EASGD reads the final center).
-    comm.counter(DONE, CounterOp::Add(1))?;
-    if stopped_at.is_none() {
-        algorithm.finish(comm, &mut params)?;
+    /// Emits this worker's record now (no collective) and starts a new interval.
+    fn emit_record(&mut self, seconds: f64) {
+        let record = self
+            .progress
+            .record(self.comm, self.algorithm.as_mut(), &self.local, seconds);
+        (self.emit)(Event::Worker(record));
     }
-    let seconds = clock(comm);
-    let step = progress.step;
-    if step > progress.logged_at || step == 0 {
-        emit(Event::Worker(progress.record(
-            comm,
-            algorithm.as_mut(),
-            &diag,
-            &window,
-            &params,
-            seconds,
-        )));
+
+    /// Leaves the run: the last record and (`eval.model = "worker"`) evaluation, and the
+    /// outcome.
+    fn leave(mut self) -> Result<WorkerOutcome> {
+        // Leave: count this worker out, then let the algorithm finish (a passive AD-PSGD worker
+        // answers its peers until everybody is done; EASGD reads the final center).
+        self.comm.counter(DONE, CounterOp::Add(1))?;
+        if self.stopped_at.is_none() {
+            self.algorithm.finish(self.comm, &mut self.local.params)?;
+        }
+        let seconds = self.clock.now(self.comm);
+        let step = self.progress.step;
+        if step > self.progress.logged_at || step == 0 {
+            self.emit_record(seconds);
+        }
+        if self.stopped_at.is_none() && self.config.eval_model == EvalModel::Workers {
+            let eval = self.local.learner.evaluate(&self.local.params)?;
+            let record = EvalRecord::new(self.config, step, Some(self.rank), eval, seconds);
+            (self.emit)(Event::Eval(record.clone()));
+            self.final_evals.push(record);
+        }
+        if self.local.state_len > 0 {
+            self.local
+                .learner
+                .read_shared_state(&mut self.local.shared_state);
+        }
+        let stats = self.comm.stats().since(&self.local.diag.0);
+        Ok(WorkerOutcome {
+            final_evals: self.final_evals,
+            stopped_at: self.stopped_at,
+            ..self
+                .local
+                .outcome(self.algorithm.as_mut(), self.rank, step, seconds, stats)
+        })
     }
-    if stopped_at.is_none() && config.eval_model == EvalModel::Workers {
-        let eval = learner.evaluate(&params)?;
-        let record = EvalRecord {
-            step,
-            model: config.eval_model.name().to_string(),
-            worker: Some(rank),
-            eval,
-            seconds,
-        };
-        emit(Event::Eval(record.clone()));
-        final_evals.push(record);
-    }
-    if state_len > 0 {
-        learner.read_shared_state(&mut shared_state);
-    }
-    let (links, center, leader_changes) = super::at_the_end(algorithm.as_mut());
-    Ok(WorkerOutcome {
-        rank,
-        stats: comm.stats().since(&diag.0),
-        links,
-        center,
-        params,
-        losses,
-        final_evals,
-        steps: step,
-        seconds,
-        metric: window.mean(),
-        shared_state,
-        stopped_at,
-        leader_changes,
-    })
 }
 
 /// A worker's counters between two log records of an asynchronous run.
@@ -346,19 +388,18 @@ impl Progress {
         &mut self,
         comm: &dyn Communicator,
         algorithm: &mut dyn AsyncAlgorithm,
-        diag: &DiagnosticTraffic,
-        window: &LossWindow,
-        params: &[f32],
+        local: &Local,
         seconds: f64,
     ) -> WorkerRecord {
         let staleness = algorithm.staleness();
-        let seen = super::Seen::at_record(algorithm);
-        let traffic = comm.stats().since(&diag.0);
+        let seen = Seen::at_record(algorithm);
+        let traffic = comm.stats().since(&local.diag.0);
+        let params = &local.params;
         let record = WorkerRecord {
             step: self.step,
             worker: self.rank,
             loss: self.interval_sum / self.interval_count.max(1) as f64,
-            metric: window.mean(),
+            metric: local.window.mean(),
             lr: self.lr,
             leader: seen.leader,
             consensus: None,
@@ -370,7 +411,7 @@ impl Progress {
             staleness: staleness.map(|s| s.0),
             staleness_max: staleness.map(|s| s.1),
             leader_changes: seen.leader_changes,
-            params: (params.len() <= super::RECORD_PARAMS_MAX).then(|| params.to_vec()),
+            params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.to_vec()),
         };
         (self.interval_sum, self.interval_count, self.logged_at) = (0.0, 0, self.step);
         record
@@ -448,29 +489,24 @@ impl Cuts {
 
 /// Evaluations during an asynchronous run, without any collective: the worker's own model, or
 /// the parameter server's center read by worker 0 (a diagnostic read).
-#[allow(clippy::too_many_arguments)]
 fn evaluate_local(
     comm: &mut dyn Communicator,
     config: &RunConfig,
-    learner: &mut dyn crate::learner::Learner,
-    params: &[f32],
-    scratch: &mut [f32],
-    diag: &mut DiagnosticTraffic,
+    local: &mut Local,
     step: u64,
     seconds: f64,
 ) -> Result<Vec<EvalRecord>> {
-    let record = |eval, worker| EvalRecord {
-        step,
-        model: config.eval_model.name().to_string(),
-        worker,
-        eval,
-        seconds,
-    };
+    let record = |eval, worker| EvalRecord::new(config, step, worker, eval, seconds);
     Ok(match config.eval_model {
-        EvalModel::Workers => vec![record(learner.evaluate(params)?, Some(comm.rank()))],
+        EvalModel::Workers => vec![record(
+            local.learner.evaluate(&local.params)?,
+            Some(comm.rank()),
+        )],
         EvalModel::Center if comm.rank() == 0 => {
-            diag.run(comm, |c| c.server_pull(scratch))?;
-            vec![record(learner.evaluate(scratch)?, None)]
+            local
+                .diag
+                .run(comm, |c| c.server_pull(&mut local.scratch))?;
+            vec![record(local.learner.evaluate(&local.scratch)?, None)]
         }
         _ => Vec::new(),
     })
@@ -519,13 +555,13 @@ pub fn final_evaluations(
         learner.write_shared_state(&average(survivors.iter().map(|o| &o.shared_state[..])));
     }
     let steps = outcomes.iter().map(|o| o.steps).sum::<u64>() / outcomes.len().max(1) as u64;
-    Ok(vec![EvalRecord {
-        step: steps,
-        model: config.eval_model.name().to_string(),
+    Ok(vec![EvalRecord::new(
+        config,
+        steps,
         worker,
-        eval: learner.evaluate(&model)?,
-        seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),
-    }])
+        learner.evaluate(&model)?,
+        outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),
+    )])
 }
 
 /// The element-wise mean of equally long vectors, summed in the given (rank) order.
@@ -543,85 +579,4 @@ fn average<'a>(vectors: impl Iterator<Item = &'a [f32]>) -> Vec<f32> {
     let inv = 1.0 / count.max(1) as f32;
     sum.iter_mut().for_each(|s| *s *= inv);
     sum
-}
-
-/// Orders an asynchronous run's events by time (then worker): workers log at their own step
-/// counts, so there is no common step to wait for. An event is released once every worker has
-/// reported a later time, so the stream is in time order; on the simulator (virtual time) it
-/// is identical from run to run.
-///
-/// A checkpoint cut splits the stream: every event before it is sent before any worker's
-/// `Checkpoint` (they were all waiting at the cut), so the first `Checkpoint` releases
-/// everything pending, and nothing more is released until the last worker's `Checkpoint` is
-/// passed on: the committed metrics then end exactly at the cut, where a resumed run goes on.
-pub(super) struct TimeOrder {
-    latest: Vec<f64>,
-    pending: BTreeMap<(u64, usize, u64), Event>,
-    sequence: u64,
-    /// Workers that wrote their file of the checkpoint in progress.
-    checkpoints: usize,
-}
-
-impl TimeOrder {
-    pub(super) fn new(workers: usize) -> Self {
-        Self {
-            latest: vec![0.0; workers],
-            pending: BTreeMap::new(),
-            sequence: 0,
-            checkpoints: 0,
-        }
-    }
-
-    pub(super) fn push(&mut self, event: Event, out: &mut dyn FnMut(&Event)) {
-        let (seconds, worker) = match &event {
-            Event::Checkpoint { step, .. } => {
-                if self.checkpoints == 0 {
-                    std::mem::take(&mut self.pending)
-                        .into_values()
-                        .for_each(|e| out(&e));
-                }
-                self.checkpoints += 1;
-                if self.checkpoints == self.latest.len() {
-                    self.checkpoints = 0;
-                    out(&Event::Checkpoint {
-                        step: *step,
-                        worker: 0,
-                    });
-                    self.release(out);
-                }
-                return;
-            }
-            // Asynchronous runs never reset diverged workers (RunConfig::validate).
-            Event::Started { .. } | Event::Diverged { .. } => return out(&event),
-            Event::Worker(r) => (r.seconds, r.worker),
-            Event::Eval(e) => (e.seconds, e.worker.unwrap_or(0)),
-        };
-        if let Some(latest) = self.latest.get_mut(worker) {
-            *latest = latest.max(seconds);
-        }
-        // Seconds are ≥ 0, so their bit patterns sort like the numbers.
-        let key = (seconds.max(0.0).to_bits(), worker, self.sequence);
-        self.sequence += 1;
-        self.pending.insert(key, event);
-        if self.checkpoints == 0 {
-            self.release(out);
-        }
-    }
-
-    /// Passes on the events every worker has reported a *later* time than: any event still
-    /// to come has a time at least its worker's latest, so it sorts after them whatever the
-    /// order in which the workers' threads delivered theirs (a tie would not).
-    fn release(&mut self, out: &mut dyn FnMut(&Event)) {
-        let watermark = self.latest.iter().copied().fold(f64::INFINITY, f64::min);
-        while let Some(entry) = self.pending.first_entry() {
-            if f64::from_bits(entry.key().0) >= watermark {
-                break;
-            }
-            out(&entry.remove());
-        }
-    }
-
-    pub(super) fn finish(self, out: &mut dyn FnMut(&Event)) {
-        self.pending.into_values().for_each(|e| out(&e));
-    }
 }

@@ -29,7 +29,8 @@ pub mod threads;
 use crate::checkpoint::StateDict;
 use crate::{Error, Result};
 
-/// Message tag for point-to-point operations.
+/// Message tag for point-to-point operations. Tags up to 32767 work on every transport (the
+/// MPI standard's least `MPI_TAG_UB`); larger ones only where the MPI library allows them.
 pub type Tag = u32;
 
 /// The reduction applied by [`Communicator::all_reduce`] and [`Communicator::reduce`].

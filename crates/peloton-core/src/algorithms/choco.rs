@@ -1,0 +1,351 @@
+//! CHOCO-SGD (Koloskova, Stich, Jaggi, ICML 2019, Algorithm 1 in its memory-efficient form):
+//! decentralized SGD whose gossip messages are compressed, and which still converges.
+//!
+//! Naive compressed gossip, `x_i ← Σ_j W_ij·Q(x_j)`, stalls: the compression error is made
+//! afresh every round and never averages out. CHOCO gossips *public copies* x̂ instead, which
+//! every neighbour of a worker holds identically, and sends only a compressed correction:
+//!
+//! ```text
+//! x_i ← x_i − η·g_i                              (the local optimizer's step)
+//! q_i = Q(x_i − x̂_i);  send q_i to every neighbour, receive their q_j
+//! x̂_j ← x̂_j + q_j  for j ∈ N(i) ∪ {i}           (kept as s_i = Σ_j W_ij·x̂_j)
+//! x_i ← x_i + γ·(s_i − x̂_i)                     (consensus step, size γ)
+//! ```
+//!
+//! As x and x̂ approach each other the corrections shrink, so the compression error vanishes
+//! with them. Any compressor of `peloton-compression` serves as Q (`[algorithm.compression]`,
+//! default top-1%); its messages travel as their encoded bytes. Every public copy must hear
+//! every correction, so the schedule is a static graph (`schedule.kind = "static"`), with its
+//! doubly-stochastic weights. Memory: x̂_i and s_i, two model-sized vectors.
+//!
+//! Communication: one encoded message (e.g. 8 bytes per kept value for top-k) to and from
+//! every neighbour per step.
+
+use peloton_compression::{self as compression, CompressionConfig, Compressor, KindName};
+use peloton_topology::{NodeRound, Protocol, Schedule, ScheduleConfig};
+use serde::{Deserialize, Serialize};
+
+use super::dpsgd::{build_checked, default_schedule};
+use super::gossip::LinkStats;
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
+use crate::checkpoint::StateDict;
+use crate::transport::{Communicator, Tag};
+use crate::{ensure_config, kernels, Result};
+
+/// Tag of CHOCO's compressed corrections.
+pub const TAG_CHOCO: Tag = 0x6056;
+
+/// `name = "choco-sgd"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChocoConfig {
+    /// A static graph with doubly-stochastic weights (default: a ring, Metropolis–Hastings).
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleConfig,
+    /// γ, the consensus step size (default 0.1).
+    #[serde(default = "default_gamma")]
+    pub gamma: f32,
+    /// Q, the compressor of the corrections: `kind` defaults to top-k (with its default
+    /// fraction, 1%).
+    #[serde(default, skip_serializing_if = "CompressionConfig::is_empty")]
+    pub compression: CompressionConfig,
+}
+
+fn default_gamma() -> f32 {
+    0.1
+}
+
+impl Default for ChocoConfig {
+    fn default() -> Self {
+        ChocoConfig {
+            schedule: default_schedule(),
+            gamma: default_gamma(),
+            compression: CompressionConfig::default(),
+        }
+    }
+}
+
+impl ChocoConfig {
+    /// The compression with its kind filled in (top-k where the table leaves it out).
+    pub fn compression(&self) -> CompressionConfig {
+        self.compression.or_kind(KindName::Topk)
+    }
+
+    fn schedule(&self, workers: usize, seed: u64) -> Result<Schedule> {
+        let schedule = build_checked(&self.schedule, workers, seed, Protocol::DoublyStochastic)?;
+        ensure_config!(
+            schedule.period() == Some(1),
+            "choco-sgd needs a static graph (algorithm.schedule.kind = \"static\"), got \"{}\": every neighbour's public copy must hear every correction",
+            self.schedule.kind()
+        );
+        Ok(schedule)
+    }
+
+    pub fn validate(&self, workers: usize, seed: u64) -> Result<()> {
+        ensure_config!(
+            self.gamma > 0.0 && self.gamma <= 1.0,
+            "algorithm.gamma must be in (0, 1], got {}",
+            self.gamma
+        );
+        let q = self.compression();
+        q.validate().map_err(|e| {
+            crate::Error::Config(e.replacen("compression.", "algorithm.compression.", 1))
+        })?;
+        ensure_config!(
+            q.error_feedback.is_none() && q.apply_to.is_none(),
+            "algorithm.compression.error_feedback and apply_to do not apply to choco-sgd: its public copies carry the compression error forward themselves"
+        );
+        self.schedule(workers, seed).map(drop)
+    }
+
+    pub fn init(&self, workers: usize, len: usize, seed: u64) -> Result<Choco> {
+        self.validate(workers, seed)?;
+        Ok(Choco {
+            schedule: self.schedule(workers, seed)?,
+            gamma: self.gamma,
+            compressor: compression::build(&self.compression().resolved(), seed),
+            node: None,
+            public: vec![0.0; len],
+            mixed: vec![0.0; len],
+            correction: vec![0.0; len],
+            incoming: vec![0.0; len],
+            message: Vec::new(),
+            words: Vec::new(),
+            links: LinkStats::default(),
+        })
+    }
+}
+
+impl AlgorithmSpec for ChocoConfig {
+    const NAME: &'static str = "choco-sgd";
+    const SUMMARY: &'static str =
+        "decentralized SGD with compressed gossip through public copies (top-1% by default)";
+    type Timing = Synchronous;
+
+    fn validate(&self, run: &RunShape<'_>) -> Result<()> {
+        self.validate(run.workers, run.seed)
+    }
+
+    fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
+        Ok(Box::new(self.init(run.workers, len, run.seed)?))
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![ChocoConfig {
+            compression: CompressionConfig {
+                kind: Some(KindName::Int8),
+                block: Some(64),
+                ..Default::default()
+            },
+            gamma: 0.5,
+            ..Default::default()
+        }]
+    }
+}
+
+/// One worker's CHOCO-SGD state.
+pub struct Choco {
+    schedule: Schedule,
+    gamma: f32,
+    /// `None`: exact corrections (`compression.kind = "none"`).
+    compressor: Option<Box<dyn Compressor>>,
+    /// This worker's round of the static graph (set up once the rank is known).
+    node: Option<NodeRound>,
+    /// x̂_i, this worker's public copy.
+    public: Vec<f32>,
+    /// s_i = Σ_j W_ij·x̂_j over the neighbours and itself.
+    mixed: Vec<f32>,
+    /// Scratch: q_i decoded, then each neighbour's q_j.
+    correction: Vec<f32>,
+    incoming: Vec<f32>,
+    message: Vec<u8>,
+    words: Vec<f32>,
+    links: LinkStats,
+}
+
+impl Choco {
+    /// q = Q(x − x̂) into `self.correction` (what every receiver decodes) and `self.words`
+    /// (what is sent).
+    fn compress(&mut self, params: &[f32]) {
+        kernels::sub_into(&mut self.correction, params, &self.public);
+        match &mut self.compressor {
+            Some(c) => {
+                c.encode(&self.correction, &mut self.message);
+                compression::to_words(&self.message, &mut self.words);
+                c.decode(&self.message, &mut self.correction)
+                    .expect("a compressor decodes its own message");
+            }
+            None => {
+                self.words.clear();
+                self.words.extend_from_slice(&self.correction);
+            }
+        }
+    }
+
+    /// Decodes a neighbour's words into `self.incoming`.
+    fn expand(&mut self, words: &[f32]) -> Result<()> {
+        match &self.compressor {
+            Some(c) => {
+                let len = c.encoded_len(self.incoming.len());
+                compression::from_words(words, len, &mut self.message);
+                c.decode(&self.message, &mut self.incoming)
+                    .map_err(|e| crate::Error::Transport(e.to_string()))
+            }
+            None => {
+                self.incoming.copy_from_slice(words);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Algorithm for Choco {
+    fn setup(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        // x̂ starts at 0 on every worker, as in the paper: the first corrections carry x.
+        self.node = Some(self.schedule.node(0, comm.rank()));
+        Ok(())
+    }
+
+    fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        let node = self.node.clone().expect("setup ran");
+        self.compress(ctx.params);
+        let mut sends = Vec::with_capacity(node.send.len());
+        for &(peer, _) in &node.send {
+            sends.push(ctx.comm.isend(peer, TAG_CHOCO, &self.words)?);
+            self.links.sent_to(peer, self.words.len());
+        }
+        // x̂_i and s_i take this worker's own correction first, then the neighbours' in rank
+        // order: the same sums, bit for bit, on every transport.
+        kernels::axpy(&mut self.public, 1.0, &self.correction);
+        kernels::axpy(&mut self.mixed, node.self_weight as f32, &self.correction);
+        let mut words = vec![0.0f32; self.words.len()];
+        for &(peer, weight) in &node.recv {
+            ctx.comm.recv(peer, TAG_CHOCO, &mut words)?;
+            self.links.received_from(peer, words.len());
+            self.expand(&words)?;
+            kernels::axpy(&mut self.mixed, weight as f32, &self.incoming);
+        }
+        for request in sends {
+            ctx.comm.wait_send(request)?;
+        }
+        // x ← x + γ (s − x̂)
+        for ((x, &s), &h) in ctx.params.iter_mut().zip(&self.mixed).zip(&self.public) {
+            *x += self.gamma * (s - h);
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self) -> Observation<'_> {
+        Observation {
+            links: Some(&mut self.links),
+            ..Default::default()
+        }
+    }
+
+    // The scratch buffers are rewritten every step; the public copy, the mixed copies, the
+    // compressor's message count (random-k's positions) and the link counters are state.
+    fn save_state(&self, state: &mut StateDict) -> Result<()> {
+        state.put_f32s("public", &self.public);
+        state.put_f32s("mixed", &self.mixed);
+        let messages = self.compressor.as_ref().map_or(0, |c| c.messages());
+        state.put_u64("messages", messages);
+        state.put_dict("links", self.links.save_state());
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        state.f32s_into("public", &mut self.public)?;
+        state.f32s_into("mixed", &mut self.mixed)?;
+        let messages = state.u64("messages")?;
+        if let Some(c) = &mut self.compressor {
+            c.set_messages(messages);
+        }
+        self.links.load_state(state.dict("links")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With exact corrections (no compression) and γ = 1, one CHOCO round is one plain gossip
+    /// round of the public copies: on two workers with W = ½·[[1, 1], [1, 1]], starting from
+    /// x̂ = 0, x₀ = 1 and x₁ = 3 both end at the average 2.
+    #[test]
+    fn exact_corrections_and_unit_gamma_are_plain_gossip() {
+        let config = ChocoConfig {
+            gamma: 1.0,
+            compression: CompressionConfig {
+                kind: Some(KindName::None),
+                ..Default::default()
+            },
+            schedule: ScheduleConfig::Static {
+                graph: peloton_topology::GraphSpec::Complete,
+                weights: peloton_topology::MixingWeights::MetropolisHastings,
+            },
+        };
+        let out = crate::transport::threads::run_workers(2, |comm| {
+            let rank = comm.rank();
+            let mut alg = config.init(2, 1, 0)?;
+            let mut params = vec![1.0 + 2.0 * rank as f32];
+            alg.setup(comm, &mut params)?;
+            let mut grad = vec![0.0];
+            let mut ctx = StepContext {
+                comm,
+                params: &mut params,
+                grad: &mut grad,
+                step: 0,
+                loss: 0.0,
+                metric: 0.0,
+                lr: 0.1,
+            };
+            alg.after_step(&mut ctx)?;
+            Ok(params[0])
+        });
+        let out: Vec<f32> = out.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(out, [2.0, 2.0]);
+    }
+
+    #[test]
+    fn bad_configs_are_one_line_errors() {
+        let bad = |c: ChocoConfig, needle: &str| {
+            let err = c.validate(4, 0).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        };
+        bad(
+            ChocoConfig {
+                gamma: 0.0,
+                ..Default::default()
+            },
+            "algorithm.gamma must be in (0, 1], got 0",
+        );
+        bad(
+            ChocoConfig {
+                schedule: ScheduleConfig::Bipartite {},
+                ..Default::default()
+            },
+            "choco-sgd needs a static graph",
+        );
+        bad(
+            ChocoConfig {
+                compression: CompressionConfig {
+                    fraction: Some(2.0),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            "algorithm.compression.fraction must be in (0, 1], got 2",
+        );
+        bad(
+            ChocoConfig {
+                compression: CompressionConfig {
+                    kind: Some(KindName::Int8),
+                    error_feedback: Some(true),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            "do not apply to choco-sgd",
+        );
+    }
+}
