@@ -13,6 +13,8 @@ use crate::{check_len, kept, Compressor, DecodeError};
 #[derive(Debug, Clone)]
 pub struct TopK {
     fraction: f64,
+    /// Scratch: the magnitudes' bit patterns, and the chosen indices.
+    keys: Vec<u32>,
     order: Vec<u32>,
 }
 
@@ -20,6 +22,7 @@ impl TopK {
     pub fn new(fraction: f64) -> Self {
         TopK {
             fraction,
+            keys: Vec::new(),
             order: Vec::new(),
         }
     }
@@ -36,14 +39,30 @@ impl Compressor for TopK {
         if k == 0 {
             return;
         }
+        // The k-th largest magnitude, found by selecting on the magnitudes' bit patterns (for
+        // floats without their sign, the integer order is the magnitude order, and a NaN sorts
+        // above ∞, so a diverged value is always sent), then one pass in index order: every
+        // value above it, and values equal to it from the lowest index until k are taken.
+        self.keys.clear();
+        self.keys
+            .extend(values.iter().map(|v| v.to_bits() & 0x7FFF_FFFF));
+        let threshold = *self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1;
+        let above = values
+            .iter()
+            .filter(|v| v.to_bits() & 0x7FFF_FFFF > threshold)
+            .count();
+        let mut ties = k - above;
         self.order.clear();
-        self.order.extend(0..values.len() as u32);
-        // Largest magnitude first (a NaN counts as the largest, so a diverged value is seen);
-        // ties go to the lower index, so the choice does not depend on the selection's order.
-        let key = |&i: &u32| (std::cmp::Reverse(TotalAbs(values[i as usize])), i);
-        self.order.select_nth_unstable_by_key(k - 1, key);
-        let chosen = &mut self.order[..k];
-        chosen.sort_unstable();
+        for (i, v) in values.iter().enumerate() {
+            let key = v.to_bits() & 0x7FFF_FFFF;
+            if key > threshold || (key == threshold && ties > 0) {
+                if key == threshold {
+                    ties -= 1;
+                }
+                self.order.push(i as u32);
+            }
+        }
+        let chosen = &self.order[..];
         out.reserve(8 * k);
         for &i in chosen.iter() {
             out.extend_from_slice(&i.to_le_bytes());
@@ -70,24 +89,6 @@ impl Compressor for TopK {
 
     fn encoded_len(&self, len: usize) -> usize {
         8 * kept(self.fraction, len)
-    }
-}
-
-/// |x| ordered totally (NaN above +∞).
-#[derive(PartialEq)]
-struct TotalAbs(f32);
-
-impl Eq for TotalAbs {}
-
-impl PartialOrd for TotalAbs {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for TotalAbs {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.abs().total_cmp(&other.0.abs())
     }
 }
 
@@ -178,6 +179,11 @@ mod tests {
             round_trip(&mut TopK::new(0.5), &[2.0, -2.0, 2.0, 1.0]),
             [2.0, -2.0, 0.0, 0.0]
         );
+        // A NaN counts as the largest magnitude, so a diverged value is always sent; −0 and 0
+        // tie.
+        let y = round_trip(&mut TopK::new(0.25), &[1.0, f32::NAN, -5.0, 0.0]);
+        assert!(y[1].is_nan() && y[0] == 0.0 && y[2] == 0.0);
+        assert_eq!(round_trip(&mut TopK::new(0.5), &[-0.0, 0.0]), [-0.0, 0.0]);
         // At least one value is kept.
         assert_eq!(round_trip(&mut TopK::new(1e-9), &[0.0, 3.0]), [0.0, 3.0]);
     }
