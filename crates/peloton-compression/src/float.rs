@@ -18,45 +18,27 @@ pub struct Fp16;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bf16;
 
-macro_rules! half_compressor {
-    ($ty:ty, $half:ty, $name:literal) => {
-        impl Compressor for $ty {
-            fn name(&self) -> &'static str {
-                $name
-            }
+impl Compressor for Fp16 {
+    fn name(&self) -> &'static str {
+        "fp16"
+    }
 
-            fn encode(&mut self, values: &[f32], out: &mut Vec<u8>) {
-                out.clear();
-                out.resize(2 * values.len(), 0);
-                // `out` is bytes, so its alignment may not suit 2-byte halves: convert in
-                // chunks through an aligned stack buffer.
-                let mut halves = [<$half>::ZERO; 1024];
-                for (src, dst) in values.chunks(1024).zip(out.chunks_mut(2048)) {
-                    let halves = &mut halves[..src.len()];
-                    halves.convert_from_f32_slice(src);
-                    dst.copy_from_slice(bytemuck::cast_slice(halves));
-                }
-            }
+    fn encode(&mut self, values: &[f32], out: &mut Vec<u8>) {
+        encode_halves(values, out, |src, dst: &mut [f16]| {
+            dst.convert_from_f32_slice(src)
+        });
+    }
 
-            fn decode(&self, message: &[u8], out: &mut [f32]) -> Result<(), DecodeError> {
-                check_len($name, message.len(), 2 * out.len())?;
-                let mut halves = [<$half>::ZERO; 1024];
-                for (src, dst) in message.chunks(2048).zip(out.chunks_mut(1024)) {
-                    let halves = &mut halves[..dst.len()];
-                    bytemuck::cast_slice_mut(halves).copy_from_slice(src);
-                    halves.convert_to_f32_slice(dst);
-                }
-                Ok(())
-            }
+    fn decode(&self, message: &[u8], out: &mut [f32]) -> Result<(), DecodeError> {
+        check_len("fp16", message.len(), 2 * out.len())?;
+        decode_halves::<f16>(message, out);
+        Ok(())
+    }
 
-            fn encoded_len(&self, len: usize) -> usize {
-                2 * len
-            }
-        }
-    };
+    fn encoded_len(&self, len: usize) -> usize {
+        2 * len
+    }
 }
-
-half_compressor!(Fp16, f16, "fp16");
 
 impl Compressor for Bf16 {
     fn name(&self) -> &'static str {
@@ -64,34 +46,54 @@ impl Compressor for Bf16 {
     }
 
     fn encode(&mut self, values: &[f32], out: &mut Vec<u8>) {
-        out.clear();
-        out.resize(2 * values.len(), 0);
-        // Straight into the message where its bytes are 2-aligned (the allocator's blocks
-        // always are in practice), through a stack buffer otherwise.
-        if let Ok(halves) = bytemuck::try_cast_slice_mut::<u8, u16>(out) {
-            return to_bf16_bits(values, halves);
-        }
-        for (src, dst) in values.chunks(1024).zip(out.chunks_mut(2048)) {
-            let mut halves = [0u16; 1024];
-            let halves = &mut halves[..src.len()];
-            to_bf16_bits(src, halves);
-            dst.copy_from_slice(bytemuck::cast_slice(halves));
-        }
+        encode_halves(values, out, to_bf16_bits);
     }
 
     fn decode(&self, message: &[u8], out: &mut [f32]) -> Result<(), DecodeError> {
         check_len("bf16", message.len(), 2 * out.len())?;
-        let mut halves = [bf16::ZERO; 1024];
-        for (src, dst) in message.chunks(2048).zip(out.chunks_mut(1024)) {
-            let halves = &mut halves[..dst.len()];
-            bytemuck::cast_slice_mut(halves).copy_from_slice(src);
-            halves.convert_to_f32_slice(dst);
-        }
+        decode_halves::<bf16>(message, out);
         Ok(())
     }
 
     fn encoded_len(&self, len: usize) -> usize {
         2 * len
+    }
+}
+
+/// Converts `values` into 2-byte halves with `convert`, straight into the message where its
+/// bytes are 2-aligned (the allocator's blocks always are in practice), through an aligned
+/// stack buffer otherwise.
+fn encode_halves<H: bytemuck::Pod>(
+    values: &[f32],
+    out: &mut Vec<u8>,
+    convert: impl Fn(&[f32], &mut [H]),
+) {
+    out.clear();
+    out.resize(2 * values.len(), 0);
+    if let Ok(halves) = bytemuck::try_cast_slice_mut::<u8, H>(out) {
+        return convert(values, halves);
+    }
+    let mut halves = [H::zeroed(); 1024];
+    for (src, dst) in values.chunks(1024).zip(out.chunks_mut(2048)) {
+        let halves = &mut halves[..src.len()];
+        convert(src, halves);
+        dst.copy_from_slice(bytemuck::cast_slice(halves));
+    }
+}
+
+/// Converts a message of 2-byte halves of type `H` back to f32 (its length checked).
+fn decode_halves<H: bytemuck::Pod>(message: &[u8], out: &mut [f32])
+where
+    [H]: HalfFloatSliceExt,
+{
+    if let Ok(halves) = bytemuck::try_cast_slice::<u8, H>(message) {
+        return halves.convert_to_f32_slice(out);
+    }
+    let mut halves = [H::zeroed(); 1024];
+    for (src, dst) in message.chunks(2048).zip(out.chunks_mut(1024)) {
+        let halves = &mut halves[..dst.len()];
+        bytemuck::cast_slice_mut(halves).copy_from_slice(src);
+        halves.convert_to_f32_slice(dst);
     }
 }
 
@@ -143,6 +145,23 @@ mod tests {
         let x: Vec<f32> = (0..2500).map(|i| (i % 2048) as f32 * 0.25).collect();
         let y = round_trip(&mut Fp16, &x);
         assert!(x == y, "multiples of 1/4 below 512 are exact");
+    }
+
+    /// A message at an odd address (a slice of a larger buffer) decodes the same, through the
+    /// aligned stack buffer.
+    #[test]
+    fn a_misaligned_message_decodes_the_same() {
+        let x: Vec<f32> = (0..3000).map(|i| i as f32 * 0.37 - 500.0).collect();
+        for c in [&mut Fp16 as &mut dyn Compressor, &mut Bf16] {
+            let mut message = Vec::new();
+            c.encode(&x, &mut message);
+            let mut shifted = vec![0u8; message.len() + 1];
+            shifted[1..].copy_from_slice(&message);
+            let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            c.decode(&message, &mut a).unwrap();
+            c.decode(&shifted[1..], &mut b).unwrap();
+            assert!(a == b, "{}", c.name());
+        }
     }
 
     #[test]
