@@ -74,11 +74,6 @@ pub fn from_words(words: &[f32], len: usize, bytes: &mut Vec<u8>) {
     bytes.truncate(len);
 }
 
-/// The number of f32 words a message of `bytes` bytes takes.
-pub fn words_for(bytes: usize) -> usize {
-    bytes.div_ceil(4)
-}
-
 /// The compressor a config describes (`None` for `kind = "none"`). `seed` is the run seed:
 /// random-k draws its indices from it.
 pub fn build(kind: &Kind, seed: u64) -> Option<Box<dyn Compressor>> {
@@ -129,7 +124,7 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).chain([7, 9, 0xff]).collect();
         let mut words = Vec::new();
         super::to_words(&bytes, &mut words);
-        assert_eq!(words.len(), super::words_for(bytes.len()));
+        assert_eq!(words.len(), bytes.len().div_ceil(4));
         let mut back = Vec::new();
         super::from_words(&words, bytes.len(), &mut back);
         assert_eq!(back, bytes, "NaN bit patterns included");

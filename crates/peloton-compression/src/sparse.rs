@@ -46,11 +46,9 @@ impl Compressor for TopK {
         self.keys.clear();
         self.keys
             .extend(values.iter().map(|v| v.to_bits() & 0x7FFF_FFFF));
-        let threshold = *self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1;
-        let above = values
-            .iter()
-            .filter(|v| v.to_bits() & 0x7FFF_FFFF > threshold)
-            .count();
+        let (larger, &mut threshold, _) = self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        // Every key above the threshold is among the k − 1 the selection put first.
+        let above = larger.iter().filter(|&&key| key > threshold).count();
         let mut ties = k - above;
         self.order.clear();
         for (i, v) in values.iter().enumerate() {

@@ -123,15 +123,14 @@ fn run_config(algorithm: AlgorithmConfig, eval_model: EvalModel, nesterov: bool)
     }
 }
 
-/// FNV-1a, 64 bits: stable across Rust versions and platforms (std's hasher is neither).
-struct Fnv(u64);
+/// The bytes a run is judged by, hashed with peloton's own FNV-1a (stable across Rust
+/// versions and platforms; std's hasher is neither).
+#[derive(Default)]
+struct Bytes(Vec<u8>);
 
-impl Fnv {
+impl Bytes {
     fn bytes(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
-        }
+        self.0.extend_from_slice(bytes);
     }
     fn f32s(&mut self, values: &[f32]) {
         for v in values {
@@ -143,10 +142,13 @@ impl Fnv {
             self.bytes(&v.to_bits().to_le_bytes());
         }
     }
+    fn hash(self) -> u64 {
+        peloton_core::layout::fnv1a(self.0)
+    }
 }
 
 fn checksum(events: &[Event], report: &RunReport) -> u64 {
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    let mut h = Bytes::default();
     for event in events {
         h.bytes(format!("{event:?}").as_bytes());
     }
@@ -165,7 +167,7 @@ fn checksum(events: &[Event], report: &RunReport) -> u64 {
         );
     }
     h.bytes(format!("{:?}", report.final_evals).as_bytes());
-    h.0
+    h.hash()
 }
 
 #[test]
@@ -247,13 +249,14 @@ fn every_algorithm_config_is_written_as_recorded() {
         let json = serde_json::to_string(&algorithm).unwrap();
         let back: AlgorithmConfig = toml::from_str(&toml::to_string(&algorithm).unwrap()).unwrap();
         assert_eq!(back, algorithm, "{table}: round trip");
-        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        let mut h = Bytes::default();
         h.bytes(text.as_bytes());
         h.bytes(json.as_bytes());
+        let h = h.hash();
         if record {
-            println!("{text}{json}\n0x{:016x}\n", h.0);
+            println!("{text}{json}\n0x{h:016x}\n");
         }
-        got.push(h.0);
+        got.push(h);
     }
     if !record {
         assert_eq!(got, WRITTEN);

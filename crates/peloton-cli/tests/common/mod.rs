@@ -56,8 +56,8 @@ pub struct RegistryCase {
     pub name: &'static str,
     pub asynchronous: bool,
     pub has_center: bool,
-    /// The config file: the `[algorithm]` table, and a Nesterov-momentum optimizer where the
-    /// algorithm asks for one.
+    /// The config file: the `[algorithm]` table, and a Nesterov-momentum optimizer (momentum
+    /// 0.9) where the algorithm asks for one.
     pub file: std::path::PathBuf,
 }
 
@@ -74,11 +74,6 @@ pub fn registry_cases(dir: &std::path::Path) -> Vec<RegistryCase> {
         optimizer: Option<toml::Table>,
     }
     std::fs::create_dir_all(dir).expect("scratch dir");
-    let nesterov = OptimizerConfig {
-        momentum: 0.9,
-        nesterov: true,
-        ..Default::default()
-    };
     let mut cases = Vec::new();
     for entry in registry::registered() {
         for (i, algorithm) in entry.test_configs().iter().enumerate() {
@@ -89,10 +84,7 @@ pub fn registry_cases(dir: &std::path::Path) -> Vec<RegistryCase> {
                 None
             } else {
                 let mut table = toml::Table::new();
-                table.insert(
-                    "momentum".into(),
-                    toml::Value::Float(nesterov.momentum as f64),
-                );
+                table.insert("momentum".into(), toml::Value::Float(0.9));
                 table.insert("nesterov".into(), toml::Value::Boolean(true));
                 Some(table)
             };

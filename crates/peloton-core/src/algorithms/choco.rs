@@ -81,7 +81,8 @@ impl ChocoConfig {
         Ok(schedule)
     }
 
-    pub fn validate(&self, workers: usize, seed: u64) -> Result<()> {
+    /// Checks every key against a run of `workers` and returns the (static) schedule.
+    pub fn checked(&self, workers: usize, seed: u64) -> Result<Schedule> {
         ensure_config!(
             self.gamma > 0.0 && self.gamma <= 1.0,
             "algorithm.gamma must be in (0, 1], got {}",
@@ -95,13 +96,14 @@ impl ChocoConfig {
             q.error_feedback.is_none() && q.apply_to.is_none(),
             "algorithm.compression.error_feedback and apply_to do not apply to choco-sgd: its public copies carry the compression error forward themselves"
         );
-        self.schedule(workers, seed).map(drop)
+        self.schedule(workers, seed)
     }
 
-    pub fn init(&self, workers: usize, len: usize, seed: u64) -> Result<Choco> {
-        self.validate(workers, seed)?;
-        Ok(Choco {
-            schedule: self.schedule(workers, seed)?,
+    /// One worker's state on `schedule` (from [`ChocoConfig::checked`]). x̂ starts at 0 on
+    /// every worker, as in the paper: the first corrections carry x.
+    pub fn worker(&self, schedule: Schedule, len: usize, seed: u64) -> Choco {
+        Choco {
+            schedule,
             gamma: self.gamma,
             compressor: compression::build(&self.compression().resolved(), seed),
             node: None,
@@ -109,10 +111,11 @@ impl ChocoConfig {
             mixed: vec![0.0; len],
             correction: vec![0.0; len],
             incoming: vec![0.0; len],
+            received: Vec::new(),
             message: Vec::new(),
             words: Vec::new(),
             links: LinkStats::default(),
-        })
+        }
     }
 }
 
@@ -123,11 +126,12 @@ impl AlgorithmSpec for ChocoConfig {
     type Timing = Synchronous;
 
     fn validate(&self, run: &RunShape<'_>) -> Result<()> {
-        self.validate(run.workers, run.seed)
+        self.checked(run.workers, run.seed).map(drop)
     }
 
     fn build(&self, run: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
-        Ok(Box::new(self.init(run.workers, len, run.seed)?))
+        let schedule = self.checked(run.workers, run.seed)?;
+        Ok(Box::new(self.worker(schedule, len, run.seed)))
     }
 
     fn variants() -> Vec<Self> {
@@ -149,7 +153,8 @@ pub struct Choco {
     gamma: f32,
     /// `None`: exact corrections (`compression.kind = "none"`).
     compressor: Option<Box<dyn Compressor>>,
-    /// This worker's round of the static graph (set up once the rank is known).
+    /// This worker's round of the static graph (made at the first step, when the rank is
+    /// known).
     node: Option<NodeRound>,
     /// x̂_i, this worker's public copy.
     public: Vec<f32>,
@@ -158,6 +163,8 @@ pub struct Choco {
     /// Scratch: q_i decoded, then each neighbour's q_j.
     correction: Vec<f32>,
     incoming: Vec<f32>,
+    /// Scratch: a neighbour's message as received.
+    received: Vec<f32>,
     message: Vec<u8>,
     words: Vec<f32>,
     links: LinkStats,
@@ -166,68 +173,74 @@ pub struct Choco {
 impl Choco {
     /// q = Q(x − x̂) into `self.correction` (what every receiver decodes) and `self.words`
     /// (what is sent).
-    fn compress(&mut self, params: &[f32]) {
+    fn compress(&mut self, params: &[f32]) -> Result<()> {
         kernels::sub_into(&mut self.correction, params, &self.public);
         match &mut self.compressor {
             Some(c) => {
                 c.encode(&self.correction, &mut self.message);
                 compression::to_words(&self.message, &mut self.words);
                 c.decode(&self.message, &mut self.correction)
-                    .expect("a compressor decodes its own message");
+                    .map_err(|e| crate::Error::Transport(e.to_string()))
             }
             None => {
                 self.words.clear();
                 self.words.extend_from_slice(&self.correction);
-            }
-        }
-    }
-
-    /// Decodes a neighbour's words into `self.incoming`.
-    fn expand(&mut self, words: &[f32]) -> Result<()> {
-        match &self.compressor {
-            Some(c) => {
-                let len = c.encoded_len(self.incoming.len());
-                compression::from_words(words, len, &mut self.message);
-                c.decode(&self.message, &mut self.incoming)
-                    .map_err(|e| crate::Error::Transport(e.to_string()))
-            }
-            None => {
-                self.incoming.copy_from_slice(words);
                 Ok(())
             }
         }
     }
-}
 
-impl Algorithm for Choco {
-    fn setup(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
-        // x̂ starts at 0 on every worker, as in the paper: the first corrections carry x.
-        self.node = Some(self.schedule.node(0, comm.rank()));
-        Ok(())
+    /// Decodes the neighbour's message in `self.received` into `self.incoming`.
+    fn expand(&mut self) -> Result<()> {
+        match &self.compressor {
+            Some(c) => {
+                let len = c.encoded_len(self.incoming.len());
+                compression::from_words(&self.received, len, &mut self.message);
+                c.decode(&self.message, &mut self.incoming)
+                    .map_err(|e| crate::Error::Transport(e.to_string()))
+            }
+            None => {
+                self.incoming.copy_from_slice(&self.received);
+                Ok(())
+            }
+        }
     }
 
-    fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        let node = self.node.clone().expect("setup ran");
-        self.compress(ctx.params);
+    /// One exchange with the neighbours of `node`: send q_i, fold every q_j into x̂ and s.
+    fn exchange(&mut self, comm: &mut dyn Communicator, node: &NodeRound) -> Result<()> {
         let mut sends = Vec::with_capacity(node.send.len());
         for &(peer, _) in &node.send {
-            sends.push(ctx.comm.isend(peer, TAG_CHOCO, &self.words)?);
+            sends.push(comm.isend(peer, TAG_CHOCO, &self.words)?);
             self.links.sent_to(peer, self.words.len());
         }
         // x̂_i and s_i take this worker's own correction first, then the neighbours' in rank
         // order: the same sums, bit for bit, on every transport.
         kernels::axpy(&mut self.public, 1.0, &self.correction);
         kernels::axpy(&mut self.mixed, node.self_weight as f32, &self.correction);
-        let mut words = vec![0.0f32; self.words.len()];
+        self.received.resize(self.words.len(), 0.0);
         for &(peer, weight) in &node.recv {
-            ctx.comm.recv(peer, TAG_CHOCO, &mut words)?;
-            self.links.received_from(peer, words.len());
-            self.expand(&words)?;
+            comm.recv(peer, TAG_CHOCO, &mut self.received)?;
+            self.links.received_from(peer, self.received.len());
+            self.expand()?;
             kernels::axpy(&mut self.mixed, weight as f32, &self.incoming);
         }
         for request in sends {
-            ctx.comm.wait_send(request)?;
+            comm.wait_send(request)?;
         }
+        Ok(())
+    }
+}
+
+impl Algorithm for Choco {
+    fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
+        self.compress(ctx.params)?;
+        let node = match self.node.take() {
+            Some(node) => node,
+            None => self.schedule.node(0, ctx.comm.rank()),
+        };
+        let exchanged = self.exchange(ctx.comm, &node);
+        self.node = Some(node);
+        exchanged?;
         // x ← x + γ (s − x̂)
         for ((x, &s), &h) in ctx.params.iter_mut().zip(&self.mixed).zip(&self.public) {
             *x += self.gamma * (s - h);
@@ -286,9 +299,8 @@ mod tests {
         };
         let out = crate::transport::threads::run_workers(2, |comm| {
             let rank = comm.rank();
-            let mut alg = config.init(2, 1, 0)?;
+            let mut alg = config.worker(config.checked(2, 0)?, 1, 0);
             let mut params = vec![1.0 + 2.0 * rank as f32];
-            alg.setup(comm, &mut params)?;
             let mut grad = vec![0.0];
             let mut ctx = StepContext {
                 comm,
@@ -309,7 +321,7 @@ mod tests {
     #[test]
     fn bad_configs_are_one_line_errors() {
         let bad = |c: ChocoConfig, needle: &str| {
-            let err = c.validate(4, 0).unwrap_err().to_string();
+            let err = c.checked(4, 0).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         };
         bad(
