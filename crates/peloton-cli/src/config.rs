@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use peloton_burn::memory::MemoryEstimate;
 use peloton_burn::{ModelConfig, ModelName};
+use peloton_compression::CompressionConfig;
 use peloton_core::algorithms::AlgorithmConfig;
 use peloton_core::learner::LearnerFactory;
 use peloton_core::optim::OptimizerConfig;
@@ -75,6 +76,9 @@ pub struct ExperimentConfig {
     pub algorithm: AlgorithmConfig,
     #[serde(default)]
     pub optimizer: OptimizerConfig,
+    /// What every algorithm message is compressed with (off unless `kind` is set).
+    #[serde(default, skip_serializing_if = "CompressionConfig::is_empty")]
+    pub compression: CompressionConfig,
     /// Where the workers run: threads (real time) or the simulator (virtual time).
     #[serde(default)]
     pub transport: TransportConfig,
@@ -263,6 +267,7 @@ impl ExperimentConfig {
             checkpoint: None,
             watchdog: (self.watchdog_seconds != 0.0).then_some(self.watchdog_seconds),
             on_divergence: self.on_divergence,
+            compression: self.compression.clone(),
         }
     }
 

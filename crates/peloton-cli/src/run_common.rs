@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use peloton_core::runner::{EvalRecord, Event, RunReport, WorkerRecord};
+use peloton_core::transport::compressed::CompressionStats;
 use serde_json::json;
 
 use crate::config::ExperimentConfig;
@@ -275,6 +276,13 @@ fn summary_json(
         "final_evals": report.final_evals,
         "leader_counts": leader_counts,
         "leader_changes": report.workers.first().and_then(|w| w.leader_changes),
+        "compression": compression_total(report).map(|c| json!({
+            "kind": config.compression.kind().as_str(),
+            "operations": c.operations,
+            "bytes_sent": c.bytes_sent,
+            "fp32_bytes_sent": c.fp32_bytes_sent,
+            "ratio": c.ratio(),
+        })),
         "stopped": report.workers.iter().filter_map(|w| w.stopped_at.map(|at| json!({
             "worker": w.rank,
             "at_seconds": at,
@@ -289,10 +297,25 @@ fn summary_json(
             "bytes_received": w.stats.bytes_received,
             "consensus": last.get(&w.rank).and_then(|r| r.consensus),
             "links": w.links,
+            "compressed_bytes_sent": w.compression.map(|c| c.bytes_sent),
+            "compressed_fp32_bytes_sent": w.compression.map(|c| c.fp32_bytes_sent),
             "params_checksum": checksum(&w.params),
             "center_checksum": w.center.as_deref().map(checksum),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// What the compression layer did, summed over the workers (`None`: `[compression]` is off).
+fn compression_total(report: &RunReport) -> Option<CompressionStats> {
+    report
+        .workers
+        .iter()
+        .filter_map(|w| w.compression)
+        .reduce(|a, b| CompressionStats {
+            operations: a.operations + b.operations,
+            bytes_sent: a.bytes_sent + b.bytes_sent,
+            fp32_bytes_sent: a.fp32_bytes_sent + b.fp32_bytes_sent,
+        })
 }
 
 pub(crate) fn print_summary(
@@ -321,6 +344,19 @@ pub(crate) fn print_summary(
         "traffic {:.2} MB sent per worker on average{consensus}",
         sent as f64 / report.workers.len().max(1) as f64 / 1e6
     );
+    if let Some(c) = compression_total(report) {
+        if c.operations == 0 {
+            outln!("compression: no message was compressed (none had a role compression.apply_to names and the model's length)");
+        } else {
+            outln!(
+                "compression: {} operations sent {:.2} MB per worker instead of {:.2} MB as fp32 (÷{:.1})",
+                c.operations / report.workers.len().max(1) as u64,
+                c.bytes_sent as f64 / report.workers.len().max(1) as f64 / 1e6,
+                c.fp32_bytes_sent as f64 / report.workers.len().max(1) as f64 / 1e6,
+                c.ratio()
+            );
+        }
+    }
     let steps: Vec<String> = report.workers.iter().map(|w| w.steps.to_string()).collect();
     if report.workers.iter().any(|w| w.steps != report.steps) {
         outln!("steps per worker: {}", steps.join(" "));

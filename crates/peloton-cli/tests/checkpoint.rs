@@ -139,6 +139,54 @@ fn every_synchronous_algorithm_resumes_exactly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Compression keeps state across steps — every stream's error-feedback residual, random-k's
+/// message count, PowerSGD's warm-started factors — and a resumed run ends exactly like the
+/// uninterrupted one, on threads and on the simulator (an asynchronous AD-PSGD worker
+/// answering its peers through the layer at the cut).
+#[test]
+fn compressed_runs_resume_exactly() {
+    let dir = scratch("compressed");
+    let cases: [(&str, &[&str], &[&str]); 5] = [
+        (
+            "all-reduce",
+            &["compression.kind=topk", "compression.fraction=0.1"],
+            &[],
+        ),
+        ("all-reduce", &["compression.kind=powersgd"], &[]),
+        (
+            "d-psgd",
+            &["compression.kind=randomk", "compression.fraction=0.2"],
+            &[],
+        ),
+        (
+            "lsgd",
+            &[
+                "compression.kind=int8",
+                "compression.block=16",
+                "compression.error_feedback=true",
+            ],
+            &["--transport", "sim"],
+        ),
+        (
+            "ad-psgd",
+            &["compression.kind=topk"],
+            &["--transport", "sim"],
+        ),
+    ];
+    for (i, (algorithm, settings, flags)) in cases.into_iter().enumerate() {
+        let source = dir.join(format!("{i}-{algorithm}"));
+        let mut all = vec!["optimizer.momentum=0.9"];
+        all.extend(settings);
+        ok(&short_run(&source, algorithm, flags, &all));
+        let summary = std::fs::read_to_string(source.join("summary.json")).expect("summary");
+        let summary: serde_json::Value = serde_json::from_str(&summary).expect("json");
+        let ratio = summary["compression"]["ratio"].as_f64().unwrap_or(0.0);
+        assert!(ratio > 1.5, "{algorithm} {settings:?}: ratio {ratio}");
+        resume_last_checkpoint_matches(&source, &dir.join(format!("{i}-{algorithm}-resumed")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every asynchronous algorithm on the simulator, and synchronous ones whose messages or
 /// clocks the simulator carries across the cut, resume exactly: parameters, every metrics
 /// line including its virtual time, and the simulator's report.

@@ -79,6 +79,7 @@ fn label(kind: &Kind) -> String {
         Kind::Int8 { block } => format!("int8 (block {block})"),
         Kind::TopK { fraction } => format!("topk ({}%)", fraction * 100.0),
         Kind::RandomK { fraction } => format!("randomk ({}%)", fraction * 100.0),
+        Kind::PowerSgd { rank } => format!("powersgd (rank {rank})"),
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! ```toml
 //! [compression]
-//! kind = "int8"            # none | fp16 | bf16 | int8 | topk | randomk
+//! kind = "int8"            # none | fp16 | bf16 | int8 | topk | randomk | powersgd
 //! block = 256              # int8: values per block (default 256)
 //! fraction = 0.01          # topk, randomk: the share of values sent (default 0.01)
+//! rank = 2                 # powersgd: the rank of each matrix's approximation (default 2)
 //! error_feedback = true    # keep each stream's residual and send it later (default: true
-//!                          # for topk and randomk, false otherwise)
+//!                          # for topk, randomk and powersgd, false otherwise)
 //! apply_to = ["gradients"] # gradients | models | gossip (default: all three)
 //! ```
 
@@ -35,6 +36,7 @@ pub enum KindName {
     Int8,
     Topk,
     Randomk,
+    Powersgd,
 }
 
 /// The `[compression]` table.
@@ -50,6 +52,8 @@ pub struct CompressionConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_feedback: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_to: Option<Vec<Role>>,
@@ -61,15 +65,29 @@ pub enum Kind {
     None,
     Fp16,
     Bf16,
-    Int8 { block: usize },
-    TopK { fraction: f64 },
-    RandomK { fraction: f64 },
+    Int8 {
+        block: usize,
+    },
+    TopK {
+        fraction: f64,
+    },
+    RandomK {
+        fraction: f64,
+    },
+    /// Low-rank all-reduce (Vogels et al. 2019): not a byte compressor, the communication
+    /// layer runs it (two all-reduces of the factors).
+    PowerSgd {
+        rank: usize,
+    },
 }
 
 const DEFAULT_BLOCK: usize = 256;
 const DEFAULT_FRACTION: f64 = 0.01;
 /// Larger blocks than this save nothing more (8 bytes per block) and only widen the steps.
 const MAX_BLOCK: usize = 1 << 20;
+const DEFAULT_RANK: usize = 2;
+/// Past a few dozen the factors cost about what the matrices do.
+const MAX_RANK: usize = 64;
 
 impl CompressionConfig {
     /// Checks every key; each error names it, in one line.
@@ -93,6 +111,12 @@ impl CompressionConfig {
             "\"topk\" or \"randomk\"",
         )?;
         only(
+            "rank",
+            self.rank.is_some(),
+            &[KindName::Powersgd],
+            "\"powersgd\"",
+        )?;
+        only(
             "error_feedback",
             self.error_feedback.is_some(),
             &[
@@ -101,6 +125,7 @@ impl CompressionConfig {
                 KindName::Int8,
                 KindName::Topk,
                 KindName::Randomk,
+                KindName::Powersgd,
             ],
             "a compressor, not \"none\"",
         )?;
@@ -108,6 +133,13 @@ impl CompressionConfig {
             if !(1..=MAX_BLOCK).contains(&block) {
                 return Err(format!(
                     "compression.block must be between 1 and {MAX_BLOCK}, got {block}"
+                ));
+            }
+        }
+        if let Some(rank) = self.rank {
+            if !(1..=MAX_RANK).contains(&rank) {
+                return Err(format!(
+                    "compression.rank must be between 1 and {MAX_RANK}, got {rank}"
                 ));
             }
         }
@@ -142,6 +174,9 @@ impl CompressionConfig {
             KindName::Randomk => Kind::RandomK {
                 fraction: self.fraction.unwrap_or(DEFAULT_FRACTION),
             },
+            KindName::Powersgd => Kind::PowerSgd {
+                rank: self.rank.unwrap_or(DEFAULT_RANK),
+            },
         }
     }
 
@@ -163,11 +198,13 @@ impl CompressionConfig {
         *self == CompressionConfig::default()
     }
 
-    /// Whether each stream keeps its residual: on by default for the sparsifiers, which
-    /// otherwise drop most of every message for good.
+    /// Whether each stream keeps its residual: on by default for the sparsifiers and
+    /// PowerSGD, which otherwise drop most of every message for good.
     pub fn error_feedback(&self) -> bool {
-        self.error_feedback
-            .unwrap_or(matches!(self.kind(), KindName::Topk | KindName::Randomk))
+        self.error_feedback.unwrap_or(matches!(
+            self.kind(),
+            KindName::Topk | KindName::Randomk | KindName::Powersgd
+        ))
     }
 
     /// Whether messages of `role` are compressed.
@@ -189,6 +226,7 @@ impl KindName {
             KindName::Int8 => "int8",
             KindName::Topk => "topk",
             KindName::Randomk => "randomk",
+            KindName::Powersgd => "powersgd",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | [`Int8`] (blockwise min–max) | n + 8⌈n/block⌉ bytes | ≤ (max − min)/510 per block |
 //! | [`TopK`] | 8k bytes (index, value) | the n − k smallest magnitudes dropped |
 //! | [`RandomK`] | 8 + 4k bytes (indices regenerated from a shared seed) | n − k random values dropped |
+//! | [`PowerSgd`] (all-reduces) | 4r(n + m) bytes per n × m matrix | all but a rank-r power step |
 //!
 //! A [`Compressor`] encodes a buffer into bytes and decodes them back; [`ErrorFeedback`] keeps
 //! the residual of one message stream and adds it to the next message, so that what was sent
@@ -23,12 +24,14 @@ mod config;
 mod error_feedback;
 mod float;
 mod int8;
+mod powersgd;
 mod sparse;
 
 pub use config::{CompressionConfig, Kind, KindName, Role};
 pub use error_feedback::ErrorFeedback;
 pub use float::{Bf16, Fp16};
 pub use int8::Int8;
+pub use powersgd::{PowerSgd, Shape};
 pub use sparse::{RandomK, TopK};
 
 /// A message that cannot be decoded: its length does not fit the buffer, or an index is out
@@ -74,11 +77,12 @@ pub fn from_words(words: &[f32], len: usize, bytes: &mut Vec<u8>) {
     bytes.truncate(len);
 }
 
-/// The compressor a config describes (`None` for `kind = "none"`). `seed` is the run seed:
-/// random-k draws its indices from it.
+/// The compressor a config describes: `None` for `kind = "none"`, and for PowerSGD, which is
+/// not a byte compressor (the communication layer runs its two all-reduces). `seed` is the
+/// run seed: random-k draws its indices from it.
 pub fn build(kind: &Kind, seed: u64) -> Option<Box<dyn Compressor>> {
     Some(match *kind {
-        Kind::None => return None,
+        Kind::None | Kind::PowerSgd { .. } => return None,
         Kind::Fp16 => Box::new(Fp16),
         Kind::Bf16 => Box::new(Bf16),
         Kind::Int8 { block } => Box::new(Int8::new(block)),

@@ -1,87 +1,44 @@
-//! Compressed gossip on a quadratic: CHOCO-SGD with top-1% corrections reaches the optimum,
-//! where naive top-1% gossip (x_i ← Σ_j W_ij·Q(x_j), defined below) does not: its compression
-//! error is made afresh every round and never averages out.
+//! Compressed communication on a quadratic, through the compression layer every algorithm
+//! talks through (`[compression]`) and through CHOCO-SGD's own compressed gossip:
+//!
+//! * CHOCO-SGD with top-1% corrections reaches the optimum, where naive top-1% gossip does
+//!   not: D-PSGD whose gossip the layer compresses (x_i ← W_ii·x_i + Σ_j W_ij·Q(x_j)) makes its
+//!   compression error afresh every round, and it never averages out;
+//! * all-reduce SGD with fp16, bf16, int8, top-k (with error feedback) and PowerSGD ends where
+//!   the uncompressed run does, sending ÷2 to ÷20 fewer bytes;
+//! * the same config and seed give the same bits; PowerSGD refuses an algorithm whose
+//!   model-sized messages are not gradient all-reduces, with one line.
 
 mod common;
 
-use peloton_compression::{self as compression, Compressor, TopK};
+use peloton_compression::CompressionConfig;
+use peloton_core::algorithms::all_reduce::AllReduceConfig;
 use peloton_core::algorithms::choco::ChocoConfig;
-use peloton_core::algorithms::{
-    Algorithm, AlgorithmConfig, AlgorithmSpec, RunShape, StepContext, Synchronous,
-};
-use peloton_core::runner::EvalModel;
-use peloton_core::Result;
-use peloton_problems::{ProblemConfig, QuadraticConfig};
-use serde::{Deserialize, Serialize};
+use peloton_core::algorithms::dpsgd::DpsgdConfig;
+use peloton_core::algorithms::lsgd::LsgdConfig;
+use peloton_core::algorithms::AlgorithmConfig;
+use peloton_core::runner::{run_threads, EvalModel, RunConfig, RunReport};
+use peloton_problems::{ProblemConfig, QuadraticConfig, SoftmaxConfig};
 
-/// Naive compressed gossip on a ring, ⅓ to self and to each neighbour: every worker sends
-/// Q(x_i) and mixes x_i ← ⅓·x_i + ⅓·Q(x_left) + ⅓·Q(x_right).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct NaiveConfig {
-    fraction: f64,
+fn compression(text: &str) -> CompressionConfig {
+    let c: CompressionConfig = toml::from_str(text).expect("a [compression] table");
+    c.validate().expect("valid");
+    c
 }
 
-struct Naive {
-    topk: TopK,
-    message: Vec<u8>,
-    words: Vec<f32>,
-    incoming: Vec<f32>,
-    mixed: Vec<f32>,
-}
-
-impl AlgorithmSpec for NaiveConfig {
-    const NAME: &'static str = "test-naive-compressed-gossip";
-    const SUMMARY: &'static str = "naive top-k gossip (a test's baseline)";
-    type Timing = Synchronous;
-    fn build(&self, _: &RunShape<'_>, len: usize) -> Result<Box<dyn Algorithm>> {
-        Ok(Box::new(Naive {
-            topk: TopK::new(self.fraction),
-            message: Vec::new(),
-            words: Vec::new(),
-            incoming: vec![0.0; len],
-            mixed: vec![0.0; len],
-        }))
-    }
-}
-
-impl Algorithm for Naive {
-    fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
-        let (rank, n) = (ctx.comm.rank(), ctx.comm.size());
-        let (left, right) = ((rank + n - 1) % n, (rank + 1) % n);
-        self.topk.encode(ctx.params, &mut self.message);
-        compression::to_words(&self.message, &mut self.words);
-        let a = ctx.comm.isend(left, 0x7001, &self.words)?;
-        let b = ctx.comm.isend(right, 0x7002, &self.words)?;
-        for (i, x) in self.mixed.iter_mut().zip(ctx.params.iter()) {
-            *i = x / 3.0;
-        }
-        let mut words = vec![0.0f32; self.words.len()];
-        for (peer, tag) in [(right, 0x7001), (left, 0x7002)] {
-            ctx.comm.recv(peer, tag, &mut words)?;
-            compression::from_words(&words, self.message.len(), &mut self.message);
-            self.topk
-                .decode(&self.message, &mut self.incoming)
-                .expect("a top-k message");
-            for (m, q) in self.mixed.iter_mut().zip(&self.incoming) {
-                *m += q / 3.0;
-            }
-        }
-        ctx.comm.wait_send(a)?;
-        ctx.comm.wait_send(b)?;
-        ctx.params.copy_from_slice(&self.mixed);
-        Ok(())
-    }
-}
-
-fn worst_excess(algorithm: AlgorithmConfig, steps: u64) -> f64 {
-    let problem = ProblemConfig::Quadratic(QuadraticConfig {
+fn quadratic() -> ProblemConfig {
+    ProblemConfig::Quadratic(QuadraticConfig {
         dim: 100,
         noise: 0.2,
         ..Default::default()
-    });
+    })
+}
+
+fn worst_excess(algorithm: AlgorithmConfig, compression: CompressionConfig, steps: u64) -> f64 {
     let mut config = common::config(8, steps, algorithm, common::sgd(0.05));
     config.eval_model = EvalModel::Workers;
-    let report = common::run(&config, &problem);
+    config.compression = compression;
+    let report = common::run(&config, &quadratic());
     report
         .final_evals
         .iter()
@@ -92,12 +49,105 @@ fn worst_excess(algorithm: AlgorithmConfig, steps: u64) -> f64 {
 #[test]
 fn choco_with_top_1_percent_converges_where_naive_top_1_percent_gossip_stalls() {
     // 100 parameters: top-1% sends one coordinate per message.
-    let choco = worst_excess(AlgorithmConfig::new(ChocoConfig::default()), 3000);
-    let naive = worst_excess(AlgorithmConfig::new(NaiveConfig { fraction: 0.01 }), 3000);
+    let choco = worst_excess(
+        AlgorithmConfig::new(ChocoConfig::default()),
+        CompressionConfig::default(),
+        3000,
+    );
+    let naive = worst_excess(
+        AlgorithmConfig::new(DpsgdConfig::default()),
+        compression("kind = \"topk\"\nfraction = 0.01\nerror_feedback = false"),
+        3000,
+    );
     eprintln!("worst worker's f − f*: choco {choco}, naive {naive}");
     assert!(choco < 0.05, "CHOCO-SGD ends at f − f* = {choco}");
     assert!(
         naive > 10.0 * choco,
         "naive compressed gossip ends at f − f* = {naive}"
     );
+}
+
+fn softmax_run(compression: CompressionConfig, seed: u64) -> RunReport {
+    let problem = ProblemConfig::Softmax(SoftmaxConfig::default());
+    let mut config: RunConfig = common::config(
+        4,
+        400,
+        AlgorithmConfig::new(AllReduceConfig::default()),
+        common::sgd(0.2),
+    );
+    config.seed = seed;
+    config.compression = compression;
+    run_threads(&config, &problem, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn compressed_all_reduce_ends_where_the_exact_one_does_in_fewer_bytes() {
+    let exact = softmax_run(CompressionConfig::default(), 5);
+    let loss = |r: &RunReport| r.final_evals[0].eval.loss;
+    let sent = |r: &RunReport| r.workers[0].stats.bytes_sent as f64;
+    // (kind, the least ratio of fp32 to compressed bytes, the largest loss gap)
+    for (text, least_ratio, gap) in [
+        ("kind = \"fp16\"", 1.9, 0.01),
+        ("kind = \"bf16\"", 1.9, 0.02),
+        ("kind = \"int8\"", 3.5, 0.02),
+        ("kind = \"topk\"\nfraction = 0.05", 8.0, 0.05),
+        ("kind = \"powersgd\"\nrank = 2", 2.0, 0.05),
+    ] {
+        let run = softmax_run(compression(text), 5);
+        let stats = run.workers[0].compression.expect("the layer's counters");
+        eprintln!(
+            "{text:?}: loss {} (exact {}), ratio {:.2}, bytes {} vs {}",
+            loss(&run),
+            loss(&exact),
+            stats.ratio(),
+            sent(&run),
+            sent(&exact)
+        );
+        assert!(
+            stats.ratio() >= least_ratio,
+            "{text}: ratio {}",
+            stats.ratio()
+        );
+        assert!(sent(&run) * least_ratio <= sent(&exact) * 1.01, "{text}");
+        assert!(
+            loss(&run) <= loss(&exact) + gap,
+            "{text}: loss {} against {}",
+            loss(&run),
+            loss(&exact)
+        );
+        // Every worker holds the same model: compressed all-reduces give everyone the same bits.
+        assert!(run
+            .workers
+            .iter()
+            .all(|w| w.params == run.workers[0].params));
+        let again = softmax_run(compression(text), 5);
+        assert_eq!(
+            again.workers[0].params, run.workers[0].params,
+            "{text}: determinism"
+        );
+    }
+}
+
+#[test]
+fn powersgd_refuses_an_algorithm_that_sends_models() {
+    let mut config = common::config(
+        4,
+        20,
+        AlgorithmConfig::new(LsgdConfig::default()),
+        common::sgd(0.1),
+    );
+    config.compression = compression("kind = \"powersgd\"");
+    let problem = ProblemConfig::Softmax(SoftmaxConfig::default());
+    let e = run_threads(&config, &problem, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("compresses gradient all-reduces only, and lsgd sends a model-sized broadcast"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+    // Limited to gradients, LSGD runs, and nothing of it is compressed.
+    config.compression = compression("kind = \"powersgd\"\napply_to = [\"gradients\"]");
+    let report = run_threads(&config, &problem, &mut |_| {}).unwrap();
+    assert_eq!(report.workers[0].compression.unwrap().operations, 0);
 }

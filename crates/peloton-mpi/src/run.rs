@@ -13,6 +13,7 @@ use peloton_core::runner::{
     final_evaluations, run_worker, EvalRecord, Event, LinkTraffic, RunConfig, RunReport,
     WorkerOutcome, WorkerRecord,
 };
+use peloton_core::transport::compressed::CompressionStats;
 use peloton_core::transport::{CommStats, Communicator};
 use peloton_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -243,6 +244,7 @@ struct WireOutcome {
     shared_state: Vec<f32>,
     stopped_at: Option<f64>,
     leader_changes: Option<u64>,
+    compression: Option<CompressionStats>,
 }
 
 /// `[json length: u64][json][params: f32…][center: f32…][losses: f64…]`, little-endian.
@@ -252,6 +254,7 @@ fn encode(outcome: &WorkerOutcome, events: &[Event]) -> Result<Vec<u8>> {
         shared_state: outcome.shared_state.clone(),
         stopped_at: outcome.stopped_at,
         leader_changes: outcome.leader_changes,
+        compression: outcome.compression,
         rank: outcome.rank,
         final_evals: outcome.final_evals.iter().map(WireEval::from).collect(),
         stats: outcome.stats,
@@ -314,6 +317,7 @@ fn decode(bytes: &[u8], rank: usize) -> Result<(WorkerOutcome, Vec<Event>)> {
         shared_state: head.shared_state,
         stopped_at: head.stopped_at,
         leader_changes: head.leader_changes,
+        compression: head.compression,
     };
     Ok((outcome, head.events.into_iter().map(Event::from).collect()))
 }
@@ -582,6 +586,11 @@ mod tests {
             shared_state: Vec::new(),
             stopped_at: None,
             leader_changes: None,
+            compression: Some(CompressionStats {
+                operations: 2,
+                bytes_sent: 10,
+                fp32_bytes_sent: 40,
+            }),
         };
         let events = [Event::Worker(record.clone()), Event::Eval(eval.clone())];
         let bytes = encode(&outcome, &events).unwrap();

@@ -179,3 +179,59 @@ fn every_builtin_algorithm_has_a_test_config_and_keys_it_lists() {
         "the variants the algorithms declare"
     );
 }
+
+/// The compression layer under every registered algorithm: fp16 on every message role (a
+/// 10-value model: blockwise 8-bit's per-block header would outweigh what it saves). Each algorithm still terminates and converges on both transports, a synchronous one
+/// ends with the same numbers and byte counts on both, and every algorithm with model-sized
+/// messages sends fewer bytes than without compression.
+#[test]
+fn every_registered_algorithm_runs_under_the_compression_layer() {
+    let fp16: peloton_compression::CompressionConfig = toml::from_str("kind = \"fp16\"").unwrap();
+    for (label, algorithm, optimizer) in cases() {
+        let plain = run_config(&algorithm, &optimizer, 1);
+        let config = RunConfig {
+            compression: fp16.clone(),
+            ..plain.clone()
+        };
+        let (sim, _) = simulate(&config);
+        let (uncompressed, _) = simulate(&plain);
+        let compressed: u64 = sim
+            .workers
+            .iter()
+            .map(|w| w.compression.expect("the layer's counters").operations)
+            .sum();
+        // Their only model-sized traffic is a parameter server's (never compressed) or
+        // compressed already (CHOCO's own messages); independent SGD sends nothing.
+        let exempt = ["independent", "async-easgd", "async-eamsgd", "choco-sgd"];
+        if exempt.contains(&algorithm.name()) {
+            assert_eq!(compressed, 0, "{label}");
+        } else {
+            assert!(compressed > 0, "{label}: nothing was compressed");
+            let bytes = |r: &RunReport| r.workers.iter().map(|w| w.stats.bytes_sent).sum::<u64>();
+            assert!(
+                bytes(&sim) < bytes(&uncompressed),
+                "{label}: {} bytes compressed, {} without",
+                bytes(&sim),
+                bytes(&uncompressed)
+            );
+        }
+        let threads = run_threads(&config, &quadratic(), &mut |_| {})
+            .unwrap_or_else(|e| panic!("{label} on threads: {e}"));
+        if algorithm.is_async() {
+            let best = |r: &RunReport| {
+                r.final_evals
+                    .iter()
+                    .map(|e| e.eval.loss)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            assert!(best(&sim) < 0.05 && best(&threads) < 0.05, "{label}");
+        } else {
+            assert_converged(&label, "the simulator, compressed", &sim);
+            for (a, b) in threads.workers.iter().zip(&sim.workers) {
+                assert_eq!(a.params, b.params, "{label}: worker {}", a.rank);
+                assert_eq!(a.stats, b.stats, "{label}: worker {} byte counts", a.rank);
+                assert_eq!(a.compression, b.compression, "{label}: worker {}", a.rank);
+            }
+        }
+    }
+}

@@ -93,6 +93,10 @@ impl ChocoConfig {
             crate::Error::Config(e.replacen("compression.", "algorithm.compression.", 1))
         })?;
         ensure_config!(
+            q.kind() != KindName::Powersgd,
+            "algorithm.compression.kind = \"powersgd\" does not apply to choco-sgd: PowerSGD compresses all-reduces, CHOCO gossips (choose fp16, bf16, int8, topk or randomk)"
+        );
+        ensure_config!(
             q.error_feedback.is_none() && q.apply_to.is_none(),
             "algorithm.compression.error_feedback and apply_to do not apply to choco-sgd: its public copies carry the compression error forward themselves"
         );

@@ -87,6 +87,10 @@ pub(super) fn runner_state(local: &Local) -> StateDict {
     runner.put_dict("window", local.window.save_state());
     runner.put_f32s("shared_state", &local.shared_state);
     runner.put_u64s("diagnostic_traffic", &stats_to(local.diag.0));
+    if let Some(layer) = &local.compression {
+        // Every stream's residual: exact resume holds with error feedback on.
+        runner.put_dict("compression", layer.save_state());
+    }
     runner
 }
 
@@ -139,6 +143,20 @@ pub(super) fn restore_components(
 ) -> Result<()> {
     local.optimizer.load_state(&saved.optimizer)?;
     local.learner.load_state(&saved.learner)?;
+    match (&local.compression, saved.runner.contains("compression")) {
+        (Some(layer), true) => layer.load_state(saved.runner.dict("compression")?)?,
+        (None, false) => {}
+        (Some(_), false) => return Err(Error::Checkpoint(
+            "the checkpoint was taken without [compression]; resume it with the same compression"
+                .into(),
+        )),
+        (None, true) => {
+            return Err(Error::Checkpoint(
+                "the checkpoint was taken with [compression]; resume it with the same compression"
+                    .into(),
+            ))
+        }
+    }
     algorithm
         .load_state(&saved.algorithm)
         .map_err(|e| Error::Checkpoint(format!("{}: {}", config.algorithm.name(), e)))?;

@@ -13,6 +13,7 @@ use super::{
 use crate::algorithms::Worker;
 use crate::ensure_config;
 use crate::learner::LearnerFactory;
+use crate::transport::compressed::CompressionLayer;
 use crate::transport::{threads, Communicator};
 use crate::{Error, Result};
 
@@ -141,14 +142,32 @@ pub fn run_with(
 }
 
 /// Runs one worker to the end of its budget. Every worker of `comm` must call it with the
-/// same config; `emit` receives this worker's events.
+/// same config; `emit` receives this worker's events. With `[compression]` on, the
+/// algorithm talks through the compression layer around `comm`.
 pub fn run_worker(
     comm: &mut dyn Communicator,
     factory: &dyn LearnerFactory,
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
 ) -> Result<WorkerOutcome> {
-    let (prepared, algorithm) = prepare(comm, factory, config, emit)?;
+    let layer = CompressionLayer::new(&config.compression, config.seed, config.algorithm.name());
+    match layer {
+        None => run_worker_on(comm, None, factory, config, emit),
+        Some(layer) => {
+            let mut compressed = layer.wrap(comm);
+            run_worker_on(&mut compressed, Some(layer), factory, config, emit)
+        }
+    }
+}
+
+fn run_worker_on(
+    comm: &mut dyn Communicator,
+    compression: Option<CompressionLayer>,
+    factory: &dyn LearnerFactory,
+    config: &RunConfig,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<WorkerOutcome> {
+    let (prepared, algorithm) = prepare(comm, compression, factory, config, emit)?;
     match algorithm {
         Worker::Asynchronous(algorithm) => {
             asynchronous::run_async_worker(comm, config, emit, prepared, algorithm)

@@ -103,6 +103,8 @@ pub struct RunConfig {
     pub watchdog: Option<f64>,
     /// What a worker whose loss or gradient becomes NaN/∞ does.
     pub on_divergence: DivergencePolicy,
+    /// What the algorithm's messages are compressed with (`[compression]`; default none).
+    pub compression: peloton_compression::CompressionConfig,
 }
 
 /// What happens when a worker's mini-batch loss or gradient is NaN or infinite. Either way a
@@ -141,6 +143,7 @@ impl Default for RunConfig {
             checkpoint: None,
             watchdog: Some(DEFAULT_WATCHDOG_SECONDS),
             on_divergence: DivergencePolicy::Stop,
+            compression: Default::default(),
         }
     }
 }
@@ -200,6 +203,7 @@ impl RunConfig {
                 self.algorithm.name()
             );
         }
+        self.compression.validate().map_err(crate::Error::Config)?;
         self.optimizer.validate()?;
         self.algorithm
             .validate(self.workers, self.seed, &self.optimizer)

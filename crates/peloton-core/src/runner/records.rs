@@ -127,6 +127,8 @@ pub struct WorkerOutcome {
     /// When an injected fault stopped this worker (asynchronous algorithms go on without it).
     pub stopped_at: Option<f64>,
     pub leader_changes: Option<u64>,
+    /// What the compression layer compressed (`None`: `[compression]` is off).
+    pub compression: Option<crate::transport::compressed::CompressionStats>,
 }
 
 /// The results of a whole run.

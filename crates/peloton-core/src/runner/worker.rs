@@ -12,6 +12,7 @@ use crate::algorithms::leader::LossWindow;
 use crate::algorithms::{Algorithm, RunShape, StepContext, Worker};
 use crate::learner::{Learner, LearnerContext, LearnerFactory};
 use crate::optim::Sgd;
+use crate::transport::compressed::{CompressionLayer, Phase};
 use crate::transport::{CommStats, Communicator, CommunicatorExt};
 use crate::{Error, Result};
 
@@ -24,12 +25,14 @@ pub(super) struct Prepared {
     shared_state: Vec<f32>,
     diag: DiagnosticTraffic,
     pub layout_fingerprint: u64,
+    compression: Option<CompressionLayer>,
 }
 
 /// Builds the learner, agrees on the model, initializes the parameters and the algorithm,
 /// and works out the step budget (collective: every worker calls it).
 pub(super) fn prepare(
     comm: &mut dyn Communicator,
+    compression: Option<CompressionLayer>,
     factory: &dyn LearnerFactory,
     config: &RunConfig,
     emit: &(dyn Fn(Event) + Sync),
@@ -43,6 +46,10 @@ pub(super) fn prepare(
     })?;
     let len = learner.layout().len();
     let mut diag = DiagnosticTraffic::default();
+    if let Some(layer) = &compression {
+        // The initial model broadcast below stays exact: the layer is in its Exact phase.
+        layer.set_model(learner.layout())?;
+    }
 
     // Ranks agree on the model before anything else moves.
     let fingerprint = learner.layout().fingerprint();
@@ -71,6 +78,7 @@ pub(super) fn prepare(
         optimizer: &config.optimizer,
     };
     let mut algorithm = config.algorithm.build(&run, len)?;
+    set_phase(compression.as_ref(), Phase::Models);
     algorithm.as_algorithm_mut().setup(comm, &mut params)?;
 
     let total_steps = match (config.steps, config.epochs) {
@@ -109,6 +117,7 @@ pub(super) fn prepare(
             shared_state,
             diag,
             layout_fingerprint: fingerprint,
+            compression,
         },
         algorithm,
     ))
@@ -132,6 +141,9 @@ pub(super) struct Local {
     /// The model state averaged before evaluations (BatchNorm statistics).
     pub shared_state: Vec<f32>,
     pub diag: DiagnosticTraffic,
+    /// The compression layer around the communicator (`[compression]`), whose phase the
+    /// steps set and whose state checkpoints keep.
+    pub compression: Option<CompressionLayer>,
 }
 
 impl Local {
@@ -145,6 +157,7 @@ impl Local {
             shared_state,
             diag,
             layout_fingerprint: _,
+            compression,
         } = prepared;
         let len = params.len();
         let grad = vec![0.0f32; len];
@@ -162,6 +175,7 @@ impl Local {
             state_len,
             shared_state,
             diag,
+            compression,
         }
     }
 
@@ -191,6 +205,7 @@ impl Local {
             shared_state: self.shared_state,
             stopped_at: None,
             leader_changes,
+            compression: self.compression.as_ref().map(CompressionLayer::stats),
         }
     }
 }
@@ -227,6 +242,7 @@ pub(super) fn before_compute(
     step: u64,
     lr: f32,
 ) -> Result<()> {
+    set_phase(local.compression.as_ref(), Phase::Models);
     algorithm.before_compute(&mut StepContext {
         comm,
         params: &mut local.params,
@@ -255,8 +271,10 @@ pub(super) fn local_step(
         grad,
         optimizer,
         window,
+        compression,
         ..
     } = local;
+    let compression = compression.as_ref();
     let (params, grad): (&mut [f32], &mut [f32]) = (params, grad);
     let mut loss = learner.loss_and_grad(params, grad)?;
     let finite = loss.is_finite() && grad.iter().all(|g| g.is_finite());
@@ -273,7 +291,11 @@ pub(super) fn local_step(
             if finite {
                 window.push(loss);
             }
-            if guard.check(comm, params, finite, window.mean(), step, loss)? {
+            // A diverged worker is reset to the leader's exact model.
+            set_phase(compression, Phase::Exact);
+            let reset = guard.check(comm, params, finite, window.mean(), step, loss)?;
+            set_phase(compression, Phase::Models);
+            if reset {
                 // This worker diverged: it now holds the leader's parameters. Its momentum
                 // belongs to the diverged trajectory, and its metric is NaN for K steps, so it
                 // cannot lead before it has K good losses of its own.
@@ -299,7 +321,16 @@ pub(super) fn local_step(
         metric: window.mean(),
         lr,
     };
+    set_phase(compression, Phase::Gradients);
     algorithm.before_step(&mut ctx)?;
+    set_phase(compression, Phase::Models);
     optimizer.step(ctx.params, ctx.grad, lr);
     algorithm.after_step(&mut ctx).map(|()| loss)
+}
+
+/// Tells the compression layer, where there is one, what the next collectives carry.
+fn set_phase(layer: Option<&CompressionLayer>, phase: Phase) {
+    if let Some(layer) = layer {
+        layer.set_phase(phase);
+    }
 }

@@ -24,13 +24,15 @@
 //! receives n; reduce: every non-root sends n, the root receives n; all-gather (ring) (p−1)·k
 //! each way for k contributed bytes; point-to-point: the exact payload.
 
+pub mod compressed;
 pub mod threads;
 
 use crate::checkpoint::StateDict;
 use crate::{Error, Result};
 
-/// Message tag for point-to-point operations. Tags up to 32767 work on every transport (the
-/// MPI standard's least `MPI_TAG_UB`); larger ones only where the MPI library allows them.
+/// Message tag for point-to-point operations. Tags up to 32766 work on every transport (the
+/// MPI standard's least `MPI_TAG_UB` is 32767, which the compression layer keeps for itself:
+/// [`compressed::TAG_COMPRESSED`]); larger ones only where the MPI library allows them.
 pub type Tag = u32;
 
 /// The reduction applied by [`Communicator::all_reduce`] and [`Communicator::reduce`].
