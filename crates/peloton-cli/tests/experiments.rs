@@ -278,6 +278,63 @@ fn lsgd_mnist_runs_three_algorithms_on_threads() {
     let _ = std::fs::remove_dir_all(out);
 }
 
+/// Mean bytes sent per worker of a finished run.
+fn bytes_sent(run: &Path) -> f64 {
+    let text = std::fs::read_to_string(run.join("summary.json")).expect("summary.json");
+    let summary: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let workers = summary["per_worker"].as_array().expect("per_worker");
+    workers
+        .iter()
+        .map(|w| w["bytes_sent"].as_f64().expect("bytes_sent"))
+        .sum::<f64>()
+        / workers.len() as f64
+}
+
+/// experiments/compression.toml in miniature: its 19 runs, the plots against bytes, and the
+/// byte ratios its table shows (÷2 for 16-bit floats, about ÷4 for int8, ÷20 and more for
+/// top-1% and PowerSGD).
+#[test]
+fn compression_sweeps_every_kind_and_cuts_the_bytes() {
+    let out = scratch("compression");
+    let stdout = run_sweep(
+        "compression",
+        &out,
+        &[
+            "data.dataset=synthetic",
+            "data.synthetic.train=512",
+            "data.synthetic.test=64",
+            "data.batch_size=4",
+            "steps=6",
+            "eval.every=3",
+            "log_every=3",
+        ],
+    );
+    assert!(stdout.contains("[19/19]"), "{stdout}");
+    assert_files(
+        &out.join("report"),
+        &[
+            "summary.md",
+            "test_error_vs_time.svg",
+            "test_error_vs_bytes.svg",
+        ],
+    );
+    let ratio = |kind: &str| {
+        bytes_sent(&out.join("all-reduce-none"))
+            / bytes_sent(&out.join(format!("all-reduce-{kind}")))
+    };
+    for (kind, low, high) in [
+        ("fp16", 1.95, 2.05),
+        ("bf16", 1.95, 2.05),
+        ("int8", 3.5, 4.0),
+        ("topk", 20.0, 100.0),
+        ("powersgd", 20.0, 100.0),
+    ] {
+        let r = ratio(kind);
+        assert!((low..=high).contains(&r), "{kind}: ÷{r}");
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
 #[test]
 fn sweep_options_fail_with_one_line() {
     let toy = experiment("toy-symmetry").display().to_string();

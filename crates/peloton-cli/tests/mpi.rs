@@ -139,7 +139,8 @@ fn fingerprint(dir: &Path) -> (Vec<Value>, Value, Vec<Value>) {
     )
 }
 
-/// Every synchronous algorithm: a 4-rank MPI run ends bit-identical to a 4-thread run.
+/// Every synchronous algorithm, and a few under the compression layer: a 4-rank MPI run ends
+/// bit-identical to a 4-thread run.
 #[test]
 fn mpi_runs_match_threads_bit_for_bit() {
     let _machine = shared_machine();
@@ -172,6 +173,27 @@ fn mpi_runs_match_threads_bit_for_bit() {
         cases.len() >= 20,
         "the built-in synchronous algorithms' test configs"
     );
+    // The compression layer: the same compressed bytes and the same bits on MPI as on threads
+    // (per_worker holds both byte counts).
+    let compressed: [(&str, &str, &[&str]); 4] = [
+        ("all-reduce", "int8", &["compression.block=64"]),
+        ("all-reduce", "powersgd", &[]),
+        ("lsgd", "bf16", &[]),
+        ("sgp", "topk", &["compression.fraction=0.1"]),
+    ];
+    let mut cases = cases;
+    for (algorithm, kind, settings) in compressed {
+        let mut extra = vec![
+            "--algorithm".to_string(),
+            algorithm.to_string(),
+            "--set".to_string(),
+            format!("compression.kind={kind}"),
+        ];
+        for s in settings {
+            extra.extend(["--set".to_string(), s.to_string()]);
+        }
+        cases.push((format!("{algorithm}-{kind}"), extra));
+    }
     let mut failures = Vec::new();
     for (name, extra) in &cases {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();

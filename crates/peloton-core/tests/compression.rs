@@ -67,6 +67,27 @@ fn choco_with_top_1_percent_converges_where_naive_top_1_percent_gossip_stalls() 
     );
 }
 
+#[test]
+fn choco_converges_on_time_varying_schedules_too() {
+    // Public copies of every union-graph neighbour, mixed with each round's weights.
+    for schedule in ["kind = \"bipartite\"", "kind = \"exponential\"\npeers = 1"] {
+        let choco = ChocoConfig {
+            schedule: toml::from_str(schedule).unwrap(),
+            ..Default::default()
+        };
+        let excess = worst_excess(
+            AlgorithmConfig::new(choco),
+            CompressionConfig::default(),
+            3000,
+        );
+        eprintln!("{schedule:?}: worst worker's f − f* = {excess}");
+        assert!(
+            excess < 0.05,
+            "{schedule}: CHOCO-SGD ends at f − f* = {excess}"
+        );
+    }
+}
+
 fn softmax_run(compression: CompressionConfig, seed: u64) -> RunReport {
     let problem = ProblemConfig::Softmax(SoftmaxConfig::default());
     let mut config: RunConfig = common::config(

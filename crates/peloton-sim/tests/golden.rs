@@ -262,3 +262,78 @@ fn every_algorithm_config_is_written_as_recorded() {
         assert_eq!(got, WRITTEN);
     }
 }
+
+/// Runs under the compression layer (issue 25), recorded when it was added: (algorithm table,
+/// `[compression]` table, evaluation model, checksum). The layer's counters are hashed too.
+const GOLDEN_COMPRESSED: &[(&str, &str, EvalModel, u64)] = &[
+    (
+        r#"name = "all-reduce""#,
+        "kind = \"int8\"\nblock = 4",
+        EvalModel::Average,
+        0xc1859590b81c9260,
+    ),
+    (
+        r#"name = "all-reduce""#,
+        "kind = \"powersgd\"\nrank = 1",
+        EvalModel::Average,
+        0x353351655ad20116,
+    ),
+    (
+        r#"name = "d-psgd""#,
+        "kind = \"topk\"\nfraction = 0.25",
+        EvalModel::Workers,
+        0xdc59a22ec57db753,
+    ),
+    (
+        r#"name = "lsgd""#,
+        "kind = \"bf16\"",
+        EvalModel::Leader,
+        0x5ddf8b4e60b0d268,
+    ),
+    (
+        "name = \"sgp\"\noverlap = true",
+        "kind = \"fp16\"",
+        EvalModel::Workers,
+        0x9c52127d4add3f57,
+    ),
+    (
+        r#"name = "ad-psgd""#,
+        "kind = \"randomk\"\nfraction = 0.5",
+        EvalModel::Workers,
+        0x79d0ac9db396ef4d,
+    ),
+];
+
+#[test]
+fn compressed_runs_give_the_recorded_run() {
+    let record = std::env::var_os("PELOTON_RECORD_GOLDEN").is_some();
+    let mut mismatches = Vec::new();
+    for &(table, compression, eval_model, expected) in GOLDEN_COMPRESSED {
+        let algorithm: AlgorithmConfig = toml::from_str(table).unwrap();
+        let mut config = run_config(algorithm, eval_model, false);
+        config.compression = toml::from_str(compression).unwrap();
+        let mut events = Vec::new();
+        let (report, _, _) = run_sim(&config, &cluster(), &problem(), &mut |e| {
+            events.push(e.clone())
+        })
+        .unwrap_or_else(|e| panic!("{table} {compression}: {e}"));
+        let mut h = Bytes::default();
+        h.bytes(&checksum(&events, &report).to_le_bytes());
+        for w in &report.workers {
+            h.bytes(format!("{:?}", w.compression).as_bytes());
+        }
+        let got = h.hash();
+        if record {
+            println!("{table:?} {compression:?} {eval_model:?} 0x{got:016x}");
+        } else if got != expected {
+            mismatches.push(format!(
+                "{table:?} {compression:?}: 0x{got:016x}, recorded 0x{expected:016x}"
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "runs differ from the recorded ones:\n{}",
+        mismatches.join("\n")
+    );
+}

@@ -518,7 +518,54 @@ fn eval_plots(runs: &[Run], time_desc: &str, error_desc: &str, emit: &mut Emit<'
         ),
         eval_series(runs, false),
         "test error against steps",
+    )?;
+    // Against what each run sent: where compression or a sparser algorithm pays off.
+    let bytes = eval_series_by_bytes(runs);
+    let most = bytes
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(0.0, f64::max);
+    let (divisor, unit) = byte_unit(most);
+    let bytes = bytes
+        .into_iter()
+        .map(|s| Series {
+            points: s.points.iter().map(|&(x, y)| (x / divisor, y)).collect(),
+            ..s
+        })
+        .collect();
+    emit(
+        plot(
+            "test_error_vs_bytes.svg",
+            "Test error against bytes sent per worker (mean)",
+            &format!("sent per worker ({unit})"),
+            error_desc,
+            Mark::LineDots,
+            false,
+        ),
+        bytes,
+        "test error against bytes sent per worker",
     )
+}
+
+/// Every run's evaluations against the mean bytes its workers had sent by then (evaluations
+/// at steps without worker records are left out).
+fn eval_series_by_bytes(runs: &[Run]) -> Vec<Series> {
+    runs.iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.eval_series().map(move |(label, steps)| Series {
+                label,
+                color: color(i),
+                points: steps
+                    .iter()
+                    .filter_map(|(step, s)| {
+                        let w = r.worker_steps.get(step)?;
+                        Some((w.bytes_sum / w.records as f64, s.error()))
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 /// Every run's evaluations (one series per evaluated model), against time or steps.

@@ -14,12 +14,17 @@
 //!
 //! As x and x̂ approach each other the corrections shrink, so the compression error vanishes
 //! with them. Any compressor of `peloton-compression` serves as Q (`[algorithm.compression]`,
-//! default top-1%); its messages travel as their encoded bytes. Every public copy must hear
-//! every correction, so the schedule is a static graph (`schedule.kind = "static"`), with its
-//! doubly-stochastic weights. Memory: x̂_i and s_i, two model-sized vectors.
+//! default top-1%); its messages travel as their encoded bytes.
+//!
+//! Every public copy must hear every correction. On a static graph (the default: a ring) a
+//! worker keeps only x̂_i and s_i, two model-sized vectors. On a time-varying schedule
+//! (one-peer exponential, bipartite, MATCHA, …) the weights change every round, so a worker
+//! keeps x̂_j of every neighbour of the schedule's union graph, hears every correction on it,
+//! and mixes with this round's weights: s_i = W_ii(t)·x̂_i + Σ_j W_ij(t)·x̂_j (memory: one copy
+//! per union neighbour; the union is what the schedule's links can ever use).
 //!
 //! Communication: one encoded message (e.g. 8 bytes per kept value for top-k) to and from
-//! every neighbour per step.
+//! every neighbour (of the union graph, for a time-varying schedule) per step.
 
 use peloton_compression::{self as compression, CompressionConfig, Compressor, KindName};
 use peloton_topology::{NodeRound, Protocol, Schedule, ScheduleConfig};
@@ -72,13 +77,7 @@ impl ChocoConfig {
     }
 
     fn schedule(&self, workers: usize, seed: u64) -> Result<Schedule> {
-        let schedule = build_checked(&self.schedule, workers, seed, Protocol::DoublyStochastic)?;
-        ensure_config!(
-            schedule.period() == Some(1),
-            "choco-sgd needs a static graph (algorithm.schedule.kind = \"static\"), got \"{}\": every neighbour's public copy must hear every correction",
-            self.schedule.kind()
-        );
-        Ok(schedule)
+        build_checked(&self.schedule, workers, seed, Protocol::DoublyStochastic)
     }
 
     /// Checks every key against a run of `workers` and returns the (static) schedule.
@@ -111,6 +110,7 @@ impl ChocoConfig {
             gamma: self.gamma,
             compressor: compression::build(&self.compression().resolved(), seed),
             node: None,
+            union: None,
             public: vec![0.0; len],
             mixed: vec![0.0; len],
             correction: vec![0.0; len],
@@ -139,15 +139,26 @@ impl AlgorithmSpec for ChocoConfig {
     }
 
     fn variants() -> Vec<Self> {
-        vec![ChocoConfig {
-            compression: CompressionConfig {
-                kind: Some(KindName::Int8),
-                block: Some(64),
+        vec![
+            ChocoConfig {
+                compression: CompressionConfig {
+                    kind: Some(KindName::Int8),
+                    block: Some(64),
+                    ..Default::default()
+                },
+                gamma: 0.5,
                 ..Default::default()
             },
-            gamma: 0.5,
-            ..Default::default()
-        }]
+            // A time-varying schedule: public copies of the union graph's neighbours.
+            ChocoConfig {
+                schedule: ScheduleConfig::Bipartite {},
+                compression: CompressionConfig {
+                    kind: Some(KindName::Fp16),
+                    ..Default::default()
+                },
+                gamma: 0.5,
+            },
+        ]
     }
 }
 
@@ -160,6 +171,9 @@ pub struct Choco {
     /// This worker's round of the static graph (made at the first step, when the rank is
     /// known).
     node: Option<NodeRound>,
+    /// A time-varying schedule's union neighbourhood and their public copies (made at the
+    /// first step).
+    union: Option<Union>,
     /// x̂_i, this worker's public copy.
     public: Vec<f32>,
     /// s_i = Σ_j W_ij·x̂_j over the neighbours and itself.
@@ -174,7 +188,88 @@ pub struct Choco {
     links: LinkStats,
 }
 
+/// A worker's neighbours on a time-varying schedule's union graph, and their public copies.
+struct Union {
+    /// Workers this one sends its corrections to (every round), sorted.
+    out: Vec<usize>,
+    /// Workers it hears, sorted, with x̂_j of each.
+    copies: Vec<(usize, Vec<f32>)>,
+}
+
+impl Union {
+    fn new(schedule: &Schedule, rank: usize, len: usize) -> Self {
+        let links = schedule.links();
+        Union {
+            out: links
+                .iter()
+                .filter(|&&(from, to)| from == rank && to != rank)
+                .map(|&(_, to)| to)
+                .collect(),
+            copies: links
+                .iter()
+                .filter(|&&(from, to)| to == rank && from != rank)
+                .map(|&(from, _)| (from, vec![0.0; len]))
+                .collect(),
+        }
+    }
+}
+
 impl Choco {
+    /// One exchange on a time-varying schedule: q_i to every union neighbour, every q_j into
+    /// x̂_j, then s_i with round `step`'s weights.
+    fn exchange_union(&mut self, comm: &mut dyn Communicator, step: u64) -> Result<()> {
+        let mut union = match self.union.take() {
+            Some(u) => u,
+            None => Union::new(&self.schedule, comm.rank(), self.public.len()),
+        };
+        let result = self.exchange_with(comm, &mut union, step);
+        self.union = Some(union);
+        result
+    }
+
+    fn exchange_with(
+        &mut self,
+        comm: &mut dyn Communicator,
+        union: &mut Union,
+        step: u64,
+    ) -> Result<()> {
+        let mut sends = Vec::with_capacity(union.out.len());
+        for &peer in &union.out {
+            sends.push(comm.isend(peer, TAG_CHOCO, &self.words)?);
+            self.links.sent_to(peer, self.words.len());
+        }
+        kernels::axpy(&mut self.public, 1.0, &self.correction);
+        self.received.resize(self.words.len(), 0.0);
+        for (peer, copy) in &mut union.copies {
+            comm.recv(*peer, TAG_CHOCO, &mut self.received)?;
+            self.links.received_from(*peer, self.received.len());
+            self.expand()?;
+            kernels::axpy(copy, 1.0, &self.incoming);
+        }
+        for request in sends {
+            comm.wait_send(request)?;
+        }
+        // s_i with this round's weights: its own copy first, then its peers in rank order.
+        let node = self.schedule.node(step, comm.rank());
+        self.mixed.iter_mut().for_each(|m| *m = 0.0);
+        kernels::axpy(&mut self.mixed, node.self_weight as f32, &self.public);
+        for &(peer, weight) in &node.recv {
+            let copy = union
+                .copies
+                .iter()
+                .find(|(j, _)| *j == peer)
+                .map(|(_, c)| c)
+                .ok_or_else(|| {
+                    crate::Error::Transport(format!(
+                        "choco-sgd: worker {peer} mixes into worker {} but is not in its union graph",
+                        comm.rank()
+                    ))
+                })?;
+            kernels::axpy(&mut self.mixed, weight as f32, copy);
+        }
+        Ok(())
+    }
+
     /// q = Q(x − x̂) into `self.correction` (what every receiver decodes) and `self.words`
     /// (what is sent).
     fn compress(&mut self, params: &[f32]) -> Result<()> {
@@ -236,8 +331,22 @@ impl Choco {
 }
 
 impl Algorithm for Choco {
+    fn setup(&mut self, comm: &mut dyn Communicator, _params: &mut [f32]) -> Result<()> {
+        if self.schedule.period() != Some(1) {
+            self.union = Some(Union::new(&self.schedule, comm.rank(), self.public.len()));
+        }
+        Ok(())
+    }
+
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         self.compress(ctx.params)?;
+        if self.schedule.period() != Some(1) {
+            self.exchange_union(ctx.comm, ctx.step)?;
+            for ((x, &s), &h) in ctx.params.iter_mut().zip(&self.mixed).zip(&self.public) {
+                *x += self.gamma * (s - h);
+            }
+            return Ok(());
+        }
         let node = match self.node.take() {
             Some(node) => node,
             None => self.schedule.node(0, ctx.comm.rank()),
@@ -267,6 +376,11 @@ impl Algorithm for Choco {
         let messages = self.compressor.as_ref().map_or(0, |c| c.messages());
         state.put_u64("messages", messages);
         state.put_dict("links", self.links.save_state());
+        if let Some(union) = &self.union {
+            for (peer, copy) in &union.copies {
+                state.put_f32s(&format!("copy_{peer}"), copy);
+            }
+        }
         Ok(())
     }
 
@@ -276,6 +390,11 @@ impl Algorithm for Choco {
         let messages = state.u64("messages")?;
         if let Some(c) = &mut self.compressor {
             c.set_messages(messages);
+        }
+        if let Some(union) = &mut self.union {
+            for (peer, copy) in &mut union.copies {
+                state.f32s_into(&format!("copy_{peer}"), copy)?;
+            }
         }
         self.links.load_state(state.dict("links")?)
     }
@@ -337,10 +456,13 @@ mod tests {
         );
         bad(
             ChocoConfig {
-                schedule: ScheduleConfig::Bipartite {},
+                compression: CompressionConfig {
+                    kind: Some(KindName::Powersgd),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
-            "choco-sgd needs a static graph",
+            "does not apply to choco-sgd: PowerSGD compresses all-reduces",
         );
         bad(
             ChocoConfig {
