@@ -45,11 +45,11 @@ pub struct PowerSgd {
     /// The ranges that travel exact (vectors, small matrices).
     exact: Vec<Range<usize>>,
     exact_len: usize,
-    /// Every matrix's Q, one after the other (m × r, row-major).
+    /// Every matrix's Q, one after the other (r vectors of m values each).
     q: Vec<f32>,
     /// The residual of error feedback (`None`: off).
     residual: Option<Vec<f32>>,
-    /// All-reduce 1's message: the exact values, then every P (n × r, row-major).
+    /// All-reduce 1's message: the exact values, then every P (r vectors of n values each).
     first: Vec<f32>,
     /// All-reduce 2's message: every Q.
     second: Vec<f32>,
@@ -174,16 +174,13 @@ impl PowerSgd {
             let p = &ps[m.p_offset..m.p_offset + m.rows * m.rank];
             let q = &self.second[m.q_offset..m.q_offset + m.cols * m.rank];
             let matrix = &mut buf[m.offset..m.offset + m.rows * m.cols];
-            for (i, row) in matrix.chunks_exact_mut(m.cols).enumerate() {
-                let p_row = &p[i * m.rank..(i + 1) * m.rank];
-                for (j, value) in row.iter_mut().enumerate() {
-                    let q_row = &q[j * m.rank..(j + 1) * m.rank];
-                    let approx: f32 = p_row.iter().zip(q_row).map(|(a, b)| a * b).sum();
-                    if let Some(residual) = &mut self.residual {
-                        residual[m.offset + i * m.cols + j] = *value - approx;
-                    }
-                    *value = approx;
-                }
+            if let Some(residual) = &mut self.residual {
+                residual[m.offset..m.offset + m.rows * m.cols].copy_from_slice(matrix);
+            }
+            reconstruct(matrix, p, q, m.rows, m.cols, m.rank);
+            if let Some(residual) = &mut self.residual {
+                let r = &mut residual[m.offset..m.offset + m.rows * m.cols];
+                r.iter_mut().zip(matrix.iter()).for_each(|(e, a)| *e -= *a);
             }
         }
         if let Some(residual) = &mut self.residual {
@@ -220,48 +217,71 @@ impl PowerSgd {
     }
 }
 
-/// p = M·Q for M (n × m), Q (m × r), p (n × r), all row-major.
+// The factors are stored vector by vector (P as r vectors of n values, Q as r of m), so every
+// loop below runs over contiguous memory: dot products and axpys that vectorize.
+
+/// P = M·Q for M (n × m, row-major): P_k[i] = ⟨row i, Q_k⟩.
 fn multiply(matrix: &[f32], q: &[f32], p: &mut [f32], n: usize, m: usize, r: usize) {
-    p.fill(0.0);
-    for i in 0..n {
-        let row = &matrix[i * m..(i + 1) * m];
-        let out = &mut p[i * r..(i + 1) * r];
-        for (j, &x) in row.iter().enumerate() {
-            let q_row = &q[j * r..(j + 1) * r];
-            out.iter_mut().zip(q_row).for_each(|(o, &b)| *o += x * b);
+    for (i, row) in matrix.chunks_exact(m).enumerate() {
+        for k in 0..r {
+            p[k * n + i] = dot(row, &q[k * m..(k + 1) * m]);
         }
     }
 }
 
-/// q = Mᵀ·P for M (n × m), P (n × r), q (m × r), all row-major.
+/// Q = Mᵀ·P: Q_k = Σ_i P_k[i]·(row i).
 fn multiply_transposed(matrix: &[f32], p: &[f32], q: &mut [f32], n: usize, m: usize, r: usize) {
     q.fill(0.0);
-    for i in 0..n {
-        let row = &matrix[i * m..(i + 1) * m];
-        let p_row = &p[i * r..(i + 1) * r];
-        for (j, &x) in row.iter().enumerate() {
-            let out = &mut q[j * r..(j + 1) * r];
-            out.iter_mut().zip(p_row).for_each(|(o, &b)| *o += x * b);
+    for (i, row) in matrix.chunks_exact(m).enumerate() {
+        for k in 0..r {
+            axpy(&mut q[k * m..(k + 1) * m], p[k * n + i], row);
         }
     }
 }
 
-/// Makes the r columns of P (n × r, row-major) orthonormal (modified Gram–Schmidt). A column
+/// M̂ = P·Qᵀ: row i = Σ_k P_k[i]·Q_k.
+fn reconstruct(matrix: &mut [f32], p: &[f32], q: &[f32], n: usize, m: usize, r: usize) {
+    for (i, row) in matrix.chunks_exact_mut(m).enumerate() {
+        row.fill(0.0);
+        for k in 0..r {
+            axpy(row, p[k * n + i], &q[k * m..(k + 1) * m]);
+        }
+    }
+}
+
+/// ⟨a, b⟩ in eight interleaved partial sums (vectorizes; the same order on every worker).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_rest) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for l in 0..8 {
+            sums[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    sums.iter().sum::<f32>() + tail
+}
+
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+/// Makes the r vectors of P (each n values) orthonormal (modified Gram–Schmidt). A vector
 /// that vanishes (a zero gradient) stays zero rather than dividing by zero.
 fn orthonormalize(p: &mut [f32], n: usize, r: usize) {
     for c in 0..r {
-        for prev in 0..c {
-            let dot: f32 = (0..n).map(|i| p[i * r + c] * p[i * r + prev]).sum();
-            (0..n).for_each(|i| p[i * r + c] -= dot * p[i * r + prev]);
+        let (done, rest) = p.split_at_mut(c * n);
+        let column = &mut rest[..n];
+        for prev in done.chunks_exact(n) {
+            let d = dot(column, prev);
+            axpy(column, -d, prev);
         }
-        let norm = (0..n)
-            .map(|i| p[i * r + c] * p[i * r + c])
-            .sum::<f32>()
-            .sqrt();
+        let norm = dot(column, column).sqrt();
         if norm > 1e-30 {
-            (0..n).for_each(|i| p[i * r + c] /= norm);
+            column.iter_mut().for_each(|v| *v /= norm);
         } else {
-            (0..n).for_each(|i| p[i * r + c] = 0.0);
+            column.fill(0.0);
         }
     }
 }
@@ -387,9 +407,10 @@ mod tests {
 
     #[test]
     fn orthonormal_columns() {
-        let mut p = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 7.0];
+        // Two vectors of three values: (1, 3, 5) and (2, 4, 7).
+        let mut p = vec![1.0f32, 3.0, 5.0, 2.0, 4.0, 7.0];
         orthonormalize(&mut p, 3, 2);
-        let dot = |a: usize, b: usize| (0..3).map(|i| p[i * 2 + a] * p[i * 2 + b]).sum::<f32>();
+        let dot = |a: usize, b: usize| (0..3).map(|i| p[a * 3 + i] * p[b * 3 + i]).sum::<f32>();
         assert!((dot(0, 0) - 1.0).abs() < 1e-6 && (dot(1, 1) - 1.0).abs() < 1e-6);
         assert!(dot(0, 1).abs() < 1e-5, "{}", dot(0, 1));
     }
