@@ -309,6 +309,10 @@ fn list() {
     for (name, what) in peloton_data::DatasetKind::catalog() {
         outln!("  {name:<18} {what}");
     }
+    outln!("\nmessage compression ([compression] kind = ...; keys: block, fraction, rank, error_feedback, apply_to = gradients | models | gossip):");
+    for (kind, what) in peloton_compression::KindName::catalog() {
+        outln!("  {:<18} {what}", kind.as_str());
+    }
     outln!("\nsimulated clusters (--transport sim --cluster NAME, or [transport] kind = \"sim\"):");
     for (name, what) in peloton_sim::ClusterConfig::presets() {
         outln!("  {name:<18} {what}");

@@ -240,6 +240,8 @@ fn help_and_list_describe_everything() {
         "softmax",
         "double-well",
         "matrix-completion",
+        "powersgd",
+        "randomk",
     ] {
         assert!(list.contains(name), "list lacks {name}");
     }

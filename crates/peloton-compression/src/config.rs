@@ -218,6 +218,31 @@ impl CompressionConfig {
 }
 
 impl KindName {
+    /// Every kind with one line on what it does, for `peloton list`.
+    pub fn catalog() -> [(KindName, &'static str); 7] {
+        [
+            (KindName::None, "every message as fp32 (the default)"),
+            (KindName::Fp16, "IEEE half precision (the CPU's F16C): ÷2"),
+            (KindName::Bf16, "bfloat16, fp32's range: ÷2"),
+            (
+                KindName::Int8,
+                "blockwise min–max 8-bit (block, default 256): about ÷4",
+            ),
+            (
+                KindName::Topk,
+                "the largest `fraction` of magnitudes, index and value (default 1%)",
+            ),
+            (
+                KindName::Randomk,
+                "`fraction` of the values at positions drawn from the seed",
+            ),
+            (
+                KindName::Powersgd,
+                "gradient all-reduces as rank-`rank` factors of each matrix (default 2)",
+            ),
+        ]
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             KindName::None => "none",
@@ -238,6 +263,15 @@ mod tests {
     fn parse(text: &str) -> Result<CompressionConfig, String> {
         let c: CompressionConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
         c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn the_catalog_names_every_kind_as_a_config_writes_it() {
+        for (kind, what) in KindName::catalog() {
+            let c = parse(&format!("kind = \"{}\"", kind.as_str())).unwrap();
+            assert_eq!(c.kind(), kind);
+            assert!(!what.is_empty());
+        }
     }
 
     #[test]
