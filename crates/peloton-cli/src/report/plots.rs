@@ -504,7 +504,7 @@ fn eval_plots(runs: &[Run], time_desc: &str, error_desc: &str, emit: &mut Emit<'
             Mark::LineDots,
             false,
         ),
-        eval_series(runs, true),
+        eval_series(runs, &|_, _, s| Some(s.seconds)),
         "test error against time",
     )?;
     emit(
@@ -516,23 +516,16 @@ fn eval_plots(runs: &[Run], time_desc: &str, error_desc: &str, emit: &mut Emit<'
             Mark::LineDots,
             true,
         ),
-        eval_series(runs, false),
+        eval_series(runs, &|_, step, _| Some(step as f64)),
         "test error against steps",
     )?;
-    // Against what each run sent: where compression or a sparser algorithm pays off.
-    let bytes = eval_series_by_bytes(runs);
-    let most = bytes
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
-        .fold(0.0, f64::max);
-    let (divisor, unit) = byte_unit(most);
-    let bytes = bytes
-        .into_iter()
-        .map(|s| Series {
-            points: s.points.iter().map(|&(x, y)| (x / divisor, y)).collect(),
-            ..s
-        })
-        .collect();
+    // Against what each run had sent by then (its workers' mean; evaluations at steps without
+    // worker records are left out): where compression or a sparser algorithm pays off.
+    let (divisor, unit) = byte_unit(most_bytes_per_worker(runs));
+    let bytes = eval_series(runs, &|run, step, _| {
+        let w = run.worker_steps.get(&step)?;
+        Some(w.bytes_sum / w.records as f64 / divisor)
+    });
     emit(
         plot(
             "test_error_vs_bytes.svg",
@@ -547,9 +540,9 @@ fn eval_plots(runs: &[Run], time_desc: &str, error_desc: &str, emit: &mut Emit<'
     )
 }
 
-/// Every run's evaluations against the mean bytes its workers had sent by then (evaluations
-/// at steps without worker records are left out).
-fn eval_series_by_bytes(runs: &[Run]) -> Vec<Series> {
+/// Every run's evaluations (one series per evaluated model), against `x` of the run, the step
+/// and the evaluation (points where `x` has no value are left out).
+fn eval_series(runs: &[Run], x: &dyn Fn(&Run, u64, &EvalStep) -> Option<f64>) -> Vec<Series> {
     runs.iter()
         .enumerate()
         .flat_map(|(i, r)| {
@@ -558,27 +551,7 @@ fn eval_series_by_bytes(runs: &[Run]) -> Vec<Series> {
                 color: color(i),
                 points: steps
                     .iter()
-                    .filter_map(|(step, s)| {
-                        let w = r.worker_steps.get(step)?;
-                        Some((w.bytes_sum / w.records as f64, s.error()))
-                    })
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
-/// Every run's evaluations (one series per evaluated model), against time or steps.
-fn eval_series(runs: &[Run], by_time: bool) -> Vec<Series> {
-    runs.iter()
-        .enumerate()
-        .flat_map(|(i, r)| {
-            r.eval_series().map(move |(label, steps)| Series {
-                label,
-                color: color(i),
-                points: steps
-                    .iter()
-                    .map(|(&step, s)| (if by_time { s.seconds } else { step as f64 }, s.error()))
+                    .filter_map(|(&step, s)| Some((x(r, step, s)?, s.error())))
                     .collect(),
             })
         })
@@ -600,13 +573,7 @@ fn worker_plots(runs: &[Run], time_desc: &str, emit: &mut Emit<'_>) -> Result<()
         "training loss, mean over workers, against time",
     )?;
 
-    let max_bytes = runs
-        .iter()
-        .flat_map(|r| r.worker_steps.values())
-        .map(|s| s.bytes_sum / s.records as f64)
-        .filter(|b| b.is_finite())
-        .fold(0.0, f64::max);
-    let (divisor, unit) = byte_unit(max_bytes);
+    let (divisor, unit) = byte_unit(most_bytes_per_worker(runs));
     emit(
         Plot {
             legend: SeriesLabelPosition::UpperLeft,
@@ -639,6 +606,15 @@ fn worker_plots(runs: &[Run], time_desc: &str, emit: &mut Emit<'_>) -> Result<()
         worker_series(runs, &|s| s.consensus, false),
         "consensus distance, max over workers, against steps",
     )
+}
+
+/// The most bytes sent per worker (the mean over a step's records) of any run at any step.
+fn most_bytes_per_worker(runs: &[Run]) -> f64 {
+    runs.iter()
+        .flat_map(|r| r.worker_steps.values())
+        .map(|s| s.bytes_sum / s.records as f64)
+        .filter(|b| b.is_finite())
+        .fold(0.0, f64::max)
 }
 
 /// `f` of every run's worker records (where it has a value), against time or steps.

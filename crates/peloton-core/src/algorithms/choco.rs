@@ -217,17 +217,7 @@ impl Union {
 impl Choco {
     /// One exchange on a time-varying schedule: q_i to every union neighbour, every q_j into
     /// x̂_j, then s_i with round `step`'s weights.
-    fn exchange_union(&mut self, comm: &mut dyn Communicator, step: u64) -> Result<()> {
-        let mut union = match self.union.take() {
-            Some(u) => u,
-            None => Union::new(&self.schedule, comm.rank(), self.public.len()),
-        };
-        let result = self.exchange_with(comm, &mut union, step);
-        self.union = Some(union);
-        result
-    }
-
-    fn exchange_with(
+    fn exchange_union(
         &mut self,
         comm: &mut dyn Communicator,
         union: &mut Union,
@@ -340,19 +330,25 @@ impl Algorithm for Choco {
 
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         self.compress(ctx.params)?;
-        if self.schedule.period() != Some(1) {
-            self.exchange_union(ctx.comm, ctx.step)?;
-            for ((x, &s), &h) in ctx.params.iter_mut().zip(&self.mixed).zip(&self.public) {
-                *x += self.gamma * (s - h);
-            }
-            return Ok(());
-        }
-        let node = match self.node.take() {
-            Some(node) => node,
-            None => self.schedule.node(0, ctx.comm.rank()),
+        let rank = ctx.comm.rank();
+        // The node or union leaves `self` while the exchange borrows it, and comes back.
+        let exchanged = if self.schedule.period() == Some(1) {
+            let node = self
+                .node
+                .take()
+                .unwrap_or_else(|| self.schedule.node(0, rank));
+            let exchanged = self.exchange(ctx.comm, &node);
+            self.node = Some(node);
+            exchanged
+        } else {
+            let mut union = self
+                .union
+                .take()
+                .unwrap_or_else(|| Union::new(&self.schedule, rank, self.public.len()));
+            let exchanged = self.exchange_union(ctx.comm, &mut union, ctx.step);
+            self.union = Some(union);
+            exchanged
         };
-        let exchanged = self.exchange(ctx.comm, &node);
-        self.node = Some(node);
         exchanged?;
         // x ← x + γ (s − x̂)
         for ((x, &s), &h) in ctx.params.iter_mut().zip(&self.mixed).zip(&self.public) {
