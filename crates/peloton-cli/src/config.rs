@@ -72,6 +72,10 @@ pub struct ExperimentConfig {
     /// The dataset of `[model]`.
     #[serde(default)]
     pub data: DataConfig,
+    /// A model trained by a loop outside peloton (the Python package's `peloton.run`);
+    /// exclusive with `[problem]` and `[model]`. `peloton train` cannot run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalTask>,
     #[serde(default)]
     pub algorithm: AlgorithmConfig,
     #[serde(default)]
@@ -278,6 +282,12 @@ impl ExperimentConfig {
 
     /// What is trained: an analytic problem or a network on a dataset.
     pub fn task(&self) -> Result<Task> {
+        if let Some(external) = &self.external {
+            if self.problem.is_some() || self.model.is_some() {
+                bail!("[external] (a model trained from Python) excludes [problem] and [model]");
+            }
+            return Ok(Task::External(external.clone()));
+        }
         match (&self.problem, &self.model) {
             (Some(_), Some(_)) => bail!(
                 "give either [problem] (an analytic problem) or [model] (a network on [data]), not both"
@@ -295,6 +305,7 @@ impl ExperimentConfig {
         match self.task() {
             Ok(Task::Problem(p)) => p.name().to_string(),
             Ok(Task::Network(m, d)) => format!("{}-{}", m.name.as_str(), d.dataset.name()),
+            Ok(Task::External(e)) => e.name,
             Err(_) => "invalid".into(),
         }
     }
@@ -353,6 +364,7 @@ impl ExperimentConfig {
         }
         match self.task()? {
             Task::Problem(p) => p.validate(self.workers)?,
+            Task::External(e) => e.validate()?,
             Task::Network(m, d) => {
                 m.validate()?;
                 peloton_torch::check_device(m.device)?;
@@ -374,6 +386,10 @@ impl ExperimentConfig {
                 factory: Box::new(p),
                 memory: None,
             },
+            Task::External(e) => bail!(
+                "this experiment trains \"{}\" with a training loop outside peloton ([external]): run it from Python (peloton.run), not with peloton train",
+                e.name
+            ),
             Task::Network(m, d) => {
                 let torch = m.device.is_torch();
                 let task = peloton_burn::NetworkTask::load(m, &d, self.workers, self.seed)?;
@@ -441,6 +457,36 @@ pub fn check_memory(memory: &MemoryEstimate, available: u64) -> Result<()> {
 pub enum Task {
     Problem(ProblemConfig),
     Network(ModelConfig, DataConfig),
+    External(ExternalTask),
+}
+
+/// `[external]`: the run's model is trained by a loop outside peloton — a PyTorch loop in
+/// Python driving the algorithms through `peloton.run` (see `peloton_core::external`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalTask {
+    /// What the loop trains, for run folders and reports (e.g. `resnet20-cifar10`).
+    pub name: String,
+}
+
+impl ExternalTask {
+    /// The most characters of a name (it becomes part of a folder's name).
+    pub const MAX_NAME: usize = 64;
+
+    pub fn validate(&self) -> Result<()> {
+        let n = &self.name;
+        let fine = n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if n.is_empty() || n.len() > Self::MAX_NAME || !fine || n.starts_with('.') {
+            bail!(
+                "external.name must be 1 to {} letters, digits, '-', '_' or '.' (not first), got {:?}",
+                Self::MAX_NAME,
+                n.chars().take(80).collect::<String>()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Rewrites every float that is exactly an `f32` with the shortest decimal that reads back as
@@ -542,7 +588,20 @@ fn one_line(origin: &str, text: &str, err: &toml::de::Error) -> anyhow::Error {
     match err.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            anyhow!("{origin} line {line}: {message}")
+            // The line itself names the key, where the message may not ("expected usize").
+            let source: String = text
+                .lines()
+                .nth(line - 1)
+                .unwrap_or("")
+                .trim()
+                .chars()
+                .take(60)
+                .collect();
+            if source.is_empty() {
+                anyhow!("{origin} line {line}: {message}")
+            } else {
+                anyhow!("{origin} line {line}: {message} (at `{source}`)")
+            }
         }
         None => anyhow!("{origin}: {message}"),
     }

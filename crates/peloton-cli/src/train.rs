@@ -18,7 +18,7 @@ use crate::run_folder::{
     checkpoints_dir, default_path, fingerprint, read_manifest, write_atomic, RunFolder,
 };
 // The one way into MPI: `--transport mpi` runs and resumes go to `train_mpi`.
-use crate::train_mpi::{train_mpi, MpiResume};
+use crate::train_mpi::{train_mpi, train_mpi_external, MpiResume};
 
 /// Times `steps` real local steps (after one warm-up) of worker 0's learner, as it runs when
 /// all the run's workers share this host, and returns the median seconds per step.
@@ -89,6 +89,46 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
         fingerprint: fingerprint(&text),
     };
     run_in_folder(config, factory.as_ref(), options, folder, None)
+}
+
+/// Runs an experiment whose learners come from `factory` rather than from the config: a
+/// training loop outside peloton (`[external]`, the Python package's `peloton.run`, with
+/// [`peloton_core::external::ExternalLoops`] as the factory) on threads, the simulator or MPI
+/// (this process's rank), into a run folder like any `peloton train` run's. Returns the run
+/// folder.
+pub fn train_external(
+    config: &ExperimentConfig,
+    factory: &dyn peloton_core::learner::LearnerFactory,
+    options: &TrainOptions,
+) -> Result<PathBuf> {
+    config.validate()?;
+    anyhow::ensure!(
+        matches!(config.task()?, crate::config::Task::External(_)),
+        "a run driven by an outside training loop needs an [external] task, not [problem] or [model]"
+    );
+    anyhow::ensure!(
+        config.checkpoint.is_off(),
+        "checkpoint.every: runs driven by an outside training loop cannot be checkpointed yet (the loop's model, optimizer and data position are not saved)"
+    );
+    anyhow::ensure!(
+        options.calibrate.is_none(),
+        "--calibrate times peloton's own learners; an outside loop gives transport.cluster.compute instead"
+    );
+    if config.transport == TransportConfig::Mpi {
+        return train_mpi_external(config, factory, options);
+    }
+    let path = options
+        .out
+        .clone()
+        .unwrap_or_else(|| default_path(config.algorithm.name(), &config.task_name()));
+    let text = config.to_toml()?;
+    let folder = RunFolder::create(&path, &text)?;
+    let folder = Folder {
+        path: &path,
+        folder,
+        fingerprint: fingerprint(&text),
+    };
+    run_in_folder(config, factory, options, folder, None)
 }
 
 /// Continues the interrupted run in `run_dir` from its last committed checkpoint (or from

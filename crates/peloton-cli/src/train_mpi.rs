@@ -38,8 +38,22 @@ pub fn train_mpi(
     )
 }
 
+/// This process's worker of an MPI job whose learner is a training loop outside peloton
+/// (`[external]`: `mpirun -n 4 python train.py` with `peloton.run(…, transport="mpi")`);
+/// `factory` holds this rank's loop. Returns the run folder (rank 0 writes it).
+#[cfg(not(feature = "mpi"))]
+pub fn train_mpi_external(
+    _config: &crate::config::ExperimentConfig,
+    _factory: &dyn peloton_core::learner::LearnerFactory,
+    _options: &crate::run_common::TrainOptions,
+) -> anyhow::Result<std::path::PathBuf> {
+    anyhow::bail!(
+        "this peloton was built without MPI support: build the Python package with `maturin build --release --features mpi` (needs libopenmpi-dev openmpi-bin libclang-dev) and start it with mpirun"
+    )
+}
+
 #[cfg(feature = "mpi")]
-pub use imp::train_mpi;
+pub use imp::{train_mpi, train_mpi_external};
 
 #[cfg(feature = "mpi")]
 mod imp {
@@ -83,6 +97,26 @@ mod imp {
         options: &TrainOptions,
         resume: Option<MpiResume>,
     ) -> Result<PathBuf> {
+        train_mpi_with(config, options, resume, None)
+    }
+
+    /// See the declaration without the `mpi` feature.
+    pub fn train_mpi_external(
+        config: &ExperimentConfig,
+        factory: &dyn LearnerFactory,
+        options: &TrainOptions,
+    ) -> Result<PathBuf> {
+        train_mpi_with(config, options, None, Some(factory))
+    }
+
+    /// A rank of an MPI job; `external` is this rank's learner factory when a loop outside
+    /// peloton trains (otherwise the config's task builds it).
+    fn train_mpi_with(
+        config: &ExperimentConfig,
+        options: &TrainOptions,
+        resume: Option<MpiResume>,
+        external: Option<&dyn LearnerFactory>,
+    ) -> Result<PathBuf> {
         let mpi = if config.algorithm.is_async() {
             Mpi::init_for_services()?
         } else {
@@ -109,6 +143,7 @@ mod imp {
                 config,
                 options,
                 resume.as_ref(),
+                external,
             )
         };
         match outcome {
@@ -162,14 +197,18 @@ mod imp {
     type Folder = Option<(RunFolder, PathBuf)>;
 
     /// Everything a rank checks before training; an error here is this rank's alone.
-    fn prepare(
+    fn prepare<'a>(
         config: &ExperimentConfig,
         rank: usize,
         options: &TrainOptions,
         resume: Option<&MpiResume>,
-    ) -> Result<(Box<dyn LearnerFactory>, Folder, u64)> {
+        external: Option<&'a dyn LearnerFactory>,
+    ) -> Result<(Box<dyn LearnerFactory + 'a>, Folder, u64)> {
         config.validate()?;
-        let factory = config.factory(config.workers_in_process())?.factory;
+        let factory: Box<dyn LearnerFactory + 'a> = match external {
+            Some(factory) => Box::new(Borrowed(factory)),
+            None => config.factory(config.workers_in_process())?.factory,
+        };
         if let Some(r) = resume {
             // Every rank's events up to the checkpoint are there (its worker file was checked
             // with the others' by `train::resume`).
@@ -291,6 +330,18 @@ mod imp {
         commit_manifest(run, step, 0, checkpoints.fingerprint)
     }
 
+    /// A factory lent by the caller (an outside training loop's).
+    struct Borrowed<'a>(&'a dyn LearnerFactory);
+
+    impl LearnerFactory for Borrowed<'_> {
+        fn build(
+            &self,
+            ctx: peloton_core::learner::LearnerContext,
+        ) -> peloton_core::Result<Box<dyn peloton_core::learner::Learner>> {
+            self.0.build(ctx)
+        }
+    }
+
     fn train_rank(
         mpi: &Mpi,
         setup: &mut MpiComm,
@@ -298,6 +349,7 @@ mod imp {
         config: &ExperimentConfig,
         options: &TrainOptions,
         resume: Option<&MpiResume>,
+        external: Option<&dyn LearnerFactory>,
     ) -> std::result::Result<PathBuf, Failure> {
         let rank = world.rank();
         let shared = |e: peloton_core::Error| Failure::Shared(e.into());
@@ -306,7 +358,7 @@ mod imp {
         let quiet = options.quiet || rank != 0;
 
         // Every rank learns which ranks could not start, so that all of them stop together.
-        let prepared = prepare(&config, rank, options, resume);
+        let prepared = prepare(&config, rank, options, resume, external);
         let failed = setup
             .gather_scalar(if prepared.is_ok() { 0.0 } else { 1.0 })
             .map_err(shared)?;
@@ -429,8 +481,8 @@ mod imp {
             }
         };
         let Some((recorder, path)) = recorder else {
-            // Ranks other than 0 write nothing.
-            return result.map(|_| PathBuf::new()).map_err(failure);
+            // Ranks other than 0 write nothing; they return rank 0's folder.
+            return result.map(|_| run_dir).map_err(failure);
         };
         let report = match result {
             Ok(Some(report)) => report,

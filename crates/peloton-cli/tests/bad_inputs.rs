@@ -373,6 +373,16 @@ fn catalog() -> Vec<Row> {
             .file("exp.toml", "seed = 1\nworkers = [\n"),
         row("file: duplicate key", &quad(&["-c", "exp.toml"]), "exp.toml line 2: duplicate key")
             .file("exp.toml", "workers = 4\nworkers = 5\n"),
+        row("file: wrong type names its line", &quad(&["-c", "exp.toml"]), "expected usize (at `workers = -1`)")
+            .file("exp.toml", "seed = 1\nworkers = -1\n"),
+        row("file: a task trained from Python", &["train", "-c", "exp.toml"], "run it from Python (peloton.run), not with peloton train")
+            .file("exp.toml", "[external]\nname = \"my-cnn\"\n"),
+        row("file: external with a problem", &quad(&["-c", "exp.toml"]), "[external] (a model trained from Python) excludes [problem] and [model]")
+            .file("exp.toml", "[external]\nname = \"my-cnn\"\n"),
+        row("file: external name with a slash", &["train", "-c", "exp.toml"], "external.name must be 1 to 64 letters")
+            .file("exp.toml", "[external]\nname = \"../up\"\n"),
+        row("file: external with an unknown key", &["train", "-c", "exp.toml"], "unknown field `model_name`")
+            .file("exp.toml", "[external]\nname = \"x\"\nmodel_name = \"y\"\n"),
         row("file: missing", &quad(&["-c", "nowhere.toml"]), "cannot read config file nowhere.toml"),
         row("file: a directory", &quad(&["-c", "runs"]), "cannot read config file runs"),
         row("file: not UTF-8", &quad(&["-c", "exp.toml"]), "cannot read config file exp.toml")

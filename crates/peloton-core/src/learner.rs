@@ -1,9 +1,12 @@
 //! The [`Learner`]: one worker's local training problem (model + data), seen through a flat
 //! parameter buffer. Algorithms never see a model or a dataset, only this trait.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::StateDict;
+use crate::flat::SharedBuffer;
 use crate::layout::ParamLayout;
 use crate::{Error, Result};
 
@@ -67,6 +70,32 @@ pub trait Learner: Send {
 
     /// Replaces that state by `state`.
     fn write_shared_state(&mut self, _state: &[f32]) {}
+
+    /// The parameter and gradient buffers, when this learner's model lives in memory shared
+    /// with a training loop outside peloton (see [`crate::external`]): the runner then works
+    /// on them in place instead of on vectors of its own, and `init_params`, `loss_and_grad`
+    /// and the optimizer step get exactly these buffers. `None` (the default): the runner's own.
+    fn shared_buffers(&self) -> Option<(Arc<SharedBuffer>, Arc<SharedBuffer>)> {
+        None
+    }
+
+    /// Takes the local optimizer step itself (a loop outside peloton with an optimizer of its
+    /// own, e.g. PyTorch's) with this step's learning rate, instead of peloton's optimizer;
+    /// `None` (the default): peloton's optimizer steps.
+    fn optimizer_step(
+        &mut self,
+        _params: &mut [f32],
+        _grad: &[f32],
+        _lr: f32,
+    ) -> Option<Result<()>> {
+        None
+    }
+
+    /// Forgets the state of the optimizer that [`Learner::optimizer_step`] uses (its momentum),
+    /// as peloton's own is cleared when a diverged worker is reset to the leader.
+    fn clear_optimizer(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Writes what this learner needs to continue exactly from here: its random streams, the
     /// position of its data iterator, non-trainable model state (not the parameters, which the

@@ -18,6 +18,8 @@ pub mod algorithms;
 pub mod bench;
 pub mod checkpoint;
 mod error;
+pub mod external;
+pub mod flat;
 pub mod kernels;
 pub mod layout;
 pub mod learner;

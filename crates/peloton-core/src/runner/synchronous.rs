@@ -307,7 +307,7 @@ impl<'a> SyncRun<'a> {
             staleness: None,
             staleness_max: None,
             leader_changes: seen.leader_changes,
-            params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.clone()),
+            params: (params.len() <= RECORD_PARAMS_MAX).then(|| params.to_vec()),
         }));
         self.interval_sum = 0.0;
         self.interval_count = 0;

@@ -10,6 +10,7 @@ use super::traffic::DiagnosticTraffic;
 use super::{Event, RunConfig, WorkerOutcome};
 use crate::algorithms::leader::LossWindow;
 use crate::algorithms::{Algorithm, RunShape, StepContext, Worker};
+use crate::flat::Flat;
 use crate::learner::{Learner, LearnerContext, LearnerFactory};
 use crate::optim::Sgd;
 use crate::transport::compressed::{CompressionLayer, Phase};
@@ -19,7 +20,8 @@ use crate::{Error, Result};
 /// One worker's state after the collective preparation shared by every algorithm.
 pub(super) struct Prepared {
     learner: Box<dyn crate::learner::Learner>,
-    params: Vec<f32>,
+    params: Flat,
+    grad: Flat,
     pub total_steps: Option<u64>,
     state_len: usize,
     shared_state: Vec<f32>,
@@ -67,7 +69,20 @@ pub(super) fn prepare(
     })?;
     let shared_state = vec![0.0f32; state_len];
 
-    let mut params = vec![0.0f32; len];
+    // A loop outside peloton shares its model's memory; other learners get the runner's own.
+    let (mut params, grad) = match learner.shared_buffers() {
+        Some((params, grad)) => {
+            if params.len() != len || grad.len() != len {
+                return Err(Error::Config(format!(
+                    "the learner's shared buffers hold {} and {} values, its model {len}",
+                    params.len(),
+                    grad.len()
+                )));
+            }
+            (Flat::Shared(params), Flat::Shared(grad))
+        }
+        None => (Flat::zeros(len), Flat::zeros(len)),
+    };
     learner.init_params(&mut params);
     if config.sync_init {
         comm.broadcast(&mut params, 0)?;
@@ -112,6 +127,7 @@ pub(super) fn prepare(
         Prepared {
             learner,
             params,
+            grad,
             total_steps,
             state_len,
             shared_state,
@@ -127,9 +143,9 @@ pub(super) fn prepare(
 /// and leader metric, the averaged model state and the diagnostic traffic.
 pub(super) struct Local {
     pub learner: Box<dyn Learner>,
-    pub params: Vec<f32>,
+    pub params: Flat,
     /// The latest mini-batch gradient.
-    pub grad: Vec<f32>,
+    pub grad: Flat,
     /// Room for a model besides the worker's own (an average, the center).
     pub scratch: Vec<f32>,
     pub optimizer: Sgd,
@@ -152,6 +168,7 @@ impl Local {
         let Prepared {
             learner,
             params,
+            grad,
             total_steps: _,
             state_len,
             shared_state,
@@ -160,7 +177,6 @@ impl Local {
             compression,
         } = prepared;
         let len = params.len();
-        let grad = vec![0.0f32; len];
         let scratch = vec![0.0f32; len];
         let optimizer = config.optimizer.init(learner.layout());
         let window = LossWindow::new(config.leader_window);
@@ -196,7 +212,7 @@ impl Local {
             stats,
             links,
             center,
-            params: self.params,
+            params: self.params.into_vec(),
             losses: self.losses,
             final_evals: Vec::new(),
             steps,
@@ -300,6 +316,7 @@ pub(super) fn local_step(
                 // belongs to the diverged trajectory, and its metric is NaN for K steps, so it
                 // cannot lead before it has K good losses of its own.
                 optimizer.clear();
+                learner.clear_optimizer()?;
                 window.push(f64::NAN);
                 loss = learner.loss_and_grad(params, grad)?;
                 if !(loss.is_finite() && grad.iter().all(|g| g.is_finite())) {
@@ -324,7 +341,11 @@ pub(super) fn local_step(
     set_phase(compression, Phase::Gradients);
     algorithm.before_step(&mut ctx)?;
     set_phase(compression, Phase::Models);
-    optimizer.step(ctx.params, ctx.grad, lr);
+    // A loop outside peloton may step its own optimizer (PyTorch's).
+    match learner.optimizer_step(ctx.params, ctx.grad, lr) {
+        Some(stepped) => stepped?,
+        None => optimizer.step(ctx.params, ctx.grad, lr),
+    }
     algorithm.after_step(&mut ctx).map(|()| loss)
 }
 

@@ -1,0 +1,741 @@
+//! A training loop outside peloton as the learner of a worker: a PyTorch loop in Python (the
+//! `peloton` package) drives every registered algorithm, with its model's tensors as views of
+//! the worker's flat buffers, on any transport.
+//!
+//! The runner's loops stay as they are. Each worker's learner is an [`ExternalLearner`] whose
+//! calls become requests to the worker's outside loop, answered through a [`LoopHandle`]; the
+//! runner thread waits while the loop works, and the loop waits while the runner communicates,
+//! so the two take turns on the shared [`SharedBuffer`]s (no copy per step):
+//!
+//! ```text
+//! runner (a worker thread)                      outside loop (its own thread)
+//! factory.build ── waits for ─────────────────  attach(layout): model written into `params`
+//! loss_and_grad ── Request::Gradient ───────→   forward, backward into `grad`
+//!               ←─────────────── Reply::Loss ── reply
+//! before_step                                   (all-reduce SGD averages `grad` here)
+//! optimizer_step ─ Request::OptimizerStep ──→   its optimizer steps `params` (if it owns one)
+//! after_step                                    (LSGD's pull, gossip, averaging here)
+//! evaluate ─────── Request::Evaluate ───────→   test loss and accuracy of a model
+//! run over ───────────────────────────────→     next() says Finished
+//! ```
+//!
+//! A loop that fails or returns early [`LoopHandle::leave`]s: the runner's pending call fails
+//! with the loop's message, which ends the run as any learner error does.
+
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::flat::SharedBuffer;
+use crate::layout::ParamLayout;
+use crate::learner::{Evaluation, Learner, LearnerContext, LearnerFactory};
+use crate::{Error, Result};
+
+/// What the runner asks of an outside loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Request {
+    /// Compute the next mini-batch's loss and write its gradient into the gradient buffer, at
+    /// the parameters in the parameter buffer. `index` counts the requests from 0 (a worker
+    /// reset to the leader asks twice in one step).
+    Gradient { index: u64 },
+    /// Step the loop's own optimizer on the parameter buffer with the gradient buffer, at
+    /// learning rate `lr` (only asked of a loop attached with `owns_optimizer`).
+    OptimizerStep { lr: f32 },
+    /// Forget the loop optimizer's state (momentum): this worker diverged and was reset.
+    ClearOptimizer,
+    /// Evaluate a model on held-out data: the worker's own parameter buffer (`own`), or the
+    /// model in the evaluation buffer (the workers' average, the leader's, the center).
+    Evaluate { own: bool },
+}
+
+/// The outside loop's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// To [`Request::Gradient`]: the mini-batch loss.
+    Loss(f64),
+    /// To [`Request::OptimizerStep`] and [`Request::ClearOptimizer`].
+    Done,
+    /// To [`Request::Evaluate`].
+    Evaluation(Evaluation),
+}
+
+/// What the loop gets from [`LoopHandle::next`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Request(Request),
+    /// The run is over for this worker (finished, or failed: the run's result says which).
+    Finished,
+}
+
+/// What an outside loop tells the runner about its model when it attaches.
+#[derive(Debug, Clone)]
+pub struct Attach {
+    /// The parameter tensors' names and shapes, in the flat buffer's order.
+    pub layout: ParamLayout,
+    /// The model's initial parameters (`layout.len()` values); worker 0's are broadcast to
+    /// every worker when the run asks for it.
+    pub initial: Vec<f32>,
+    /// Whether the loop steps its own optimizer ([`Request::OptimizerStep`]) instead of
+    /// peloton's `[optimizer]`.
+    pub owns_optimizer: bool,
+    /// Local steps in one pass over this worker's data, when the loop knows it (for an
+    /// `epochs` budget).
+    pub steps_per_epoch: Option<u64>,
+}
+
+/// The buffers an attached loop works in: its model's tensors are views of them.
+#[derive(Clone)]
+pub struct Buffers {
+    pub params: Arc<SharedBuffer>,
+    pub grad: Arc<SharedBuffer>,
+    /// Where a model to evaluate other than the worker's own is put ([`Request::Evaluate`]).
+    pub eval: Arc<SharedBuffer>,
+}
+
+/// One worker's meeting point of runner and loop.
+struct Slot {
+    rank: usize,
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// What the loop attached.
+    attached: Option<(Attach, Buffers)>,
+    /// The runner's request the loop has not taken yet.
+    request: Option<Request>,
+    /// The request the loop took and has not answered yet.
+    answering: Option<Request>,
+    reply: Option<Reply>,
+    /// The run is over ([`ExternalLoops::close`]).
+    finished: bool,
+    /// The loop left: `Some(None)` when it returned, `Some(Some(message))` when it failed.
+    left: Option<Option<String>>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // A panic while holding the lock cannot leave the state half-changed (every change is
+        // one assignment), so a poisoned lock is still good.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, SlotState>) -> MutexGuard<'a, SlotState> {
+        self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runner's error when the loop left while the runner needs it.
+    fn left_error(&self, left: &Option<String>, what: &str) -> Error {
+        Error::Learner {
+            worker: self.rank,
+            message: match left {
+                Some(message) => format!("the training loop failed: {message}"),
+                None => format!("the training loop returned {what}"),
+            },
+        }
+    }
+}
+
+/// The outside loops of the workers in this process: the runner's side is the
+/// [`LearnerFactory`], each loop's side its [`LoopHandle`].
+pub struct ExternalLoops {
+    ranks: Range<usize>,
+    slots: Vec<Arc<Slot>>,
+}
+
+impl ExternalLoops {
+    /// Meeting points for the workers `ranks` (all of them on threads and the simulator, one
+    /// on MPI).
+    pub fn new(ranks: Range<usize>) -> Self {
+        let slots = ranks
+            .clone()
+            .map(|rank| {
+                Arc::new(Slot {
+                    rank,
+                    state: Mutex::new(SlotState::default()),
+                    changed: Condvar::new(),
+                })
+            })
+            .collect();
+        Self { ranks, slots }
+    }
+
+    pub fn ranks(&self) -> Range<usize> {
+        self.ranks.clone()
+    }
+
+    /// The loop's side of worker `rank`.
+    pub fn handle(&self, rank: usize) -> Option<LoopHandle> {
+        let slot = self.slot(rank)?;
+        Some(LoopHandle {
+            slot: Arc::clone(slot),
+        })
+    }
+
+    /// Ends the run for every loop: call it when the run has returned, however it ended. Until
+    /// then a loop whose worker is done keeps waiting, since the runner may still ask it for an
+    /// evaluation (an asynchronous run's final model is evaluated by worker 0's learner once
+    /// every worker is done).
+    pub fn close(&self) {
+        for slot in &self.slots {
+            slot.lock().finished = true;
+            slot.changed.notify_all();
+        }
+    }
+
+    fn slot(&self, rank: usize) -> Option<&Arc<Slot>> {
+        rank.checked_sub(self.ranks.start)
+            .and_then(|i| self.slots.get(i))
+    }
+}
+
+impl LearnerFactory for ExternalLoops {
+    /// Waits for worker `ctx.rank`'s loop to attach. Every learner built for a worker talks to
+    /// the same loop (the runner builds a second one for an asynchronous run's final
+    /// evaluation).
+    fn build(&self, ctx: LearnerContext) -> Result<Box<dyn Learner>> {
+        let slot = self.slot(ctx.rank).ok_or_else(|| {
+            Error::Config(format!(
+                "worker {} has no training loop in this process (its loops are workers {}..{})",
+                ctx.rank, self.ranks.start, self.ranks.end
+            ))
+        })?;
+        let mut state = slot.lock();
+        loop {
+            if let Some((attach, buffers)) = &state.attached {
+                return Ok(Box::new(ExternalLearner {
+                    slot: Arc::clone(slot),
+                    attach: attach.clone(),
+                    buffers: buffers.clone(),
+                    gradients: 0,
+                }));
+            }
+            if let Some(left) = &state.left {
+                return Err(slot.left_error(left, "before attaching its model"));
+            }
+            if state.finished {
+                return Err(Error::Config("the run is over".into()));
+            }
+            state = slot.wait(state);
+        }
+    }
+}
+
+/// The runner's side: a [`Learner`] whose work is done by the outside loop.
+pub struct ExternalLearner {
+    slot: Arc<Slot>,
+    attach: Attach,
+    buffers: Buffers,
+    gradients: u64,
+}
+
+impl ExternalLearner {
+    /// Asks the loop and waits for its answer.
+    fn call(&self, request: Request) -> Result<Reply> {
+        let slot = &self.slot;
+        let mut state = slot.lock();
+        if let Some(left) = &state.left {
+            return Err(slot.left_error(left, "before the run's end"));
+        }
+        state.request = Some(request);
+        state.reply = None;
+        slot.changed.notify_all();
+        loop {
+            if let Some(reply) = state.reply.take() {
+                return Ok(reply);
+            }
+            if let Some(left) = &state.left {
+                return Err(slot.left_error(left, "before the run's end"));
+            }
+            state = slot.wait(state);
+        }
+    }
+
+    /// Checks that the runner hands over the shared buffers themselves.
+    fn ensure_shared(&self, what: &str, given: *const f32, shared: &SharedBuffer) -> Result<()> {
+        if std::ptr::eq(given, shared.as_ptr()) {
+            Ok(())
+        } else {
+            Err(Error::Learner {
+                worker: self.slot.rank,
+                message: format!("an outside training loop works on its shared {what} buffer only"),
+            })
+        }
+    }
+
+    fn unexpected(&self, request: Request, reply: Reply) -> Error {
+        Error::Learner {
+            worker: self.slot.rank,
+            message: format!("the training loop answered {request:?} with {reply:?}"),
+        }
+    }
+}
+
+impl Learner for ExternalLearner {
+    fn layout(&self) -> &ParamLayout {
+        &self.attach.layout
+    }
+
+    /// The loop wrote its model's initial parameters when it attached.
+    fn init_params(&mut self, params: &mut [f32]) {
+        if !std::ptr::eq(params.as_ptr(), self.buffers.params.as_ptr()) {
+            params.copy_from_slice(&self.attach.initial);
+        }
+    }
+
+    fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64> {
+        self.ensure_shared("parameter", params.as_ptr(), &self.buffers.params)?;
+        self.ensure_shared("gradient", grad.as_ptr(), &self.buffers.grad)?;
+        let request = Request::Gradient {
+            index: self.gradients,
+        };
+        self.gradients += 1;
+        match self.call(request)? {
+            Reply::Loss(loss) => Ok(loss),
+            other => Err(self.unexpected(request, other)),
+        }
+    }
+
+    fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
+        let own = std::ptr::eq(params.as_ptr(), self.buffers.params.as_ptr());
+        if !own {
+            // The loop's turn has not started: the runner may write the evaluation buffer.
+            self.buffers.eval.write(params);
+        }
+        let request = Request::Evaluate { own };
+        match self.call(request)? {
+            Reply::Evaluation(e) => Ok(e),
+            other => Err(self.unexpected(request, other)),
+        }
+    }
+
+    fn steps_per_epoch(&self) -> Option<u64> {
+        self.attach.steps_per_epoch
+    }
+
+    fn shared_buffers(&self) -> Option<(Arc<SharedBuffer>, Arc<SharedBuffer>)> {
+        Some((
+            Arc::clone(&self.buffers.params),
+            Arc::clone(&self.buffers.grad),
+        ))
+    }
+
+    fn optimizer_step(&mut self, params: &mut [f32], grad: &[f32], lr: f32) -> Option<Result<()>> {
+        if !self.attach.owns_optimizer {
+            return None;
+        }
+        let stepped = (|| {
+            self.ensure_shared("parameter", params.as_ptr(), &self.buffers.params)?;
+            self.ensure_shared("gradient", grad.as_ptr(), &self.buffers.grad)?;
+            let request = Request::OptimizerStep { lr };
+            match self.call(request)? {
+                Reply::Done => Ok(()),
+                other => Err(self.unexpected(request, other)),
+            }
+        })();
+        Some(stepped)
+    }
+
+    fn clear_optimizer(&mut self) -> Result<()> {
+        if !self.attach.owns_optimizer {
+            return Ok(());
+        }
+        match self.call(Request::ClearOptimizer)? {
+            Reply::Done => Ok(()),
+            other => Err(self.unexpected(Request::ClearOptimizer, other)),
+        }
+    }
+}
+
+/// The outside loop's side of one worker.
+#[derive(Clone)]
+pub struct LoopHandle {
+    slot: Arc<Slot>,
+}
+
+impl LoopHandle {
+    pub fn rank(&self) -> usize {
+        self.slot.rank
+    }
+
+    /// Gives the runner this worker's model and returns the buffers the loop's tensors are to
+    /// view (the parameters already hold `attach.initial`). Once per worker.
+    pub fn attach(&self, attach: Attach) -> Result<Buffers> {
+        let len = attach.layout.len();
+        if attach.initial.len() != len {
+            return Err(Error::Config(format!(
+                "the initial parameters hold {} values, the layout {len}",
+                attach.initial.len()
+            )));
+        }
+        if len == 0 {
+            return Err(Error::Config("the model has no parameters".into()));
+        }
+        let mut state = self.slot.lock();
+        if state.attached.is_some() {
+            return Err(Error::Config(format!(
+                "worker {}'s training loop attached a model already",
+                self.slot.rank
+            )));
+        }
+        if state.finished {
+            return Err(Error::Config("the run is over".into()));
+        }
+        let buffers = Buffers {
+            params: SharedBuffer::zeros(len),
+            grad: SharedBuffer::zeros(len),
+            eval: SharedBuffer::zeros(len),
+        };
+        // Nobody else has the buffers yet.
+        buffers.params.write(&attach.initial);
+        state.attached = Some((attach, buffers.clone()));
+        self.slot.changed.notify_all();
+        Ok(buffers)
+    }
+
+    /// Waits for the runner's next request, or the run's end.
+    pub fn next(&self) -> Result<Next> {
+        let mut state = self.slot.lock();
+        if let Some(pending) = state.answering {
+            return Err(Error::Config(format!(
+                "answer the runner's {pending:?} before asking for the next request"
+            )));
+        }
+        loop {
+            if let Some(request) = state.request.take() {
+                state.answering = Some(request);
+                return Ok(Next::Request(request));
+            }
+            if state.finished {
+                return Ok(Next::Finished);
+            }
+            state = self.slot.wait(state);
+        }
+    }
+
+    /// Answers the request [`LoopHandle::next`] returned.
+    pub fn reply(&self, reply: Reply) -> Result<()> {
+        let mut state = self.slot.lock();
+        let Some(request) = state.answering else {
+            return Err(Error::Config("there is no request to answer".into()));
+        };
+        let fits = matches!(
+            (request, &reply),
+            (Request::Gradient { .. }, Reply::Loss(_))
+                | (Request::OptimizerStep { .. }, Reply::Done)
+                | (Request::ClearOptimizer, Reply::Done)
+                | (Request::Evaluate { .. }, Reply::Evaluation(_))
+        );
+        if !fits {
+            return Err(Error::Config(format!(
+                "{reply:?} does not answer the runner's {request:?}"
+            )));
+        }
+        state.answering = None;
+        state.reply = Some(reply);
+        self.slot.changed.notify_all();
+        Ok(())
+    }
+
+    /// The loop is done: it returned (`None`) or failed (`Some(message)`). A runner still
+    /// waiting for it fails with that message; the loop may not attach or answer after this.
+    pub fn leave(&self, failure: Option<String>) {
+        let mut state = self.slot.lock();
+        if state.left.is_none() {
+            state.left = Some(failure);
+        }
+        state.answering = None;
+        self.slot.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithms::{AlgorithmConfig, AllReduceConfig, LsgdConfig};
+    use crate::optim::OptimizerConfig;
+    use crate::runner::{run_threads, RunConfig, RunReport};
+
+    const DIM: usize = 6;
+
+    /// Worker r's objective ½‖x − c_r‖² with the gradient taken at a point perturbed by a
+    /// fixed sequence, so that steps differ from worker to worker and from step to step.
+    fn center(rank: usize) -> Vec<f32> {
+        (0..DIM)
+            .map(|i| (rank * DIM + i) as f32 * 0.25 - 1.0)
+            .collect()
+    }
+
+    fn noise(rank: usize, index: u64, i: usize) -> f32 {
+        ((rank as u64 * 31 + index * 7 + i as u64) % 11) as f32 * 0.01 - 0.05
+    }
+
+    fn loss_and_grad(rank: usize, index: u64, x: &[f32], g: &mut [f32]) -> f64 {
+        let c = center(rank);
+        let mut loss = 0.0f64;
+        for i in 0..DIM {
+            let d = x[i] - c[i] + noise(rank, index, i);
+            g[i] = d;
+            loss += 0.5 * f64::from(d) * f64::from(d);
+        }
+        loss
+    }
+
+    fn evaluation(x: &[f32]) -> Evaluation {
+        Evaluation {
+            loss: x.iter().map(|v| f64::from(*v).powi(2)).sum(),
+            accuracy: None,
+            grad_norm: None,
+        }
+    }
+
+    /// The same problem as a learner in Rust.
+    struct InRust {
+        rank: usize,
+        index: u64,
+        layout: ParamLayout,
+    }
+
+    impl Learner for InRust {
+        fn layout(&self) -> &ParamLayout {
+            &self.layout
+        }
+        fn init_params(&mut self, params: &mut [f32]) {
+            params.fill(0.5 + self.rank as f32);
+        }
+        fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64> {
+            let loss = loss_and_grad(self.rank, self.index, params, grad);
+            self.index += 1;
+            Ok(loss)
+        }
+        fn evaluate(&mut self, params: &[f32]) -> Result<Evaluation> {
+            Ok(evaluation(params))
+        }
+    }
+
+    fn layout() -> ParamLayout {
+        ParamLayout::new().with("w", &[2, 3])
+    }
+
+    /// An outside loop on its own thread: attaches, answers until the run is over, and steps
+    /// plain SGD itself when it owns the optimizer.
+    fn outside_loop(handle: LoopHandle, owns_optimizer: bool) -> Result<u64> {
+        let rank = handle.rank();
+        let buffers = handle.attach(Attach {
+            layout: layout(),
+            initial: vec![0.5 + rank as f32; DIM],
+            owns_optimizer,
+            steps_per_epoch: None,
+        })?;
+        let (mut x, mut g) = (vec![0.0; DIM], vec![0.0; DIM]);
+        let mut requests = 0;
+        loop {
+            let request = match handle.next()? {
+                Next::Finished => return Ok(requests),
+                Next::Request(r) => r,
+            };
+            requests += 1;
+            let reply = match request {
+                Request::Gradient { index } => {
+                    buffers.params.read(&mut x);
+                    let loss = loss_and_grad(rank, index, &x, &mut g);
+                    buffers.grad.write(&g);
+                    Reply::Loss(loss)
+                }
+                Request::OptimizerStep { lr } => {
+                    buffers.params.read(&mut x);
+                    buffers.grad.read(&mut g);
+                    for (p, d) in x.iter_mut().zip(&g) {
+                        *p -= lr * d;
+                    }
+                    buffers.params.write(&x);
+                    Reply::Done
+                }
+                Request::ClearOptimizer => Reply::Done,
+                Request::Evaluate { own } => {
+                    let source = if own { &buffers.params } else { &buffers.eval };
+                    source.read(&mut x);
+                    Reply::Evaluation(evaluation(&x))
+                }
+            };
+            handle.reply(reply)?;
+        }
+    }
+
+    fn config(algorithm: AlgorithmConfig) -> RunConfig {
+        RunConfig {
+            workers: 3,
+            steps: Some(40),
+            log_every: 10,
+            eval_every: 20,
+            sync_init: false,
+            algorithm,
+            optimizer: OptimizerConfig {
+                lr: 0.1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn run_outside(config: &RunConfig, owns_optimizer: bool) -> Result<RunReport> {
+        let loops = ExternalLoops::new(0..config.workers);
+        std::thread::scope(|s| {
+            let threads: Vec<_> = loops
+                .ranks()
+                .map(|r| {
+                    let handle = loops.handle(r).unwrap();
+                    s.spawn(move || outside_loop(handle, owns_optimizer))
+                })
+                .collect();
+            let report = run_threads(config, &loops, &mut |_| {});
+            loops.close();
+            for t in threads {
+                t.join().unwrap()?;
+            }
+            report
+        })
+    }
+
+    fn run_in_rust(config: &RunConfig) -> RunReport {
+        let factory = |ctx: LearnerContext| -> Result<Box<dyn Learner>> {
+            Ok(Box::new(InRust {
+                rank: ctx.rank,
+                index: 0,
+                layout: layout(),
+            }))
+        };
+        run_threads(config, &factory, &mut |_| {}).unwrap()
+    }
+
+    fn params(report: &RunReport) -> Vec<Vec<f32>> {
+        report.workers.iter().map(|w| w.params.clone()).collect()
+    }
+
+    #[test]
+    fn an_outside_loop_gives_the_same_run_as_a_learner_in_rust() {
+        for algorithm in [
+            AlgorithmConfig::new(LsgdConfig::default()),
+            AlgorithmConfig::new(AllReduceConfig::default()),
+        ] {
+            let config = config(algorithm);
+            let inside = run_in_rust(&config);
+            // peloton's optimizer, and the loop's own plain SGD, which is the same update.
+            for owns in [false, true] {
+                let outside = run_outside(&config, owns).unwrap();
+                assert_eq!(params(&outside), params(&inside), "owns_optimizer = {owns}");
+                assert_eq!(outside.workers[1].losses, inside.workers[1].losses);
+                let evals = |r: &RunReport| -> Vec<_> {
+                    r.final_evals
+                        .iter()
+                        .map(|e| (e.step, e.eval.clone()))
+                        .collect()
+                };
+                assert_eq!(evals(&outside), evals(&inside));
+            }
+        }
+    }
+
+    #[test]
+    fn an_asynchronous_run_evaluates_its_final_model_through_worker_0s_loop() {
+        let mut config = config(AlgorithmConfig::new(
+            crate::algorithms::AsyncEasgdConfig::default(),
+        ));
+        config.eval_every = 0;
+        let report = run_outside(&config, false).unwrap();
+        assert_eq!(report.final_evals.len(), 1);
+        assert!(report.final_evals[0].eval.loss.is_finite());
+    }
+
+    #[test]
+    fn a_loop_that_fails_ends_the_run_with_its_message() {
+        let config = config(AlgorithmConfig::new(LsgdConfig::default()));
+        let loops = ExternalLoops::new(0..3);
+        let err = std::thread::scope(|s| {
+            for r in 0..3 {
+                let handle = loops.handle(r).unwrap();
+                s.spawn(move || {
+                    if r == 2 {
+                        handle.leave(Some("CUDA out of memory".into()));
+                    } else {
+                        let _ = outside_loop(handle, false);
+                    }
+                });
+            }
+            let result = run_threads(&config, &loops, &mut |_| {});
+            loops.close();
+            result.unwrap_err()
+        });
+        let message = err.to_string();
+        assert!(message.contains("CUDA out of memory"), "{message}");
+        assert!(message.contains("worker 2"), "{message}");
+    }
+
+    #[test]
+    fn a_loop_that_returns_early_is_named() {
+        let config = config(AlgorithmConfig::new(LsgdConfig::default()));
+        let loops = ExternalLoops::new(0..3);
+        let err = std::thread::scope(|s| {
+            for r in 0..3 {
+                let handle = loops.handle(r).unwrap();
+                s.spawn(move || {
+                    if r == 1 {
+                        let buffers = handle
+                            .attach(Attach {
+                                layout: layout(),
+                                initial: vec![0.0; DIM],
+                                owns_optimizer: false,
+                                steps_per_epoch: None,
+                            })
+                            .unwrap();
+                        // Answers five gradients, then returns.
+                        for _ in 0..5 {
+                            let Next::Request(Request::Gradient { .. }) = handle.next().unwrap()
+                            else {
+                                panic!("a gradient request first")
+                            };
+                            buffers.grad.write(&[0.0; DIM]);
+                            handle.reply(Reply::Loss(1.0)).unwrap();
+                        }
+                        handle.leave(None);
+                    } else {
+                        let _ = outside_loop(handle, false);
+                    }
+                });
+            }
+            let result = run_threads(&config, &loops, &mut |_| {});
+            loops.close();
+            result.unwrap_err()
+        });
+        let message = err.to_string();
+        assert!(
+            message.contains("worker 1") && message.contains("returned before the run's end"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_handle_refuses_what_does_not_fit() {
+        let loops = ExternalLoops::new(0..1);
+        let handle = loops.handle(0).unwrap();
+        assert!(loops.handle(1).is_none());
+        let bad = handle.attach(Attach {
+            layout: layout(),
+            initial: vec![0.0; 2],
+            owns_optimizer: false,
+            steps_per_epoch: None,
+        });
+        assert!(bad.err().unwrap().to_string().contains("hold 2 values"));
+        assert!(handle.reply(Reply::Done).is_err(), "nothing asked yet");
+        let good = Attach {
+            layout: layout(),
+            initial: vec![0.0; DIM],
+            owns_optimizer: false,
+            steps_per_epoch: None,
+        };
+        handle.attach(good.clone()).unwrap();
+        assert!(handle.attach(good).is_err(), "a second model");
+        loops.close();
+        assert_eq!(handle.next().unwrap(), Next::Finished);
+    }
+}

@@ -1,0 +1,182 @@
+"""peloton.torch: a plain PyTorch loop trained by peloton's algorithms.
+
+``wrap(worker, model, optimizer, evaluate=...)`` makes the model's parameters and gradients
+views of the worker's flat buffers (one copy, at the start), so the algorithm mixes the very
+tensors the model computes with. The loop stays PyTorch's own::
+
+    def train(worker):
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        peloton.torch.wrap(worker, model, opt, evaluate=test_accuracy)
+        for _ in worker.steps():
+            x, y = next_batch()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            worker.step(loss)       # the algorithm's hooks around opt.step()
+
+    peloton.run(train, algorithm="lsgd", workers=4, steps=1000)
+
+The learning rate comes from peloton's ``[optimizer]`` (``lr`` and its schedule), so that the
+algorithms (LSGD's pull, EASGD's elastic force) see the one the optimizer uses: it is written
+into the optimizer's param groups before every step. BatchNorm running statistics stay each
+worker's own. Models on the CPU, in float32; CUDA models are refused for now.
+
+torch is imported by this module only: ``import peloton`` works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from typing import Callable
+
+import torch
+
+from . import Error, Worker
+
+__all__ = ["seeded", "wrap"]
+
+# torch's default generator is one per process: workers that seed it and draw from it at the
+# same time (building their models) would interleave their draws.
+_GLOBAL_RNG = threading.Lock()
+
+
+@contextlib.contextmanager
+def seeded(worker: Worker):
+    """Seeds torch's default generator for this worker (from the run's seed and the rank) and
+    holds it for the worker alone while the block runs: models built inside start the same on
+    every run. Draws outside such a block (dropout, ``torch.randint``) interleave between the
+    worker threads; give them a ``torch.Generator`` of their own for repeatable runs."""
+    with _GLOBAL_RNG:
+        state = torch.random.get_rng_state()
+        torch.manual_seed((worker.seed * 1_000_003 + worker.rank) % (1 << 63))
+        try:
+            yield
+        finally:
+            torch.random.set_rng_state(state)
+
+
+def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         *, evaluate: Callable[[torch.nn.Module], "tuple[float, float | None] | float"] | None = None,
+         steps_per_epoch: int | None = None) -> torch.nn.Module:
+    """Attaches ``model`` to ``worker`` and returns it, its trainable parameters now views of
+    ``worker.params`` and their ``.grad`` views of ``worker.grad``.
+
+    * ``optimizer``: stepped by peloton between the algorithm's hooks (``None``: peloton's own
+      ``[optimizer]`` steps the flat buffer). Its ``zero_grad`` zeroes the flat gradient in place.
+    * ``evaluate(model) -> (test_loss, accuracy)``: called under ``torch.no_grad()`` in eval
+      mode, on the worker's own parameters or on another model peloton evaluates (the workers'
+      average, the leader's), loaded into the same module.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise Error("peloton.torch.wrap: the model has no trainable parameters")
+    for name, p in named:
+        if p.device.type != "cpu":
+            raise Error(f"peloton.torch.wrap: parameter {name} is on {p.device}; only CPU models are supported yet")
+        if p.dtype != torch.float32:
+            raise Error(f"peloton.torch.wrap: parameter {name} is {p.dtype}; peloton's buffers are float32")
+    params = [p for _, p in named]
+    if optimizer is not None:
+        wrapped = {id(p) for p in params}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in wrapped:
+                    raise Error("peloton.torch.wrap: the optimizer steps a tensor that is not a trainable parameter of the model")
+
+    with torch.no_grad():
+        initial = torch.cat([p.detach().reshape(-1) for p in params]).numpy()
+    layout = [(name, tuple(p.shape)) for name, p in named]
+    flat_views = _Views(params)
+
+    def evaluate_params(flat) -> "tuple[float, float | None] | float":
+        if evaluate is None:
+            return float("nan"), None
+        own = flat is worker.params
+        if not own:
+            flat_views.point(params, torch.from_numpy(flat))
+        training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                return evaluate(model)
+        finally:
+            model.train(training)
+            if not own:
+                flat_views.point(params, flat_views.params)
+
+    step = clear = None
+    if optimizer is not None:
+        warned = []
+
+        def step(lr: float) -> None:
+            for group in optimizer.param_groups:
+                # peloton's lr is float32: equal to 7 digits is the same rate.
+                if not warned and abs(group["lr"] - lr) > 1e-6 * max(1e-12, abs(lr)):
+                    warned.append(True)
+                    warnings.warn(
+                        f"peloton.torch: the optimizer's lr {group['lr']} is replaced by peloton's "
+                        f"{lr} (set it in peloton's optimizer config, e.g. optimizer={{'lr': ...}})",
+                        stacklevel=2)
+                group["lr"] = lr
+            optimizer.step()
+
+        def clear() -> None:
+            optimizer.state.clear()
+
+    worker.attach(layout, initial, optimizer=step, clear_optimizer=clear, evaluate=evaluate_params,
+                  steps_per_epoch=steps_per_epoch)
+    flat_views.params = torch.from_numpy(worker.params)
+    flat_views.grad = torch.from_numpy(worker.grad)
+    flat_views.point(params, flat_views.params)
+    flat_views.point_grads(params)
+    # A `.grad` set to None (zero_grad(set_to_none=True)) is reallocated by backward outside the
+    # flat buffer: copy it back in and point it at its view again, before peloton reads `grad`.
+    worker._before_reply.append(lambda: flat_views.regather_grads(params))
+    if optimizer is not None:
+        def zero_grad(set_to_none: bool = True) -> None:
+            flat_views.grad.zero_()
+            flat_views.point_grads(params)
+        optimizer.zero_grad = zero_grad
+    return model
+
+
+class _Views:
+    """Where each parameter sits in the flat buffers, and how to point tensors there."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.shapes = [p.shape for p in params]
+        self.offsets = []
+        offset = 0
+        for p in params:
+            self.offsets.append(offset)
+            offset += p.numel()
+        self.params: torch.Tensor | None = None
+        self.grad: torch.Tensor | None = None
+        self.grad_views: list[torch.Tensor] = []
+
+    def slices(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [flat[o:o + s.numel()].view(s) for o, s in zip(self.offsets, self.shapes)]
+
+    def point(self, params: list[torch.Tensor], flat: torch.Tensor) -> None:
+        for p, view in zip(params, self.slices(flat)):
+            p.data = view
+
+    def point_grads(self, params: list[torch.Tensor]) -> None:
+        if not self.grad_views:
+            self.grad_views = self.slices(self.grad)
+        for p, view in zip(params, self.grad_views):
+            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                p.grad = view
+
+    def regather_grads(self, params: list[torch.Tensor]) -> None:
+        for p, view in zip(params, self.grad_views):
+            g = p.grad
+            if g is None:
+                view.zero_()  # a parameter the loss did not reach
+                p.grad = view
+            elif g.data_ptr() != view.data_ptr():
+                view.copy_(g)
+                p.grad = view

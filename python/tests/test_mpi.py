@@ -1,0 +1,58 @@
+"""peloton from Python on MPI: `mpirun -n 2 python script.py` gives the same run as two
+thread-workers, bit for bit (skipped unless the wheel was built with `--features mpi` and
+mpirun is on the PATH)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import peloton
+from peloton import _native
+
+pytestmark = pytest.mark.skipif(not _native.HAS_MPI or shutil.which("mpirun") is None,
+                                reason="needs a wheel built with --features mpi, and mpirun")
+
+TESTS = Path(__file__).resolve().parent
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import peloton
+from test_numpy import problem_loop, QUADRATIC
+peloton.run(problem_loop(QUADRATIC, 7), out={out!r}, quiet=True, steps=40, seed=7,
+            log_every=10, algorithm={algorithm!r}, optimizer={{"lr": 0.05}}, transport="mpi")
+"""
+
+
+def mpirun(script, ranks, timeout=120):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    return subprocess.run(["mpirun", "-n", str(ranks), "--oversubscribe", sys.executable, script],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("algorithm", ["lsgd", "all-reduce", "sgp"])
+def test_mpi_ranks_equal_thread_workers(tmp_path, algorithm):
+    from test_numpy import QUADRATIC, problem_loop
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(tests=str(TESTS), out=str(tmp_path / "mpi"), algorithm=algorithm))
+    done = mpirun(script, 2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mpi = peloton.Result(tmp_path / "mpi")
+    threads = peloton.run(problem_loop(QUADRATIC, 7), out=tmp_path / "threads", quiet=True,
+                          workers=2, steps=40, seed=7, log_every=10, algorithm=algorithm,
+                          optimizer={"lr": 0.05})
+    assert [w["params_checksum"] for w in mpi.summary["per_worker"]] == \
+        [w["params_checksum"] for w in threads.summary["per_worker"]]
+    assert [(e["step"], e["loss"]) for e in mpi.final_evals] == \
+        [(e["step"], e["loss"]) for e in threads.final_evals]
+
+
+def test_a_script_without_mpirun_is_told_to_use_it():
+    with pytest.raises(peloton.Error, match="mpirun"):
+        peloton.run(lambda w: None, quiet=True, transport="mpi")

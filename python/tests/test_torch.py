@@ -1,0 +1,126 @@
+"""peloton.torch: a plain PyTorch loop on 4 thread-workers converges; the model's tensors are
+the flat buffers; zero_grad in either form keeps the gradient where peloton reads it."""
+
+import tempfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import peloton  # noqa: E402
+import peloton.torch  # noqa: E402
+
+GENERATOR = torch.Generator().manual_seed(0)
+IMAGES = torch.randn(1536, 1, 8, 8, generator=GENERATOR)
+# The label is whether the top half of the image is brighter than the bottom half.
+LABELS = (IMAGES[:, 0, :4].sum((1, 2)) > IMAGES[:, 0, 4:].sum((1, 2))).long()
+TEST = slice(0, 512)
+
+
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128, 2))
+
+
+def held_out(model):
+    out = model(IMAGES[TEST])
+    return (F.cross_entropy(out, LABELS[TEST]).item(),
+            (out.argmax(1) == LABELS[TEST]).float().mean().item())
+
+
+def cnn_loop(zero_grad="optimizer", record=None):
+    def train(worker):
+        with peloton.torch.seeded(worker):
+            model = small_cnn()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        peloton.torch.wrap(worker, model, opt, evaluate=held_out)
+        batches = torch.Generator().manual_seed(100 + worker.rank)
+        for _ in worker.steps():
+            i = torch.randint(512, 1536, (32,), generator=batches)
+            loss = F.cross_entropy(model(IMAGES[i]), LABELS[i])
+            if zero_grad == "optimizer":
+                opt.zero_grad()
+            else:
+                model.zero_grad(set_to_none=True)  # backward then allocates new gradients
+            loss.backward()
+            worker.step(loss)
+        if record is not None:
+            record[worker.rank] = (model, worker)
+
+    return train
+
+
+def test_a_cnn_on_four_thread_workers_converges_with_lsgd():
+    result = peloton.run(cnn_loop(), quiet=True, out=tempfile.mkdtemp(), workers=4, steps=150,
+                         algorithm="lsgd", optimizer={"lr": 0.05}, eval={"every": 50})
+    final = result.final_evals[0]
+    assert final["model"] == "average"
+    assert final["accuracy"] >= 0.9, final
+    evals = [r for r in result.metrics() if r.get("model") == "average"]
+    assert [e["step"] for e in evals] == [50, 100, 150]
+
+
+def test_the_model_tensors_are_the_flat_buffers():
+    record = {}
+    peloton.run(cnn_loop(record=record), quiet=True, out=tempfile.mkdtemp(), workers=2,
+                steps=5, algorithm="all-reduce", optimizer={"lr": 0.05})
+    for rank, (model, worker) in record.items():
+        base, gbase = worker._w.params.address, worker._w.grad.address
+        offset = 0
+        for p in model.parameters():
+            assert p.data_ptr() == base + 4 * offset
+            assert p.grad.data_ptr() == gbase + 4 * offset
+            offset += p.numel()
+        assert offset == len(worker.params)
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+        assert np.array_equal(flat, worker.params)
+    # All-reduce keeps the workers' models equal, bit for bit.
+    assert np.array_equal(record[0][1].params, record[1][1].params)
+
+
+def test_zero_grad_to_none_still_feeds_peloton_the_gradient(tmp_path):
+    """model.zero_grad(set_to_none=True) makes backward allocate gradients outside the flat
+    buffer: peloton copies them in, so the run equals the one with the optimizer's zero_grad."""
+    a = peloton.run(cnn_loop("optimizer"), quiet=True, out=tmp_path / "a", workers=2, steps=20,
+                    algorithm="all-reduce", optimizer={"lr": 0.05})
+    b = peloton.run(cnn_loop("model"), quiet=True, out=tmp_path / "b", workers=2, steps=20,
+                    algorithm="all-reduce", optimizer={"lr": 0.05})
+    checksums = [[w["params_checksum"] for w in r.summary["per_worker"]] for r in (a, b)]
+    assert checksums[0] == checksums[1]
+
+
+def test_peloton_s_own_optimizer_steps_a_wrapped_model(tmp_path):
+    def train(worker):
+        with peloton.torch.seeded(worker):
+            model = nn.Linear(4, 1)
+        peloton.torch.wrap(worker, model)  # no torch optimizer: peloton's [optimizer] steps
+        x = torch.randn(64, 4, generator=torch.Generator().manual_seed(worker.rank))
+        y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+        for _ in worker.steps():
+            loss = F.mse_loss(model(x), y)
+            model.zero_grad()
+            loss.backward()
+            worker.step(loss)
+
+    result = peloton.run(train, quiet=True, out=tmp_path / "r", workers=3, steps=300,
+                         algorithm="local-sgd", optimizer={"lr": 0.05})
+    last = [r for r in result.metrics() if r.get("worker") == 0 and "loss" in r][-1]
+    assert last["loss"] < 1e-3
+
+
+def test_wrap_refuses_what_it_cannot_hold():
+    caught = []
+
+    def train(worker):
+        try:
+            peloton.torch.wrap(worker, nn.Linear(2, 2).double())
+        except peloton.Error as e:
+            caught.append(str(e))
+        raise RuntimeError("stop")
+
+    with pytest.raises(peloton.Error):
+        peloton.run(train, quiet=True, out=tempfile.mkdtemp(), workers=1, steps=1)
+    assert "float64" in caught[0]
