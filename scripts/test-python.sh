@@ -18,7 +18,7 @@ trap 'rm -rf "$work"' EXIT
 echo "== a fresh venv in $work (with the interpreter's site packages, for torch)"
 "$python" -m venv --system-site-packages "$work/venv"
 bin="$work/venv/bin"
-"$bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "pytest>=7" "numpy>=1.24"
+"$bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "pytest>=7" "numpy>=1.24" "hypothesis>=6"
 
 # With Open MPI on the machine, the wheel gets the MPI transport and its tests run.
 features=()

@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -37,7 +39,7 @@ import numpy as np
 from . import _native
 from ._native import Error
 
-__all__ = ["Error", "Result", "Worker", "algorithms", "config_toml", "run", "train"]
+__all__ = ["Error", "Result", "Worker", "algorithms", "calibrate", "config_toml", "run", "train"]
 __version__ = _native.__version__
 
 
@@ -70,17 +72,28 @@ def config_toml(config: Mapping[str, Any] | str | os.PathLike | None = None, **k
         table[key] = value
     if not any(k in table for k in ("problem", "model", "external")):
         table["external"] = {"name": "python"}
-    text = _native.config_from_json(json.dumps(table, allow_nan=False))
-    return _native.resolve_config(text)
+    try:
+        as_json = json.dumps(table, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise Error(f"the config holds a value a config file cannot: {e}") from None
+    return _native.resolve_config(_native.config_from_json(as_json))
 
 
 def _as_table(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
     if config is None:
         return {}
     if isinstance(config, Mapping):
-        return json.loads(json.dumps(config))  # a deep copy that also refuses non-JSON values
+        try:  # a deep copy that also refuses what JSON (and so TOML) cannot hold
+            return json.loads(json.dumps(config, allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise Error(f"the config holds a value a config file cannot: {e}") from None
     if isinstance(config, os.PathLike) or (isinstance(config, str) and config.endswith(".toml")):
-        config = Path(config).read_text()
+        try:
+            config = Path(config).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise Error(f"cannot read config file {config}: {e}") from None
+    if not isinstance(config, str):
+        raise Error(f"a config is a dict, TOML text or a .toml path, not {type(config).__name__}")
     import tomllib
 
     try:
@@ -139,6 +152,7 @@ class Worker:
         self.seed: int = native.seed
         self.params: np.ndarray | None = None
         self.grad: np.ndarray | None = None
+        self.state: np.ndarray | None = None
         self._eval_params: np.ndarray | None = None
         self._optimizer: Optimizer | None = None
         self._clear_optimizer: Callable[[], None] | None = None
@@ -146,12 +160,16 @@ class Worker:
         self._before_reply: list[Callable[[], None]] = []
         self._waiting = False  # a gradient request is out: the loop owes worker.step(loss)
         self._next: int | str | None = None  # the runner's next gradient request, once known
+        self._yielded_at = 0.0
+        # Seconds from each step's start (its yield) to its loss (`step`): the loop's compute.
+        self.compute_seconds: list[float] = []
 
     def attach(self, layout: Sequence[tuple[str, Sequence[int]]], initial: np.ndarray, *,
                optimizer: Optimizer | None = None,
                clear_optimizer: Callable[[], None] | None = None,
                evaluate: Evaluate | None = None,
-               steps_per_epoch: int | None = None) -> None:
+               steps_per_epoch: int | None = None,
+               state: np.ndarray | None = None) -> None:
         """Gives peloton the model.
 
         * ``layout``: the parameter tensors' ``(name, shape)`` in the flat order (matrices are
@@ -163,7 +181,9 @@ class Worker:
         * ``evaluate(params) -> (loss, accuracy)``: a model's test loss and accuracy (accuracy
           ``None`` where there is none); ``params`` is ``worker.params`` or another model
           (the workers' average, the leader's);
-        * ``steps_per_epoch``: steps in one pass over this worker's data (for ``epochs``).
+        * ``steps_per_epoch``: steps in one pass over this worker's data (for ``epochs``);
+        * ``state``: the initial values of model state the workers average before every
+          evaluation (BatchNorm running statistics); ``worker.state`` is then its buffer.
         """
         names = [str(name) for name, _ in layout]
         shapes = [[int(d) for d in shape] for _, shape in layout]
@@ -171,8 +191,14 @@ class Worker:
             initial = np.ascontiguousarray(initial, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError) as e:
             raise Error(f"attach: the initial parameters must be float32 numbers: {e}") from None
-        self._w.attach(names, shapes, initial, optimizer is not None, steps_per_epoch)
+        if state is not None:
+            try:
+                state = np.ascontiguousarray(state, dtype=np.float32).reshape(-1)
+            except (TypeError, ValueError) as e:
+                raise Error(f"attach: the model state must be float32 numbers: {e}") from None
+        self._w.attach(names, shapes, initial, optimizer is not None, steps_per_epoch, state)
         self.params = np.asarray(self._w.params)
+        self.state = np.asarray(self._w.state)
         self.grad = np.asarray(self._w.grad)
         self._eval_params = np.asarray(self._w.eval_params)
         self._optimizer = optimizer
@@ -189,6 +215,7 @@ class Worker:
             self._next = self._serve()
         while self._next != "finished":
             self._waiting = True
+            self._yielded_at = time.perf_counter()
             yield self._next
             if self._waiting:
                 raise Error(f"worker {self.rank}: call worker.step(loss) once in every step")
@@ -201,6 +228,7 @@ class Worker:
             raise Error("worker.step(loss) answers a step of worker.steps(): none is waiting")
         for hook in self._before_reply:
             hook()
+        self.compute_seconds.append(time.perf_counter() - self._yielded_at)
         self._waiting = False
         # A torch or NumPy scalar: its value, without autograd's history.
         self._w.reply_loss(float(loss.item() if hasattr(loss, "item") else loss))
@@ -323,3 +351,34 @@ def _run_session(session: _native.Session, workers: list[Worker],
             raise e from failures[min(failures)]
         raise
     return Result(path)
+
+
+def calibrate(train: Callable[[Worker], None],
+              config: Mapping[str, Any] | str | os.PathLike | None = None, *, steps: int = 5,
+              torch_threads: int | None = None, **keys: Any) -> float:
+    """Seconds one local step of ``train``'s loop takes here: the median of ``steps`` steps
+    (after one warm-up) of one worker alone, without communication, as the compute model of a
+    simulated run wants it (``transport={"kind": "sim", "cluster": {"compute": {"seconds":
+    peloton.calibrate(train)}}}``), like the CLI's ``--calibrate``. ``config`` and ``keys``
+    are the run's (their algorithm, transport and worker count are replaced)."""
+    if steps < 1:
+        raise Error("calibrate needs at least 1 step")
+    timed: list[float] = []
+
+    def timing(worker: Worker) -> None:
+        try:
+            train(worker)
+        finally:
+            timed.extend(worker.compute_seconds)
+
+    table = _as_table(config)
+    table.update(keys)
+    table.update(workers=1, steps=steps + 1, algorithm={"name": "independent"},
+                 transport={"kind": "threads"}, eval={"every": 0}, log_every=steps + 1)
+    table.pop("time_budget", None)
+    table.pop("epochs", None)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="peloton-calibrate-") as out:
+        run(timing, table, out=os.path.join(out, "run"), quiet=True, torch_threads=torch_threads)
+    return statistics.median(timed[1:]) if len(timed) > 1 else timed[0]

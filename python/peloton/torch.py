@@ -19,8 +19,10 @@ tensors the model computes with. The loop stays PyTorch's own::
 
 The learning rate comes from peloton's ``[optimizer]`` (``lr`` and its schedule), so that the
 algorithms (LSGD's pull, EASGD's elastic force) see the one the optimizer uses: it is written
-into the optimizer's param groups before every step. BatchNorm running statistics stay each
-worker's own. Models on the CPU, in float32; CUDA models are refused for now.
+into the optimizer's param groups before every step. The model's float buffers (BatchNorm
+running statistics) are views of the worker's state buffer, which the workers average before
+every evaluation, as the CLI does for its own models. Models on the CPU, in float32; CUDA
+models are refused for now.
 
 torch is imported by this module only: ``import peloton`` works without it.
 """
@@ -86,8 +88,12 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
                 if id(p) not in wrapped:
                     raise Error("peloton.torch.wrap: the optimizer steps a tensor that is not a trainable parameter of the model")
 
+    # Float buffers (BatchNorm's running statistics) are the state averaged before evaluations.
+    buffers = [b for b in model.buffers() if b.dtype == torch.float32 and b.device.type == "cpu"]
     with torch.no_grad():
         initial = torch.cat([p.detach().reshape(-1) for p in params]).numpy()
+        state = (torch.cat([b.detach().reshape(-1) for b in buffers]).numpy()
+                 if buffers else None)
     layout = [(name, tuple(p.shape)) for name, p in named]
     flat_views = _Views(params)
 
@@ -127,7 +133,9 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
             optimizer.state.clear()
 
     worker.attach(layout, initial, optimizer=step, clear_optimizer=clear, evaluate=evaluate_params,
-                  steps_per_epoch=steps_per_epoch)
+                  steps_per_epoch=steps_per_epoch, state=state)
+    if buffers:
+        _Views(buffers).point(buffers, torch.from_numpy(worker.state))
     flat_views.params = torch.from_numpy(worker.params)
     flat_views.grad = torch.from_numpy(worker.grad)
     flat_views.point(params, flat_views.params)

@@ -4,6 +4,7 @@ conserves mass; buffers are views, never copies; bad inputs raise peloton.Error.
 import json
 import math
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -285,3 +286,19 @@ def test_a_problem_learner_refuses_bad_buffers():
         learner.loss_and_grad(params, grad)
     with pytest.raises(peloton.Error, match="rank 5"):
         _native.ProblemLearner(problem_toml(QUADRATIC), 5, 2, 0)
+
+
+def test_calibrate_times_the_loop_for_the_simulator(tmp_path):
+    def train(worker):
+        worker.attach([("w", (2,))], np.zeros(2, dtype=np.float32))
+        for _ in worker.steps():
+            time.sleep(0.02)  # the loop's compute
+            worker.grad[:] = 0.0
+            worker.step(0.0)
+
+    seconds = peloton.calibrate(train, steps=4, workers=8, algorithm="lsgd")
+    assert 0.02 <= seconds < 0.2
+    cluster = {"compute": {"seconds": seconds}}
+    result = peloton.run(train, out=tmp_path / "sim", quiet=True, workers=2, steps=10,
+                         transport={"kind": "sim", "cluster": cluster})
+    assert result.summary["seconds"] >= 10 * seconds

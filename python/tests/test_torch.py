@@ -75,10 +75,19 @@ def test_the_model_tensors_are_the_flat_buffers():
             assert p.grad.data_ptr() == gbase + 4 * offset
             offset += p.numel()
         assert offset == len(worker.params)
+        # BatchNorm's running statistics are views of the averaged state.
+        sbase, offset = worker._w.state.address, 0
+        for b in model.buffers():
+            if b.dtype == torch.float32:
+                assert b.data_ptr() == sbase + 4 * offset
+                offset += b.numel()
+        assert offset == len(worker.state) == 2 * 8
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
         assert np.array_equal(flat, worker.params)
-    # All-reduce keeps the workers' models equal, bit for bit.
+    # All-reduce keeps the workers' models equal, bit for bit; their BatchNorm statistics were
+    # averaged for the final evaluation.
     assert np.array_equal(record[0][1].params, record[1][1].params)
+    assert np.array_equal(record[0][1].state, record[1][1].state)
 
 
 def test_zero_grad_to_none_still_feeds_peloton_the_gradient(tmp_path):
@@ -124,3 +133,14 @@ def test_wrap_refuses_what_it_cannot_hold():
     with pytest.raises(peloton.Error):
         peloton.run(train, quiet=True, out=tempfile.mkdtemp(), workers=1, steps=1)
     assert "float64" in caught[0]
+
+
+def test_the_model_zoo_s_resnets_have_the_cli_s_parameter_counts():
+    from peloton.models import resnet, resnet20
+
+    # crates/peloton-burn's resnet.rs: ResNet-20 269,722; ResNet-56 853,018 (option-A shortcuts).
+    assert sum(p.numel() for p in resnet20().parameters()) == 269_722
+    assert sum(p.numel() for p in resnet(56).parameters()) == 853_018
+    assert resnet20()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n\\+2"):
+        resnet(21)

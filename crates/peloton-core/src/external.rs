@@ -80,6 +80,9 @@ pub struct Attach {
     /// Local steps in one pass over this worker's data, when the loop knows it (for an
     /// `epochs` budget).
     pub steps_per_epoch: Option<u64>,
+    /// The model's state that the runner averages over the workers before every evaluation
+    /// (BatchNorm running statistics), its initial values; empty when there is none.
+    pub state: Vec<f32>,
 }
 
 /// The buffers an attached loop works in: its model's tensors are views of them.
@@ -89,6 +92,9 @@ pub struct Buffers {
     pub grad: Arc<SharedBuffer>,
     /// Where a model to evaluate other than the worker's own is put ([`Request::Evaluate`]).
     pub eval: Arc<SharedBuffer>,
+    /// The averaged model state ([`Attach::state`]): the loop's BatchNorm statistics are views
+    /// of it, and the runner replaces it by the workers' average before evaluations.
+    pub state: Arc<SharedBuffer>,
 }
 
 /// One worker's meeting point of runner and loop.
@@ -313,6 +319,19 @@ impl Learner for ExternalLearner {
         self.attach.steps_per_epoch
     }
 
+    fn shared_state_len(&self) -> usize {
+        self.buffers.state.len()
+    }
+
+    /// The runner holds the turn whenever it calls this (before an evaluation).
+    fn read_shared_state(&mut self, out: &mut [f32]) {
+        self.buffers.state.read(out);
+    }
+
+    fn write_shared_state(&mut self, state: &[f32]) {
+        self.buffers.state.write(state);
+    }
+
     fn shared_buffers(&self) -> Option<(Arc<SharedBuffer>, Arc<SharedBuffer>)> {
         Some((
             Arc::clone(&self.buffers.params),
@@ -385,9 +404,11 @@ impl LoopHandle {
             params: SharedBuffer::zeros(len),
             grad: SharedBuffer::zeros(len),
             eval: SharedBuffer::zeros(len),
+            state: SharedBuffer::zeros(attach.state.len()),
         };
         // Nobody else has the buffers yet.
         buffers.params.write(&attach.initial);
+        buffers.state.write(&attach.state);
         state.attached = Some((attach, buffers.clone()));
         self.slot.changed.notify_all();
         Ok(buffers)
@@ -526,6 +547,7 @@ mod tests {
             initial: vec![0.5 + rank as f32; DIM],
             owns_optimizer,
             steps_per_epoch: None,
+            state: Vec::new(),
         })?;
         let (mut x, mut g) = (vec![0.0; DIM], vec![0.0; DIM]);
         let mut requests = 0;
@@ -648,6 +670,50 @@ mod tests {
     }
 
     #[test]
+    fn the_loops_model_state_is_averaged_before_evaluations() {
+        let config = config(AlgorithmConfig::new(LsgdConfig::default()));
+        let loops = ExternalLoops::new(0..3);
+        let states = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..3)
+                .map(|r| {
+                    let handle = loops.handle(r).unwrap();
+                    s.spawn(move || {
+                        let buffers = handle
+                            .attach(Attach {
+                                layout: layout(),
+                                initial: vec![0.0; DIM],
+                                owns_optimizer: false,
+                                steps_per_epoch: None,
+                                // Worker r's BatchNorm statistics: r, 10r.
+                                state: vec![r as f32, 10.0 * r as f32],
+                            })
+                            .unwrap();
+                        while let Next::Request(request) = handle.next().unwrap() {
+                            let reply = match request {
+                                Request::Gradient { .. } => Reply::Loss(0.0),
+                                Request::Evaluate { .. } => Reply::Evaluation(evaluation(&[])),
+                                _ => Reply::Done,
+                            };
+                            handle.reply(reply).unwrap();
+                        }
+                        buffers.state.to_vec()
+                    })
+                })
+                .collect();
+            run_threads(&config, &loops, &mut |_| {}).unwrap();
+            loops.close();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        // Every worker holds the average (0 + 1 + 2) / 3 = 1 and (0 + 10 + 20) / 3 = 10.
+        for state in states {
+            assert_eq!(state, vec![1.0, 10.0]);
+        }
+    }
+
+    #[test]
     fn a_loop_that_fails_ends_the_run_with_its_message() {
         let config = config(AlgorithmConfig::new(LsgdConfig::default()));
         let loops = ExternalLoops::new(0..3);
@@ -686,6 +752,7 @@ mod tests {
                                 initial: vec![0.0; DIM],
                                 owns_optimizer: false,
                                 steps_per_epoch: None,
+                                state: Vec::new(),
                             })
                             .unwrap();
                         // Answers five gradients, then returns.
@@ -724,6 +791,7 @@ mod tests {
             initial: vec![0.0; 2],
             owns_optimizer: false,
             steps_per_epoch: None,
+            state: Vec::new(),
         });
         assert!(bad.err().unwrap().to_string().contains("hold 2 values"));
         assert!(handle.reply(Reply::Done).is_err(), "nothing asked yet");
@@ -732,6 +800,7 @@ mod tests {
             initial: vec![0.0; DIM],
             owns_optimizer: false,
             steps_per_epoch: None,
+            state: Vec::new(),
         };
         handle.attach(good.clone()).unwrap();
         assert!(handle.attach(good).is_err(), "a second model");

@@ -159,7 +159,8 @@ impl Worker {
     /// Gives the runner the model: its tensors' names and shapes in the flat order, its initial
     /// parameters (any float32-convertible buffer of the layout's length), whether the loop
     /// steps its own optimizer, and its steps per epoch when known.
-    #[pyo3(signature = (names, shapes, initial, owns_optimizer, steps_per_epoch=None))]
+    #[pyo3(signature = (names, shapes, initial, owns_optimizer, steps_per_epoch=None, state=None))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn attach(
         &self,
         py: Python<'_>,
@@ -168,6 +169,7 @@ impl Worker {
         initial: &Bound<'_, PyAny>,
         owns_optimizer: bool,
         steps_per_epoch: Option<u64>,
+        state: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         if names.len() != shapes.len() {
             return Err(Error::new_err(format!(
@@ -200,6 +202,21 @@ impl Worker {
                 ))
             })?
             .to_vec(py)?;
+        let state = match state {
+            None => Vec::new(),
+            Some(state) => PyBuffer::<f32>::get(state)
+                .map_err(|e| {
+                    Error::new_err(format!(
+                        "attach: the model state must be a float32 buffer (a NumPy array of dtype float32): {e}"
+                    ))
+                })?
+                .to_vec(py)?,
+        };
+        if state.len() as u64 > peloton_core::limits::MAX_VALUES {
+            return Err(Error::new_err(
+                "attach: the model state is larger than peloton takes",
+            ));
+        }
         if self.buffers.get().is_some() {
             return Err(Error::new_err(format!(
                 "worker {}'s training loop attached a model already",
@@ -213,6 +230,7 @@ impl Worker {
                 initial,
                 owns_optimizer,
                 steps_per_epoch,
+                state,
             })
             .map_err(error)?;
         let _ = self.buffers.set(buffers);
@@ -229,6 +247,12 @@ impl Worker {
     #[getter]
     fn grad(&self) -> PyResult<Buffer> {
         Ok(Buffer::new(Arc::clone(&self.buffers()?.grad)))
+    }
+
+    /// The model state the runner averages before evaluations (BatchNorm statistics).
+    #[getter]
+    fn state(&self) -> PyResult<Buffer> {
+        Ok(Buffer::new(Arc::clone(&self.buffers()?.state)))
     }
 
     /// Where the runner puts a model to evaluate other than the worker's own.
