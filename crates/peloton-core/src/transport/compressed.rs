@@ -16,7 +16,8 @@
 //!   as a ring moves uncompressed. PowerSGD replaces gradient all-reduces by two all-reduces of
 //!   its factors ([`peloton_compression::PowerSgd`]).
 //! * **Broadcasts** encode once at the root (whose buffer stays exact); **sends** encode,
-//!   **receives** decode.
+//!   **receives** decode; an **all-gather** whose pieces make up a model encodes each piece
+//!   and decodes them all (everyone holds the same bits).
 //! * **Error feedback** keeps a residual per stream (role, operation, peer or chunk, tag, and
 //!   which communicator), checkpointed with the worker ([`CompressionLayer::save_state`]).
 //!
@@ -582,8 +583,38 @@ impl Communicator for Compressed<'_> {
         })
     }
 
+    /// An all-gather whose pieces make up a model (SlowMo's sharded slow update: each member's
+    /// slice of it) is compressed piece by piece: each member encodes its piece, and everyone
+    /// decodes every piece, its own included, so all hold the same bits. PowerSGD leaves
+    /// all-gathers exact (it compresses gradient all-reduces only).
     fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()> {
-        self.inner().all_gather(send, recv)
+        let p = self.size();
+        let role = self.layer().role(false, recv.len());
+        let (Some(role), true, false, false) = (
+            role,
+            p > 1 && recv.len() == send.len() * p,
+            send.is_empty(),
+            self.is_powersgd(),
+        ) else {
+            return self.inner().all_gather(send, recv);
+        };
+        let me = self.rank();
+        let fp32 = (4 * (p - 1) * send.len()) as u64;
+        self.counted(fp32, |c| {
+            let stream = c.stream(role, "all-gather", me, 0);
+            let mut words = Vec::new();
+            c.layer().encode(stream, send, &[], &mut words);
+            let mut gathered = vec![0.0f32; words.len() * p];
+            c.inner().all_gather(&words, &mut gathered)?;
+            let mut layer = c.layer();
+            for (piece, message) in recv
+                .chunks_exact_mut(send.len())
+                .zip(gathered.chunks_exact(words.len()))
+            {
+                layer.decode(message, piece, &mut [])?;
+            }
+            Ok(())
+        })
     }
     fn all_gather_f64(&mut self, send: &[f64], recv: &mut [f64]) -> Result<()> {
         self.inner().all_gather_f64(send, recv)
@@ -820,6 +851,41 @@ mod tests {
         assert_eq!(stats.fp32_bytes_sent, (2 * 3 * 4 * (LEN + 1) / 4) as u64);
         assert_eq!(stats.bytes_sent, comm.bytes_sent);
         assert!((stats.ratio() - 2.0).abs() < 0.05, "{}", stats.ratio());
+    }
+
+    #[test]
+    fn a_model_gathered_in_pieces_is_compressed_piece_by_piece() {
+        // 4 members each hold a quarter of the 136 values (34 each): fp16 halves the bytes,
+        // every member decodes the same bits, each within fp16's rounding of the piece sent.
+        let out = threads::run_workers(4, |comm| {
+            let layer = layer("kind = \"fp16\"");
+            let mut c = layer.wrap(comm);
+            let piece = values(c.rank(), LEN / 4);
+            let mut gathered = vec![0.0; LEN];
+            c.all_gather(&piece, &mut gathered)?;
+            // A short gather (leader metrics) stays exact.
+            let mut metrics = vec![0.0; 4];
+            c.all_gather(&[c.rank() as f32 + 0.1], &mut metrics)?;
+            Ok((gathered, metrics, layer.stats(), c.stats()))
+        });
+        let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+        for (gathered, metrics, _, _) in &out {
+            assert_eq!(gathered, &out[0].0, "the same bits on every member");
+            assert_eq!(metrics, &[0.1, 1.1, 2.1, 3.1]);
+        }
+        for (r, piece) in out[0].0.chunks(LEN / 4).enumerate() {
+            for (x, y) in piece.iter().zip(values(r, LEN / 4)) {
+                assert!((x - y).abs() <= y.abs() * 2f32.powi(-11), "{x} {y}");
+            }
+        }
+        let (_, _, stats, comm) = &out[2];
+        assert_eq!(stats.operations, 1);
+        assert_eq!(stats.fp32_bytes_sent, (4 * 3 * LEN / 4) as u64);
+        assert!(
+            stats.bytes_sent < comm.bytes_sent,
+            "the metrics' gather is not counted"
+        );
+        assert!((stats.ratio() - 2.0).abs() < 0.1, "{}", stats.ratio());
     }
 
     #[test]
