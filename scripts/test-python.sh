@@ -24,7 +24,7 @@ bin="$work/venv/bin"
 features=()
 if command -v mpicc >/dev/null && command -v mpirun >/dev/null; then features=(--features mpi); fi
 echo "== maturin build ${1:-} ${features[*]:-}"
-"$bin/maturin" build --quiet ${1:+"$1"} "${features[@]}" --out "$work/wheels"
+"$bin/python" -m maturin build --quiet ${1:+"$1"} "${features[@]}" --out "$work/wheels"
 ls "$work"/wheels
 "$bin/pip" install --quiet --disable-pip-version-check "$work"/wheels/peloton-*.whl
 
