@@ -18,15 +18,18 @@ trap 'rm -rf "$work"' EXIT
 echo "== a fresh venv in $work (with the interpreter's site packages, for torch)"
 "$python" -m venv --system-site-packages "$work/venv"
 bin="$work/venv/bin"
-"$bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "pytest>=7" "numpy>=1.24" "hypothesis>=6"
+pip=("$bin/pip" install --quiet --disable-pip-version-check)
+# maturin into the venv itself, even where the interpreter's site packages have one.
+"${pip[@]}" --ignore-installed "maturin>=1.9.4,<2"
+"${pip[@]}" "pytest>=7" "numpy>=1.24" "hypothesis>=6"
 
 # With Open MPI on the machine, the wheel gets the MPI transport and its tests run.
 features=()
 if command -v mpicc >/dev/null && command -v mpirun >/dev/null; then features=(--features mpi); fi
 echo "== maturin build ${1:-} ${features[*]:-}"
-"$bin/python" -m maturin build --quiet ${1:+"$1"} "${features[@]}" --out "$work/wheels"
+"$bin/maturin" build --quiet ${1:+"$1"} "${features[@]}" --out "$work/wheels"
 ls "$work"/wheels
-"$bin/pip" install --quiet --disable-pip-version-check "$work"/wheels/peloton-*.whl
+"${pip[@]}" "$work"/wheels/peloton-*.whl
 
 # Away from python/, so that `import peloton` is the installed wheel.
 cd "$work"
