@@ -23,9 +23,13 @@ pip=("$bin/pip" install --quiet --disable-pip-version-check)
 "${pip[@]}" --ignore-installed "maturin>=1.9.4,<2"
 "${pip[@]}" "pytest>=7" "numpy>=1.24" "hypothesis>=6"
 
-# With Open MPI on the machine, the wheel gets the MPI transport and its tests run.
+# With Open MPI on the machine, the wheel gets the MPI transport and its tests run. Such a
+# wheel links the machine's own libmpi, as mpi4py's do: it is not repaired into a manylinux
+# wheel (which would bundle a copy of Open MPI).
 features=()
-if command -v mpicc >/dev/null && command -v mpirun >/dev/null; then features=(--features mpi); fi
+if command -v mpicc >/dev/null && command -v mpirun >/dev/null; then
+    features=(--features mpi --auditwheel skip)
+fi
 echo "== maturin build ${1:-} ${features[*]:-}"
 "$bin/maturin" build --quiet ${1:+"$1"} "${features[@]}" --out "$work/wheels"
 ls "$work"/wheels
