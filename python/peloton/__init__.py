@@ -140,9 +140,10 @@ Evaluate = Callable[[np.ndarray], "tuple[float, float | None] | float"]
 class Worker:
     """One worker's end of a run, handed to ``train(worker)``.
 
-    ``rank`` and ``workers`` say where it stands, ``seed`` is the run's seed. After :meth:`attach`, ``params`` and ``grad``
-    are float32 NumPy views of the flat buffers the algorithm mixes: the loop reads the
-    parameters from ``params`` and writes each step's gradient into ``grad``.
+    ``rank`` and ``workers`` say where it stands, ``seed`` is the run's seed. After
+    :meth:`attach`, ``params`` and ``grad`` are float32 NumPy views of the flat buffers the
+    algorithm mixes: the loop reads the parameters from ``params`` and writes each step's
+    gradient into ``grad``.
     """
 
     def __init__(self, native: _native.Worker):
@@ -185,8 +186,14 @@ class Worker:
         * ``state``: the initial values of model state the workers average before every
           evaluation (BatchNorm running statistics); ``worker.state`` is then its buffer.
         """
-        names = [str(name) for name, _ in layout]
-        shapes = [[int(d) for d in shape] for _, shape in layout]
+        try:
+            names = [str(name) for name, _ in layout]
+            shapes = [[int(d) for d in shape] for _, shape in layout]
+        except (TypeError, ValueError) as e:
+            raise Error(f"attach: the layout is a list of (name, shape) pairs: {e}") from None
+        for name, shape in zip(names, shapes):
+            if any(d < 0 for d in shape):
+                raise Error(f"attach: tensor {name} has a negative dimension: {shape}")
         try:
             initial = np.ascontiguousarray(initial, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError) as e:

@@ -51,7 +51,7 @@ shapes = st.lists(st.lists(st.integers(min_value=-3, max_value=2**40), max_size=
 @settings(max_examples=60, deadline=None)
 @given(shapes, st.integers(min_value=0, max_value=64))
 def test_any_layout_is_taken_or_refused(shapes, length):
-    seen = []
+    seen, other = [], []
 
     def train(worker):
         try:
@@ -59,6 +59,9 @@ def test_any_layout_is_taken_or_refused(shapes, length):
                           np.zeros(length, dtype=np.float32))
         except peloton.Error as e:
             seen.append(str(e))
+            raise
+        except Exception as e:  # noqa: BLE001 - what the test is here to catch
+            other.append(f"{type(e).__name__}: {e}")
             raise
         for _ in worker.steps():
             worker.grad[:] = 0.0
@@ -70,6 +73,8 @@ def test_any_layout_is_taken_or_refused(shapes, length):
         assert "\n" not in str(e)
     for message in seen:
         assert "\n" not in message
+    # A layout is refused by peloton, with its own message, or taken: never another exception.
+    assert not other, other
 
 
 def _tmp():
