@@ -162,8 +162,9 @@ class Worker:
         self._waiting = False  # a gradient request is out: the loop owes worker.step(loss)
         self._next: int | str | None = None  # the runner's next gradient request, once known
         self._yielded_at = 0.0
-        # Seconds from each step's start (its yield) to its loss (`step`): the loop's compute.
-        self.compute_seconds: list[float] = []
+        # When `calibrate` times the loop: seconds from each step's start (its yield) to its
+        # loss (`step`), the loop's compute. None otherwise: a run keeps nothing per step.
+        self._compute_seconds: list[float] | None = None
 
     def attach(self, layout: Sequence[tuple[str, Sequence[int]]], initial: np.ndarray, *,
                optimizer: Optimizer | None = None,
@@ -222,7 +223,8 @@ class Worker:
             self._next = self._serve()
         while self._next != "finished":
             self._waiting = True
-            self._yielded_at = time.perf_counter()
+            if self._compute_seconds is not None:
+                self._yielded_at = time.perf_counter()
             yield self._next
             if self._waiting:
                 raise Error(f"worker {self.rank}: call worker.step(loss) once in every step")
@@ -235,7 +237,8 @@ class Worker:
             raise Error("worker.step(loss) answers a step of worker.steps(): none is waiting")
         for hook in self._before_reply:
             hook()
-        self.compute_seconds.append(time.perf_counter() - self._yielded_at)
+        if self._compute_seconds is not None:
+            self._compute_seconds.append(time.perf_counter() - self._yielded_at)
         self._waiting = False
         # A torch or NumPy scalar: its value, without autograd's history.
         self._w.reply_loss(float(loss.item() if hasattr(loss, "item") else loss))
@@ -373,10 +376,8 @@ def calibrate(train: Callable[[Worker], None],
     timed: list[float] = []
 
     def timing(worker: Worker) -> None:
-        try:
-            train(worker)
-        finally:
-            timed.extend(worker.compute_seconds)
+        worker._compute_seconds = timed
+        train(worker)
 
     table = _as_table(config)
     table.update(keys)

@@ -145,8 +145,8 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
     worker._before_reply.append(lambda: flat_views.regather_grads(params))
     if optimizer is not None:
         def zero_grad(set_to_none: bool = True) -> None:
+            # Gradients that left the buffer are brought back before peloton reads them.
             flat_views.grad.zero_()
-            flat_views.point_grads(params)
         optimizer.zero_grad = zero_grad
     return model
 

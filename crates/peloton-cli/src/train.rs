@@ -54,10 +54,6 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
         return train_mpi(config, options, None);
     }
     config.validate()?;
-    let path = options
-        .out
-        .clone()
-        .unwrap_or_else(|| default_path(config.algorithm.name(), &config.task_name()));
     let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
     print_memory(options, memory.as_ref());
     let mut calibrated;
@@ -81,14 +77,7 @@ pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBu
             anyhow::bail!("--calibrate only applies to the simulator (--transport sim)")
         }
     };
-    let text = config.to_toml()?;
-    let folder = RunFolder::create(&path, &text)?;
-    let folder = Folder {
-        path: &path,
-        folder,
-        fingerprint: fingerprint(&text),
-    };
-    run_in_folder(config, factory.as_ref(), options, folder, None)
+    run_in_new_folder(config, factory.as_ref(), options)
 }
 
 /// Runs an experiment whose learners come from `factory` rather than from the config: a
@@ -117,6 +106,16 @@ pub fn train_external(
     if config.transport == TransportConfig::Mpi {
         return train_mpi_external(config, factory, options);
     }
+    run_in_new_folder(config, factory, options)
+}
+
+/// Creates the run folder (`--out`, or one named after the algorithm and task) with the
+/// resolved config, and runs `config` into it.
+fn run_in_new_folder(
+    config: &ExperimentConfig,
+    factory: &dyn peloton_core::learner::LearnerFactory,
+    options: &TrainOptions,
+) -> Result<PathBuf> {
     let path = options
         .out
         .clone()

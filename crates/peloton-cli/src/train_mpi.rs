@@ -206,7 +206,7 @@ mod imp {
     ) -> Result<(Box<dyn LearnerFactory + 'a>, Folder, u64)> {
         config.validate()?;
         let factory: Box<dyn LearnerFactory + 'a> = match external {
-            Some(factory) => Box::new(Borrowed(factory)),
+            Some(factory) => Box::new(move |ctx| factory.build(ctx)),
             None => config.factory(config.workers_in_process())?.factory,
         };
         if let Some(r) = resume {
@@ -328,18 +328,6 @@ mod imp {
             }
         }
         commit_manifest(run, step, 0, checkpoints.fingerprint)
-    }
-
-    /// A factory lent by the caller (an outside training loop's).
-    struct Borrowed<'a>(&'a dyn LearnerFactory);
-
-    impl LearnerFactory for Borrowed<'_> {
-        fn build(
-            &self,
-            ctx: peloton_core::learner::LearnerContext,
-        ) -> peloton_core::Result<Box<dyn peloton_core::learner::Learner>> {
-            self.0.build(ctx)
-        }
     }
 
     fn train_rank(

@@ -257,6 +257,14 @@ impl ExternalLearner {
         }
     }
 
+    /// Asks for what the loop answers with [`Reply::Done`].
+    fn call_done(&self, request: Request) -> Result<()> {
+        match self.call(request)? {
+            Reply::Done => Ok(()),
+            other => Err(self.unexpected(request, other)),
+        }
+    }
+
     /// Checks that the runner hands over the shared buffers themselves.
     fn ensure_shared(&self, what: &str, given: *const f32, shared: &SharedBuffer) -> Result<()> {
         if std::ptr::eq(given, shared.as_ptr()) {
@@ -340,29 +348,18 @@ impl Learner for ExternalLearner {
     }
 
     fn optimizer_step(&mut self, params: &mut [f32], grad: &[f32], lr: f32) -> Option<Result<()>> {
-        if !self.attach.owns_optimizer {
-            return None;
-        }
-        let stepped = (|| {
+        self.attach.owns_optimizer.then(|| {
             self.ensure_shared("parameter", params.as_ptr(), &self.buffers.params)?;
             self.ensure_shared("gradient", grad.as_ptr(), &self.buffers.grad)?;
-            let request = Request::OptimizerStep { lr };
-            match self.call(request)? {
-                Reply::Done => Ok(()),
-                other => Err(self.unexpected(request, other)),
-            }
-        })();
-        Some(stepped)
+            self.call_done(Request::OptimizerStep { lr })
+        })
     }
 
     fn clear_optimizer(&mut self) -> Result<()> {
         if !self.attach.owns_optimizer {
             return Ok(());
         }
-        match self.call(Request::ClearOptimizer)? {
-            Reply::Done => Ok(()),
-            other => Err(self.unexpected(Request::ClearOptimizer, other)),
-        }
+        self.call_done(Request::ClearOptimizer)
     }
 }
 
@@ -538,17 +535,22 @@ mod tests {
         ParamLayout::new().with("w", &[2, 3])
     }
 
+    /// The test model with these initial values, no model state and no epoch length.
+    fn attach(initial: Vec<f32>, owns_optimizer: bool) -> Attach {
+        Attach {
+            layout: layout(),
+            initial,
+            owns_optimizer,
+            steps_per_epoch: None,
+            state: Vec::new(),
+        }
+    }
+
     /// An outside loop on its own thread: attaches, answers until the run is over, and steps
     /// plain SGD itself when it owns the optimizer.
     fn outside_loop(handle: LoopHandle, owns_optimizer: bool) -> Result<u64> {
         let rank = handle.rank();
-        let buffers = handle.attach(Attach {
-            layout: layout(),
-            initial: vec![0.5 + rank as f32; DIM],
-            owns_optimizer,
-            steps_per_epoch: None,
-            state: Vec::new(),
-        })?;
+        let buffers = handle.attach(attach(vec![0.5 + rank as f32; DIM], owns_optimizer))?;
         let (mut x, mut g) = (vec![0.0; DIM], vec![0.0; DIM]);
         let mut requests = 0;
         loop {
@@ -680,12 +682,9 @@ mod tests {
                     s.spawn(move || {
                         let buffers = handle
                             .attach(Attach {
-                                layout: layout(),
-                                initial: vec![0.0; DIM],
-                                owns_optimizer: false,
-                                steps_per_epoch: None,
                                 // Worker r's BatchNorm statistics: r, 10r.
                                 state: vec![r as f32, 10.0 * r as f32],
+                                ..attach(vec![0.0; DIM], false)
                             })
                             .unwrap();
                         while let Next::Request(request) = handle.next().unwrap() {
@@ -713,16 +712,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_loop_that_fails_ends_the_run_with_its_message() {
+    /// The error of an LSGD run on 3 workers whose worker `odd` runs `odd_loop` while the
+    /// others run [`outside_loop`].
+    fn run_with_one_odd_loop(odd: usize, odd_loop: impl Fn(LoopHandle) + Sync) -> Error {
         let config = config(AlgorithmConfig::new(LsgdConfig::default()));
         let loops = ExternalLoops::new(0..3);
-        let err = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             for r in 0..3 {
                 let handle = loops.handle(r).unwrap();
+                let odd_loop = &odd_loop;
                 s.spawn(move || {
-                    if r == 2 {
-                        handle.leave(Some("CUDA out of memory".into()));
+                    if r == odd {
+                        odd_loop(handle);
                     } else {
                         let _ = outside_loop(handle, false);
                     }
@@ -731,6 +732,13 @@ mod tests {
             let result = run_threads(&config, &loops, &mut |_| {});
             loops.close();
             result.unwrap_err()
+        })
+    }
+
+    #[test]
+    fn a_loop_that_fails_ends_the_run_with_its_message() {
+        let err = run_with_one_odd_loop(2, |handle| {
+            handle.leave(Some("CUDA out of memory".into()));
         });
         let message = err.to_string();
         assert!(message.contains("CUDA out of memory"), "{message}");
@@ -739,40 +747,17 @@ mod tests {
 
     #[test]
     fn a_loop_that_returns_early_is_named() {
-        let config = config(AlgorithmConfig::new(LsgdConfig::default()));
-        let loops = ExternalLoops::new(0..3);
-        let err = std::thread::scope(|s| {
-            for r in 0..3 {
-                let handle = loops.handle(r).unwrap();
-                s.spawn(move || {
-                    if r == 1 {
-                        let buffers = handle
-                            .attach(Attach {
-                                layout: layout(),
-                                initial: vec![0.0; DIM],
-                                owns_optimizer: false,
-                                steps_per_epoch: None,
-                                state: Vec::new(),
-                            })
-                            .unwrap();
-                        // Answers five gradients, then returns.
-                        for _ in 0..5 {
-                            let Next::Request(Request::Gradient { .. }) = handle.next().unwrap()
-                            else {
-                                panic!("a gradient request first")
-                            };
-                            buffers.grad.write(&[0.0; DIM]);
-                            handle.reply(Reply::Loss(1.0)).unwrap();
-                        }
-                        handle.leave(None);
-                    } else {
-                        let _ = outside_loop(handle, false);
-                    }
-                });
+        let err = run_with_one_odd_loop(1, |handle| {
+            let buffers = handle.attach(attach(vec![0.0; DIM], false)).unwrap();
+            // Answers five gradients, then returns.
+            for _ in 0..5 {
+                let Next::Request(Request::Gradient { .. }) = handle.next().unwrap() else {
+                    panic!("a gradient request first")
+                };
+                buffers.grad.write(&[0.0; DIM]);
+                handle.reply(Reply::Loss(1.0)).unwrap();
             }
-            let result = run_threads(&config, &loops, &mut |_| {});
-            loops.close();
-            result.unwrap_err()
+            handle.leave(None);
         });
         let message = err.to_string();
         assert!(
@@ -786,22 +771,10 @@ mod tests {
         let loops = ExternalLoops::new(0..1);
         let handle = loops.handle(0).unwrap();
         assert!(loops.handle(1).is_none());
-        let bad = handle.attach(Attach {
-            layout: layout(),
-            initial: vec![0.0; 2],
-            owns_optimizer: false,
-            steps_per_epoch: None,
-            state: Vec::new(),
-        });
+        let bad = handle.attach(attach(vec![0.0; 2], false));
         assert!(bad.err().unwrap().to_string().contains("hold 2 values"));
         assert!(handle.reply(Reply::Done).is_err(), "nothing asked yet");
-        let good = Attach {
-            layout: layout(),
-            initial: vec![0.0; DIM],
-            owns_optimizer: false,
-            steps_per_epoch: None,
-            state: Vec::new(),
-        };
+        let good = attach(vec![0.0; DIM], false);
         handle.attach(good.clone()).unwrap();
         assert!(handle.attach(good).is_err(), "a second model");
         loops.close();

@@ -131,10 +131,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn buffers(&self) -> PyResult<&Buffers> {
-        self.buffers
+    /// One of the attached model's buffers, exported.
+    fn buffer(&self, which: impl Fn(&Buffers) -> &Arc<SharedBuffer>) -> PyResult<Buffer> {
+        let buffers = self
+            .buffers
             .get()
-            .ok_or_else(|| Error::new_err("attach the model first (worker.attach)"))
+            .ok_or_else(|| Error::new_err("attach the model first (worker.attach)"))?;
+        Ok(Buffer::new(Arc::clone(which(buffers))))
     }
 }
 
@@ -178,51 +181,29 @@ impl Worker {
                 shapes.len()
             )));
         }
+        // The total is checked before the layout adds it up (its offsets must not overflow).
         let mut layout = ParamLayout::new();
         let mut total: usize = 0;
         for (name, shape) in names.iter().zip(&shapes) {
-            let numel = shape
+            total = shape
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .and_then(|n| total.checked_add(n).map(|t| (n, t)))
-                .filter(|&(_, t)| t as u64 <= peloton_core::limits::MAX_VALUES);
-            let Some((_, t)) = numel else {
-                return Err(Error::new_err(format!(
-                    "attach: the model is larger than peloton takes ({} parameters at most)",
-                    peloton_core::limits::MAX_VALUES
-                )));
-            };
-            total = t;
+                .and_then(|n| total.checked_add(n))
+                .filter(|&t| t as u64 <= peloton_core::limits::MAX_VALUES)
+                .ok_or_else(|| {
+                    Error::new_err(format!(
+                        "attach: the model is larger than peloton takes ({} parameters at most)",
+                        peloton_core::limits::MAX_VALUES
+                    ))
+                })?;
             layout.push(name.as_str(), shape);
         }
-        let initial = PyBuffer::<f32>::get(initial)
-            .map_err(|e| {
-                Error::new_err(format!(
-                    "attach: the initial parameters must be a float32 buffer (a NumPy array of dtype float32): {e}"
-                ))
-            })?
-            .to_vec(py)?;
+        let initial = float32_buffer(initial, "attach: the initial parameters")?.to_vec(py)?;
         let state = match state {
             None => Vec::new(),
-            Some(state) => PyBuffer::<f32>::get(state)
-                .map_err(|e| {
-                    Error::new_err(format!(
-                        "attach: the model state must be a float32 buffer (a NumPy array of dtype float32): {e}"
-                    ))
-                })?
-                .to_vec(py)?,
+            Some(state) => float32_buffer(state, "attach: the model state")?.to_vec(py)?,
         };
-        if state.len() as u64 > peloton_core::limits::MAX_VALUES {
-            return Err(Error::new_err(
-                "attach: the model state is larger than peloton takes",
-            ));
-        }
-        if self.buffers.get().is_some() {
-            return Err(Error::new_err(format!(
-                "worker {}'s training loop attached a model already",
-                self.handle.rank()
-            )));
-        }
+        // The handle refuses a second model.
         let buffers = self
             .handle
             .attach(Attach {
@@ -240,25 +221,25 @@ impl Worker {
     /// The flat parameters (the model's tensors are views of them).
     #[getter]
     fn params(&self) -> PyResult<Buffer> {
-        Ok(Buffer::new(Arc::clone(&self.buffers()?.params)))
+        self.buffer(|b| &b.params)
     }
 
     /// The flat gradient, written by the loop's backward pass.
     #[getter]
     fn grad(&self) -> PyResult<Buffer> {
-        Ok(Buffer::new(Arc::clone(&self.buffers()?.grad)))
+        self.buffer(|b| &b.grad)
     }
 
     /// The model state the runner averages before evaluations (BatchNorm statistics).
     #[getter]
     fn state(&self) -> PyResult<Buffer> {
-        Ok(Buffer::new(Arc::clone(&self.buffers()?.state)))
+        self.buffer(|b| &b.state)
     }
 
     /// Where the runner puts a model to evaluate other than the worker's own.
     #[getter]
     fn eval_params(&self) -> PyResult<Buffer> {
-        Ok(Buffer::new(Arc::clone(&self.buffers()?.eval)))
+        self.buffer(|b| &b.eval)
     }
 
     /// Waits (without the GIL) for the runner's next request: `("gradient", index)`,
@@ -613,10 +594,18 @@ impl ProblemLearner {
     }
 }
 
+/// `obj` as a float32 buffer; `what` names it in the error.
+fn float32_buffer(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<PyBuffer<f32>> {
+    PyBuffer::<f32>::get(obj).map_err(|e| {
+        Error::new_err(format!(
+            "{what} must be a float32 buffer (a NumPy array of dtype float32): {e}"
+        ))
+    })
+}
+
 /// A float32 buffer's values, checked to hold `len`.
 fn read_buffer(py: Python<'_>, obj: &Bound<'_, PyAny>, len: usize) -> PyResult<Vec<f32>> {
-    let buffer = PyBuffer::<f32>::get(obj)
-        .map_err(|e| Error::new_err(format!("expected a float32 buffer: {e}")))?;
+    let buffer = float32_buffer(obj, "the argument")?;
     if buffer.item_count() != len {
         return Err(Error::new_err(format!(
             "expected {len} float32 values, got {}",
@@ -628,8 +617,7 @@ fn read_buffer(py: Python<'_>, obj: &Bound<'_, PyAny>, len: usize) -> PyResult<V
 
 /// Copies `values` into a writable float32 buffer of the same length.
 fn write_buffer(py: Python<'_>, obj: &Bound<'_, PyAny>, values: &[f32]) -> PyResult<()> {
-    let buffer = PyBuffer::<f32>::get(obj)
-        .map_err(|e| Error::new_err(format!("expected a float32 buffer: {e}")))?;
+    let buffer = float32_buffer(obj, "the argument")?;
     if buffer.item_count() != values.len() {
         return Err(Error::new_err(format!(
             "expected room for {} float32 values, got {}",
