@@ -5,9 +5,16 @@
 #      and through PyTorch itself, in the same run, in every precision (fp32, bf16, fp16) and
 #      memory format (nchw, channels-last) against PyTorch's default fp32 step;
 #   2. a 4-worker LSGD CIFAR-10 ResNet-20 run of 2 minutes on the GPU, with its test error,
-#      in fp32 and then (FAST=1, the default) with bf16 and channels-last.
+#      in fp32 and then (FAST=1, the default) with bf16 and channels-last;
+#   3. peloton from Python on the GPU (about 2 minutes): the CUDA and mirrored-model pytest
+#      cases, and a PyTorch ResNet-20 loop on 4 thread-workers with LSGD and all-reduce against
+#      the bare loop on threads and on processes (python/benchmarks/overhead.py --device cuda).
+#      It installs the wheel found in dist/ (build it beforehand where pip and cargo reach the
+#      network: `maturin build --release -o dist`; a GPU machine may reach nothing), or builds
+#      one with maturin when that is installed.
 # Usage: scripts/gpu-check.sh [CIFAR10_DIR]   (default ../shared/data/cifar10; without the
-# data, the run trains on generated images and says so).
+# data, the run trains on generated images and says so). PARTS picks the parts (default
+# "1 2 3"): PARTS=3 scripts/gpu-check.sh runs the Python part alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data/cifar10}
@@ -20,14 +27,21 @@ python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
     echo "error: PyTorch sees no CUDA GPU" >&2
     exit 1
 }
-echo "== build (release, --features torch)"
-cargo build --release -q -p peloton-cli --features torch
+parts=" ${PARTS:-1 2 3} "
+want() { [[ $parts == *" $1 "* ]]; }
+if want 1 || want 2; then
+    echo "== build (release, --features torch)"
+    cargo build --release -q -p peloton-cli --features torch
+fi
 peloton=${CARGO_TARGET_DIR:-target}/release/peloton
 
+if want 1; then
 echo "== 1. ResNet-20 step, batch 128, on the GPU"
 "$peloton" bench --models resnet20 --device torch-cuda --batch 128 --repeats 20
 python3 scripts/bench_pytorch.py --models resnet20 --device cuda --repeats 20 --formats 2>/dev/null
+fi
 
+if want 2; then
 echo "== 2. LSGD, 4 workers on the GPU, CIFAR-10 ResNet-20, 120 s each"
 if [ -e "$data/data_batch_1.bin.gz" ] || [ -e "$data/data_batch_1.bin" ]; then
     dataset=(--dataset cifar10 --data-dir "$data" --set data.test_samples=10000)
@@ -51,4 +65,26 @@ lsgd() { # $1: label, then extra flags
 lsgd fp32
 if [ "${FAST:-1}" = 1 ]; then
     lsgd bf16-channels-last --set model.precision=bf16 --set model.memory_format=channels-last
+fi
+fi
+
+if want 3; then
+echo "== 3. peloton from Python on the GPU"
+venv=$(mktemp -d)/venv
+python3 -m venv --system-site-packages "$venv"
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+wheel=$(ls dist/peloton-*.whl 2>/dev/null | head -n 1 || true)
+if [ -n "$wheel" ]; then
+    pip install --quiet --no-deps --no-index "$wheel"
+elif command -v maturin >/dev/null; then
+    maturin develop --release --quiet
+else
+    echo "error: no wheel in dist/ and no maturin: build one first (maturin build --release -o dist)" >&2
+    exit 1
+fi
+(cd /tmp && python -m pytest -q "$OLDPWD/python/tests/test_torch.py" -k "cuda or mirrored")
+python python/benchmarks/overhead.py --device cuda --workers 4 --batch 128 --steps 60 \
+    --warmup 10 --rounds 1 --modes plain,lsgd,all-reduce,processes
+deactivate
 fi

@@ -10,8 +10,11 @@ side by side in one run —
 
 Every worker uses `--torch-threads` intra-op threads. Prints the median step time per worker,
 the aggregate samples/s and the peak RSS of each; the ratios are what BENCHMARKS.md reports.
+`--device cuda` runs every model on the GPU (peloton mirrors them: copies at communication
+rounds only); `--mirror` makes peloton mirror CPU models too (what the copies cost).
 
     python python/benchmarks/overhead.py --workers 4 --steps 40 --batch 32 --rounds 3
+    python python/benchmarks/overhead.py --device cuda --workers 4 --batch 128 --steps 60
 """
 
 import argparse
@@ -31,18 +34,18 @@ import torch.nn.functional as F
 from peloton.models import resnet20
 
 
-def batches(seed, batch):
+def batches(seed, batch, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(8 * batch, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (8 * batch,), generator=g)
+    x = torch.randn(8 * batch, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (8 * batch,), generator=g).to(device)
     return [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(8)]
 
 
-def plain_loop(rank, steps, batch, times):
+def plain_loop(rank, steps, batch, times, device="cpu"):
     torch.manual_seed(rank)
-    model = resnet20()
+    model = resnet20().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    data = batches(rank, batch)
+    data = batches(rank, batch, device)
     stamps = []
     for step in range(steps):
         stamps.append(time.perf_counter())
@@ -51,14 +54,15 @@ def plain_loop(rank, steps, batch, times):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        loss.item()  # as peloton's worker.step reads the loss (a GPU waits here)
     stamps.append(time.perf_counter())
     times[rank] = stamps
 
 
-def process_main(rank, steps, batch, threads, queue):
+def process_main(rank, steps, batch, threads, queue, device="cpu"):
     torch.set_num_threads(threads)
     times = {}
-    plain_loop(rank, steps, batch, times)
+    plain_loop(rank, steps, batch, times, device)
     queue.put((rank, times[rank], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
 
@@ -73,7 +77,7 @@ def summarize(name, all_stamps, workers, batch, warmup, rss):
 
 def run_plain_threads(args):
     times = {}
-    threads = [threading.Thread(target=plain_loop, args=(r, args.steps, args.batch, times))
+    threads = [threading.Thread(target=plain_loop, args=(r, args.steps, args.batch, times, args.device))
                for r in range(args.workers)]
     for t in threads:
         t.start()
@@ -90,10 +94,10 @@ def run_peloton(args, algorithm):
 
     def train(worker):
         with peloton.torch.seeded(worker):
-            model = resnet20()
+            model = resnet20().to(args.device)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        peloton.torch.wrap(worker, model, opt)
-        data = batches(worker.rank, args.batch)
+        peloton.torch.wrap(worker, model, opt, mirror=args.mirror or None)
+        data = batches(worker.rank, args.batch, args.device)
         stamps = []
         for step in worker.steps():
             stamps.append(time.perf_counter())
@@ -115,7 +119,8 @@ def run_peloton(args, algorithm):
 def run_processes(args):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=process_main, args=(r, args.steps, args.batch, args.torch_threads, queue))
+    procs = [ctx.Process(target=process_main,
+                         args=(r, args.steps, args.batch, args.torch_threads, queue, args.device))
              for r in range(args.workers)]
     for p in procs:
         p.start()
@@ -185,10 +190,16 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["plain", "independent", "lsgd", "processes"])
+    parser.add_argument("--only", choices=["plain", "independent", "lsgd", "all-reduce", "processes"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--mirror", action="store_true",
+                        help="mirror CPU models too (copies at communication rounds)")
+    parser.add_argument("--modes", default="plain,independent,lsgd,processes",
+                        help="which modes to compare, plain first and processes last")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
-    print(f"# {args.workers} workers × {args.torch_threads} torch thread(s), ResNet-20, batch "
+    print(f"# {args.workers} workers × {args.torch_threads} torch thread(s), ResNet-20 on "
+          f"{args.device}{' (mirrored)' if args.mirror else ''}, batch "
           f"{args.batch}, {args.steps} steps ({args.warmup} warm-up); torch {torch.__version__}; "
           f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}"
           + ("" if args.only else f"; medians of {args.rounds} rounds"), flush=True)
@@ -199,25 +210,31 @@ def main():
         import subprocess
         # The modes take turns, `rounds` times: a shared machine's drift hits them alike, and
         # each number is the median over the rounds.
-        modes = ["plain", "independent", "lsgd", "processes"]
+        modes = args.modes.split(",")
+        if modes[0] != "plain" or modes[-1] != "processes":
+            parser.error("--modes starts with plain and ends with processes")
         runs = {mode: [] for mode in modes}
         for _ in range(args.rounds):
             for mode in modes:
                 out = subprocess.run([sys.executable, __file__, "--only", mode] + [
                     f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                    if k not in ("only", "rounds")],
+                    if k not in ("only", "rounds", "mirror", "modes")]
+                    + (["--mirror"] if args.mirror else []),
                     check=True, capture_output=True, text=True).stdout
                 runs[mode].append(json.loads(out.strip().splitlines()[-1]))
         for mode in modes:
             rows.append({key: (statistics.median(r[key] for r in runs[mode]) if key != "name"
                                else runs[mode][0]["name"]) for key in runs[mode][0]})
         base = rows[0]
-        procs = rows[3]
+        procs = rows[-1]
         print(f"{'mode':<22}{'median step':>14}{'vs plain':>10}{'samples/s':>12}{'vs processes':>14}{'peak RSS':>12}")
         for r in rows:
             print(f"{r['name']:<22}{r['median_step_ms']:>11.1f} ms{r['median_step_ms'] / base['median_step_ms']:>10.3f}"
                   f"{r['samples_per_s']:>12.1f}{r['samples_per_s'] / procs['samples_per_s']:>14.3f}"
                   f"{r['peak_rss_mb']:>9.0f} MB")
+        if args.device != "cpu":
+            print(f"# load after: {os.getloadavg()[0]:.2f}")
+            return
         bare, through = hook_cost(args)
         resnet = base["median_step_ms"] * 1000
         print(f"hooks' own cost (a 4→1 linear model, 1 worker): {bare:.0f} µs bare, {through:.0f} µs "

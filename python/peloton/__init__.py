@@ -159,6 +159,7 @@ class Worker:
         self._clear_optimizer: Callable[[], None] | None = None
         self._evaluate: Evaluate | None = None
         self._before_reply: list[Callable[[], None]] = []
+        self._mirror = None
         self._waiting = False  # a gradient request is out: the loop owes worker.step(loss)
         self._next: int | str | None = None  # the runner's next gradient request, once known
         self._yielded_at = 0.0
@@ -171,7 +172,8 @@ class Worker:
                clear_optimizer: Callable[[], None] | None = None,
                evaluate: Evaluate | None = None,
                steps_per_epoch: int | None = None,
-               state: np.ndarray | None = None) -> None:
+               state: np.ndarray | None = None,
+               mirror: "tuple[Callable[[bool, bool, bool], None], Callable[[bool, bool, bool], None], Callable[[], bool]] | None" = None) -> None:
         """Gives peloton the model.
 
         * ``layout``: the parameter tensors' ``(name, shape)`` in the flat order (matrices are
@@ -186,6 +188,12 @@ class Worker:
         * ``steps_per_epoch``: steps in one pass over this worker's data (for ``epochs``);
         * ``state``: the initial values of model state the workers average before every
           evaluation (BatchNorm running statistics); ``worker.state`` is then its buffer.
+        * ``mirror``: for a model that keeps memory of its own (a GPU's), which ``params``,
+          ``grad`` and ``state`` then mirror: ``(to_host, from_host, finite_grad)``.
+          ``to_host(params, grad, state)`` copies the model's buffers named by the flags into
+          peloton's, ``from_host(...)`` loads peloton's into the model; peloton asks only where
+          it uses them. ``finite_grad()`` says whether the model's gradient is finite (peloton
+          sees it only when copied). ``None``: the model's tensors are views of the buffers.
         """
         try:
             names = [str(name) for name, _ in layout]
@@ -204,7 +212,16 @@ class Worker:
                 state = np.ascontiguousarray(state, dtype=np.float32).reshape(-1)
             except (TypeError, ValueError) as e:
                 raise Error(f"attach: the model state must be float32 numbers: {e}") from None
-        self._w.attach(names, shapes, initial, optimizer is not None, steps_per_epoch, state)
+        if mirror is not None:
+            try:
+                to_host, from_host, finite_grad = mirror
+            except (TypeError, ValueError):
+                raise Error("attach: mirror is (to_host, from_host, finite_grad)") from None
+            if not all(callable(f) for f in mirror):
+                raise Error("attach: mirror is (to_host, from_host, finite_grad), three functions")
+        self._w.attach(names, shapes, initial, optimizer is not None, steps_per_epoch, state,
+                       mirror is not None)
+        self._mirror = mirror
         self.params = np.asarray(self._w.params)
         self.state = np.asarray(self._w.state)
         self.grad = np.asarray(self._w.grad)
@@ -241,7 +258,11 @@ class Worker:
             self._compute_seconds.append(time.perf_counter() - self._yielded_at)
         self._waiting = False
         # A torch or NumPy scalar: its value, without autograd's history.
-        self._w.reply_loss(float(loss.item() if hasattr(loss, "item") else loss))
+        value = float(loss.item() if hasattr(loss, "item") else loss)
+        if self._mirror is not None and not self._mirror[2]():
+            # A gradient peloton does not see diverged: it sees a diverged loss instead.
+            value = math.nan
+        self._w.reply_loss(value)
         self._next = self._serve()
 
     def _serve(self) -> int | str:
@@ -262,6 +283,12 @@ class Worker:
                 self._w.reply_done()
             elif kind == "evaluate":
                 self._reply_evaluation(self.params if value else self._eval_params)
+            elif kind == "to_host":
+                self._mirror[0](*value)
+                self._w.reply_done()
+            elif kind == "from_host":
+                self._mirror[1](*value)
+                self._w.reply_done()
             else:  # pragma: no cover - the native module's requests are the ones above
                 raise Error(f"unknown request {kind!r}")
 

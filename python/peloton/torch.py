@@ -21,8 +21,9 @@ The learning rate comes from peloton's ``[optimizer]`` (``lr`` and its schedule)
 algorithms (LSGD's pull, EASGD's elastic force) see the one the optimizer uses: it is written
 into the optimizer's param groups before every step. The model's float buffers (BatchNorm
 running statistics) are views of the worker's state buffer, which the workers average before
-every evaluation, as the CLI does for its own models. Models on the CPU, in float32; CUDA
-models are refused for now.
+every evaluation, as the CLI does for its own models. A model on a GPU stays there: peloton's
+buffers mirror it and are copied only where the algorithm communicates (``mirror``). Models
+are float32.
 
 torch is imported by this module only: ``import peloton`` works without it.
 """
@@ -34,6 +35,7 @@ import threading
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import Error, Worker
@@ -62,24 +64,38 @@ def seeded(worker: Worker):
 
 def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
          *, evaluate: Callable[[torch.nn.Module], "tuple[float, float | None] | float"] | None = None,
-         steps_per_epoch: int | None = None) -> torch.nn.Module:
-    """Attaches ``model`` to ``worker`` and returns it, its trainable parameters now views of
-    ``worker.params`` and their ``.grad`` views of ``worker.grad``.
+         steps_per_epoch: int | None = None, mirror: bool | None = None) -> torch.nn.Module:
+    """Attaches ``model`` to ``worker`` and returns it.
 
     * ``optimizer``: stepped by peloton between the algorithm's hooks (``None``: peloton's own
       ``[optimizer]`` steps the flat buffer). Its ``zero_grad`` zeroes the flat gradient in place.
     * ``evaluate(model) -> (test_loss, accuracy)``: called under ``torch.no_grad()`` in eval
       mode, on the worker's own parameters or on another model peloton evaluates (the workers'
       average, the leader's), loaded into the same module.
+    * ``mirror``: where the model's memory is. A CPU model (``mirror=False``, its default) has
+      its parameters, gradients and BatchNorm statistics made views of ``worker.params``,
+      ``worker.grad`` and ``worker.state``: no copy ever. A model on a GPU (``mirror=True``,
+      the default for one) keeps them there, as views of one flat tensor per kind on the
+      device, and peloton's buffers mirror them: a copy is made only where the algorithm
+      communicates (LSGD's rounds every τ steps, all-reduce's gradients every step), an
+      evaluation or a checkpoint reads, in one ``copy_`` per buffer. ``mirror=True`` on a CPU
+      model gives the same run, copies included (the tests check it).
     """
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise Error("peloton.torch.wrap: the model has no trainable parameters")
+    device = named[0][1].device
     for name, p in named:
-        if p.device.type != "cpu":
-            raise Error(f"peloton.torch.wrap: parameter {name} is on {p.device}; only CPU models are supported yet")
+        if p.device != device:
+            raise Error(f"peloton.torch.wrap: parameter {name} is on {p.device}, "
+                        f"{named[0][0]} on {device}; the model must be on one device")
         if p.dtype != torch.float32:
             raise Error(f"peloton.torch.wrap: parameter {name} is {p.dtype}; peloton's buffers are float32")
+    if mirror is None:
+        mirror = device.type != "cpu"
+    elif not mirror and device.type != "cpu":
+        raise Error(f"peloton.torch.wrap: the model is on {device}, whose memory cannot be a view "
+                    "of peloton's buffers: leave mirror to its default (True)")
     params = [p for _, p in named]
     if optimizer is not None:
         wrapped = {id(p) for p in params}
@@ -89,20 +105,27 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
                     raise Error("peloton.torch.wrap: the optimizer steps a tensor that is not a trainable parameter of the model")
 
     # Float buffers (BatchNorm's running statistics) are the state averaged before evaluations.
-    buffers = [b for b in model.buffers() if b.dtype == torch.float32 and b.device.type == "cpu"]
+    buffers = [b for b in model.buffers() if b.dtype == torch.float32 and b.device == device]
     with torch.no_grad():
-        initial = torch.cat([p.detach().reshape(-1) for p in params]).numpy()
-        state = (torch.cat([b.detach().reshape(-1) for b in buffers]).numpy()
-                 if buffers else None)
+        flat_params = torch.cat([p.detach().reshape(-1) for p in params])
+        flat_state = torch.cat([b.detach().reshape(-1) for b in buffers]) if buffers else None
     layout = [(name, tuple(p.shape)) for name, p in named]
     flat_views = _Views(params)
+    state_views = _Views(buffers) if buffers else None
+
+    def on_host(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to("cpu").numpy()
 
     def evaluate_params(flat) -> "tuple[float, float | None] | float":
         if evaluate is None:
             return float("nan"), None
         own = flat is worker.params
         if not own:
-            flat_views.point(params, torch.from_numpy(flat))
+            other = torch.from_numpy(flat)
+            if mirror:
+                eval_flat.copy_(other)
+                other = eval_flat
+            flat_views.point(params, other)
         training = model.training
         try:
             model.eval()
@@ -132,12 +155,52 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
         def clear() -> None:
             optimizer.state.clear()
 
-    worker.attach(layout, initial, optimizer=step, clear_optimizer=clear, evaluate=evaluate_params,
-                  steps_per_epoch=steps_per_epoch, state=state)
-    if buffers:
-        _Views(buffers).point(buffers, torch.from_numpy(worker.state))
-    flat_views.params = torch.from_numpy(worker.params)
-    flat_views.grad = torch.from_numpy(worker.grad)
+    copies = None
+    if mirror:
+        def to_host(p: bool, g: bool, s: bool) -> None:
+            with torch.no_grad():
+                if p:
+                    host_params.copy_(flat_views.params)
+                if g:
+                    host_grad.copy_(flat_views.grad)
+                if s and state_views is not None:
+                    host_state.copy_(state_views.params)
+
+        def from_host(p: bool, g: bool, s: bool) -> None:
+            with torch.no_grad():
+                if p:
+                    flat_views.params.copy_(host_params)
+                if g:
+                    flat_views.grad.copy_(host_grad)
+                if s and state_views is not None:
+                    state_views.params.copy_(host_state)
+
+        def finite_grad() -> bool:
+            # The runner checks the gradient it sees; this one stays on the device.
+            return bool(torch.isfinite(flat_views.grad).all())
+
+        copies = (to_host, from_host, finite_grad)
+
+    worker.attach(layout, on_host(flat_params), optimizer=step, clear_optimizer=clear,
+                  evaluate=evaluate_params, steps_per_epoch=steps_per_epoch,
+                  state=None if flat_state is None else on_host(flat_state), mirror=copies)
+    host_params = torch.from_numpy(worker.params)
+    host_grad = torch.from_numpy(worker.grad)
+    host_state = torch.from_numpy(worker.state)
+    if mirror:
+        # The model's own flat tensors on its device; peloton's buffers mirror them.
+        flat_views.params = flat_params
+        flat_views.grad = torch.zeros_like(flat_params)
+        eval_flat = torch.empty_like(flat_params)
+        if state_views is not None:
+            state_views.params = flat_state
+    else:
+        flat_views.params = host_params
+        flat_views.grad = host_grad
+        if state_views is not None:
+            state_views.params = host_state
+    if state_views is not None:
+        state_views.point(buffers, state_views.params)
     flat_views.point(params, flat_views.params)
     flat_views.point_grads(params)
     # A `.grad` set to None (zero_grad(set_to_none=True)) is reallocated by backward outside the

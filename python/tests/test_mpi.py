@@ -56,3 +56,34 @@ def test_mpi_ranks_equal_thread_workers(tmp_path, algorithm):
 def test_a_script_without_mpirun_is_told_to_use_it():
     with pytest.raises(peloton.Error, match="mpirun"):
         peloton.run(lambda w: None, quiet=True, transport="mpi")
+
+
+TORCH_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import peloton
+from test_torch import cnn_loop
+peloton.run(cnn_loop(mirror=True), out={out!r}, quiet=True, steps=16, log_every=8,
+            algorithm={{"name": "lsgd", "tau": 4}}, optimizer={{"lr": 0.05}}, eval={{"every": 8}},
+            transport="mpi", torch_threads=1)
+"""
+
+
+def test_a_mirrored_torch_model_on_mpi_ranks_equals_thread_workers(tmp_path):
+    """The copies of a mirrored model (a GPU's, here the CPU's) on MPI ranks give the run of
+    two thread-workers whose models are views of peloton's buffers."""
+    pytest.importorskip("torch")
+    from test_torch import cnn_loop
+
+    script = tmp_path / "train.py"
+    script.write_text(TORCH_SCRIPT.format(tests=str(TESTS), out=str(tmp_path / "mpi")))
+    done = mpirun(script, 2, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mpi = peloton.Result(tmp_path / "mpi")
+    threads = peloton.run(cnn_loop(mirror=False), out=tmp_path / "threads", quiet=True,
+                          workers=2, steps=16, log_every=8, algorithm={"name": "lsgd", "tau": 4},
+                          optimizer={"lr": 0.05}, eval={"every": 8}, torch_threads=1)
+    assert [w["params_checksum"] for w in mpi.summary["per_worker"]] == \
+        [w["params_checksum"] for w in threads.summary["per_worker"]]
+    assert [(e["step"], e["loss"], e["accuracy"]) for e in mpi.final_evals] == \
+        [(e["step"], e["loss"], e["accuracy"]) for e in threads.final_evals]

@@ -26,21 +26,26 @@ def small_cnn():
 
 
 def held_out(model):
-    out = model(IMAGES[TEST])
-    return (F.cross_entropy(out, LABELS[TEST]).item(),
-            (out.argmax(1) == LABELS[TEST]).float().mean().item())
+    device = next(model.parameters()).device
+    out = model(IMAGES[TEST].to(device))
+    labels = LABELS[TEST].to(device)
+    return (F.cross_entropy(out, labels).item(), (out.argmax(1) == labels).float().mean().item())
 
 
-def cnn_loop(zero_grad="optimizer", record=None):
+def cnn_loop(zero_grad="optimizer", record=None, mirror=None, copies=None, device="cpu"):
+    images, labels = IMAGES.to(device), LABELS.to(device)
+
     def train(worker):
         with peloton.torch.seeded(worker):
-            model = small_cnn()
+            model = small_cnn().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        peloton.torch.wrap(worker, model, opt, evaluate=held_out)
+        peloton.torch.wrap(worker, model, opt, evaluate=held_out, mirror=mirror)
+        if copies is not None:
+            count_copies(worker, copies)
         batches = torch.Generator().manual_seed(100 + worker.rank)
         for _ in worker.steps():
-            i = torch.randint(512, 1536, (32,), generator=batches)
-            loss = F.cross_entropy(model(IMAGES[i]), LABELS[i])
+            i = torch.randint(512, 1536, (32,), generator=batches).to(device)
+            loss = F.cross_entropy(model(images[i]), labels[i])
             if zero_grad == "optimizer":
                 opt.zero_grad()
             else:
@@ -51,6 +56,113 @@ def cnn_loop(zero_grad="optimizer", record=None):
             record[worker.rank] = (model, worker)
 
     return train
+
+
+def count_copies(worker, copies):
+    """Counts the mirrored model's copies of this worker by direction and buffer."""
+    to_host, from_host, finite = worker._mirror
+    mine = copies.setdefault(worker.rank, {})
+
+    def counted(direction, copy):
+        def run(p, g, s):
+            for name, flag in (("params", p), ("grad", g), ("state", s)):
+                if flag:
+                    mine[(direction, name)] = mine.get((direction, name), 0) + 1
+            copy(p, g, s)
+        return run
+
+    worker._mirror = (counted("to_host", to_host), counted("from_host", from_host), finite)
+
+
+@pytest.mark.parametrize("algorithm", ["lsgd", "all-reduce", "easgd", "sgp", "d-psgd", "local-sgd"])
+def test_a_mirrored_model_gives_the_same_run_as_one_in_the_buffers(tmp_path, algorithm):
+    """A model that keeps its own memory (on a GPU; here on the CPU, mirror=True) is copied to
+    peloton's buffers only where the algorithm uses them, and the run is the same bit for bit:
+    parameters, BatchNorm statistics averaged for the evaluations, the evaluations."""
+    runs = {}
+    for mirror in (False, True):
+        runs[mirror] = peloton.run(cnn_loop(mirror=mirror), quiet=True, out=tmp_path / str(mirror),
+                                   workers=3, steps=24, algorithm=algorithm,
+                                   optimizer={"lr": 0.05}, eval={"every": 12})
+    plain, mirrored = (
+        ([w["params_checksum"] for w in r.summary["per_worker"]],
+         [(e["step"], e["loss"], e["accuracy"]) for e in r.metrics() if "accuracy" in e])
+        for r in (runs[False], runs[True]))
+    assert plain == mirrored
+
+
+def test_a_mirrored_model_is_copied_only_where_the_algorithm_communicates(tmp_path):
+    """LSGD with τ = 4 over 24 steps: 6 rounds copy the model out and back in, and nothing else
+    crosses between them (no gradient ever); all-reduce SGD moves the gradient every step."""
+    copies = {}
+    peloton.run(cnn_loop(mirror=True, copies=copies), quiet=True, out=tmp_path / "lsgd",
+                workers=2, steps=24, algorithm={"name": "lsgd", "tau": 4},
+                optimizer={"lr": 0.05}, eval={"every": 0}, log_every=24, consensus=False)
+    for counts in copies.values():
+        # Out: the 6 rounds; the last one (step 24) is the final log point too. In: the initial
+        # (broadcast) model and the 5 rounds before step 24's.
+        assert counts[("to_host", "params")] == 6, counts
+        assert counts[("from_host", "params")] == 1 + 5, counts
+        assert ("to_host", "grad") not in counts and ("from_host", "grad") not in counts, counts
+    copies = {}
+    peloton.run(cnn_loop(mirror=True, copies=copies), quiet=True, out=tmp_path / "ar",
+                workers=2, steps=24, algorithm="all-reduce", optimizer={"lr": 0.05},
+                eval={"every": 0}, log_every=24, consensus=False)
+    for counts in copies.values():
+        assert counts[("to_host", "grad")] == 24 and counts[("from_host", "grad")] == 24, counts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_a_cuda_model_trains_with_lsgd_on_four_thread_workers(tmp_path):
+    """A model on the GPU stays there: peloton mirrors it (the default for a CUDA model), copies
+    at LSGD's rounds, and the run converges as the CPU one does."""
+    record, copies = {}, {}
+    result = peloton.run(cnn_loop(record=record, copies=copies, device="cuda"), quiet=True,
+                         out=tmp_path / "r", workers=4, steps=150, algorithm="lsgd",
+                         optimizer={"lr": 0.05}, eval={"every": 50})
+    assert result.final_evals[0]["accuracy"] >= 0.9, result.final_evals
+    for model, worker in record.values():
+        assert all(p.is_cuda and p.grad.is_cuda for p in model.parameters())
+        assert worker._mirror is not None
+    # τ = 4 (LSGD's default): 37 rounds in 150 steps, plus the evaluations' reads.
+    assert all(c[("to_host", "params")] < 60 for c in copies.values()), copies
+
+
+def test_wrap_refuses_a_gpu_model_as_views():
+    """A model on another device cannot be a view of host memory: mirror=False is refused."""
+    caught = []
+
+    def train(worker):
+        model = nn.Linear(2, 1).to("meta")
+        try:
+            peloton.torch.wrap(worker, model, mirror=False)
+        except peloton.Error as e:
+            caught.append(str(e))
+        raise RuntimeError("stop")
+
+    with pytest.raises(peloton.Error):
+        peloton.run(train, quiet=True, out=tempfile.mkdtemp(), workers=1, steps=1)
+    assert "mirror" in caught[0] and "meta" in caught[0], caught
+
+
+def test_a_diverged_gradient_on_the_device_is_caught(tmp_path):
+    """peloton sees a mirrored model's gradient only when it copies it: a gradient that is not
+    finite is reported as a diverged loss, so the run stops naming the worker."""
+    def train(worker):
+        model = nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        peloton.torch.wrap(worker, model, opt, mirror=True)
+        for step in worker.steps():
+            opt.zero_grad()
+            loss = model(torch.ones(4, 2)).sum()
+            loss.backward()
+            if step == 3 and worker.rank == 1:
+                model.weight.grad[0, 0] = float("inf")
+            worker.step(loss)
+
+    with pytest.raises(peloton.Error, match="worker 1"):
+        peloton.run(train, quiet=True, out=tmp_path / "r", workers=2, steps=10,
+                    algorithm={"name": "lsgd", "tau": 4}, optimizer={"lr": 0.1})
 
 
 def test_a_cnn_on_four_thread_workers_converges_with_lsgd():

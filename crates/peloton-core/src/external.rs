@@ -21,13 +21,21 @@
 //!
 //! A loop that fails or returns early [`LoopHandle::leave`]s: the runner's pending call fails
 //! with the loop's message, which ends the run as any learner error does.
+//!
+//! **A model on a GPU** cannot be a view of host memory. A loop that attaches with
+//! [`Attach::mirrored`] keeps its model where it is, and the shared buffers become a mirror of
+//! it: the learner tracks which side holds the newest parameters, gradient and model state, and
+//! asks for a copy ([`Request::ToHost`], [`Request::FromHost`]) only where the runner or the
+//! algorithm uses the buffers (announced through [`Learner::host_access`], from
+//! [`crate::algorithms::Algorithm::touches`]). LSGD with τ = 8 copies the model twice every 8
+//! steps; all-reduce SGD copies the gradient out and back every step, and nothing else.
 
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::flat::SharedBuffer;
 use crate::layout::ParamLayout;
-use crate::learner::{Evaluation, Learner, LearnerContext, LearnerFactory};
+use crate::learner::{Access, Evaluation, HostBuffers, Learner, LearnerContext, LearnerFactory};
 use crate::{Error, Result};
 
 /// What the runner asks of an outside loop.
@@ -45,6 +53,12 @@ pub enum Request {
     /// Evaluate a model on held-out data: the worker's own parameter buffer (`own`), or the
     /// model in the evaluation buffer (the workers' average, the leader's, the center).
     Evaluate { own: bool },
+    /// Copy these of the model's buffers into the shared ones: the runner is about to use
+    /// them. Asked only of a loop attached with [`Attach::mirrored`].
+    ToHost(HostBuffers),
+    /// Load these shared buffers into the model: the runner changed them. Asked only of a loop
+    /// attached with [`Attach::mirrored`].
+    FromHost(HostBuffers),
 }
 
 /// The outside loop's answer to a [`Request`].
@@ -83,6 +97,10 @@ pub struct Attach {
     /// The model's state that the runner averages over the workers before every evaluation
     /// (BatchNorm running statistics), its initial values; empty when there is none.
     pub state: Vec<f32>,
+    /// Whether the model keeps memory of its own (a GPU) which the shared buffers mirror, with
+    /// copies on [`Request::ToHost`] and [`Request::FromHost`]; `false`: the model's tensors are
+    /// views of the shared buffers.
+    pub mirrored: bool,
 }
 
 /// The buffers an attached loop works in: its model's tensors are views of them.
@@ -214,6 +232,7 @@ impl LearnerFactory for ExternalLoops {
                     attach: attach.clone(),
                     buffers: buffers.clone(),
                     gradients: 0,
+                    mirror: attach.mirrored.then(Mirror::new),
                 }));
             }
             if let Some(left) = &state.left {
@@ -233,6 +252,59 @@ pub struct ExternalLearner {
     attach: Attach,
     buffers: Buffers,
     gradients: u64,
+    /// Where the newest copy of each buffer is, for a mirrored model.
+    mirror: Option<Mirror>,
+}
+
+/// Which side holds the newest values of one buffer of a mirrored model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Newest {
+    Both,
+    /// The loop's model (it computed a gradient, stepped its optimizer).
+    Loop,
+    /// The shared buffer (the runner wrote it).
+    Host,
+}
+
+/// The sides of a mirrored model's parameters, gradient and model state.
+#[derive(Debug, Clone, Copy)]
+struct Mirror {
+    params: Newest,
+    grad: Newest,
+    state: Newest,
+}
+
+impl Mirror {
+    /// At the start the runner initializes the host parameters (and may broadcast worker 0's).
+    fn new() -> Self {
+        Mirror {
+            params: Newest::Host,
+            grad: Newest::Both,
+            state: Newest::Both,
+        }
+    }
+
+    /// Those of `which` whose newest values are on `side`.
+    fn on(&self, which: HostBuffers, side: Newest) -> HostBuffers {
+        HostBuffers {
+            params: which.params && self.params == side,
+            grad: which.grad && self.grad == side,
+            state: which.state && self.state == side,
+        }
+    }
+
+    /// Marks `which` as newest on `side`.
+    fn set(&mut self, which: HostBuffers, side: Newest) {
+        for (named, slot) in [
+            (which.params, &mut self.params),
+            (which.grad, &mut self.grad),
+            (which.state, &mut self.state),
+        ] {
+            if named {
+                *slot = side;
+            }
+        }
+    }
 }
 
 impl ExternalLearner {
@@ -254,6 +326,29 @@ impl ExternalLearner {
                 return Err(slot.left_error(left, "before the run's end"));
             }
             state = slot.wait(state);
+        }
+    }
+
+    /// Before a request that uses `needs` of the loop's model: loads the host buffers the
+    /// runner changed since (a mirrored model).
+    fn load_into_loop(&mut self, needs: HostBuffers) -> Result<()> {
+        let Some(mirror) = self.mirror else {
+            return Ok(());
+        };
+        let stale = mirror.on(needs, Newest::Host);
+        if stale.any() {
+            self.call_done(Request::FromHost(stale))?;
+            if let Some(m) = self.mirror.as_mut() {
+                m.set(stale, Newest::Both);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a request that changed `changed` of the loop's model (a mirrored model).
+    fn loop_changed(&mut self, changed: HostBuffers) {
+        if let Some(m) = self.mirror.as_mut() {
+            m.set(changed, Newest::Loop);
         }
     }
 
@@ -300,11 +395,19 @@ impl Learner for ExternalLearner {
     fn loss_and_grad(&mut self, params: &[f32], grad: &mut [f32]) -> Result<f64> {
         self.ensure_shared("parameter", params.as_ptr(), &self.buffers.params)?;
         self.ensure_shared("gradient", grad.as_ptr(), &self.buffers.grad)?;
+        // The gradient too, where the runner left one the loop's backward would add to.
+        self.load_into_loop(HostBuffers::BOTH.union(HostBuffers::STATE))?;
         let request = Request::Gradient {
             index: self.gradients,
         };
         self.gradients += 1;
-        match self.call(request)? {
+        let reply = self.call(request)?;
+        // A training forward also moves the model state (BatchNorm's running statistics).
+        self.loop_changed(HostBuffers {
+            state: !self.buffers.state.is_empty(),
+            ..HostBuffers::GRAD
+        });
+        match reply {
             Reply::Loss(loss) => Ok(loss),
             other => Err(self.unexpected(request, other)),
         }
@@ -316,6 +419,10 @@ impl Learner for ExternalLearner {
             // The loop's turn has not started: the runner may write the evaluation buffer.
             self.buffers.eval.write(params);
         }
+        self.load_into_loop(HostBuffers {
+            params: own,
+            ..HostBuffers::STATE
+        })?;
         let request = Request::Evaluate { own };
         match self.call(request)? {
             Reply::Evaluation(e) => Ok(e),
@@ -351,8 +458,28 @@ impl Learner for ExternalLearner {
         self.attach.owns_optimizer.then(|| {
             self.ensure_shared("parameter", params.as_ptr(), &self.buffers.params)?;
             self.ensure_shared("gradient", grad.as_ptr(), &self.buffers.grad)?;
-            self.call_done(Request::OptimizerStep { lr })
+            self.load_into_loop(HostBuffers::BOTH)?;
+            self.call_done(Request::OptimizerStep { lr })?;
+            self.loop_changed(HostBuffers::PARAMS);
+            Ok(())
         })
+    }
+
+    fn host_access(&mut self, which: HostBuffers, access: Access) -> Result<()> {
+        let Some(mirror) = self.mirror else {
+            return Ok(());
+        };
+        let newer = mirror.on(which, Newest::Loop);
+        if newer.any() {
+            self.call_done(Request::ToHost(newer))?;
+        }
+        if let Some(m) = self.mirror.as_mut() {
+            m.set(newer, Newest::Both);
+            if access == Access::Write {
+                m.set(which, Newest::Host);
+            }
+        }
+        Ok(())
     }
 
     fn clear_optimizer(&mut self) -> Result<()> {
@@ -442,6 +569,8 @@ impl LoopHandle {
             (Request::Gradient { .. }, Reply::Loss(_))
                 | (Request::OptimizerStep { .. }, Reply::Done)
                 | (Request::ClearOptimizer, Reply::Done)
+                | (Request::ToHost(_), Reply::Done)
+                | (Request::FromHost(_), Reply::Done)
                 | (Request::Evaluate { .. }, Reply::Evaluation(_))
         );
         if !fits {
@@ -472,7 +601,7 @@ mod tests {
     use super::*;
     use crate::algorithms::{AlgorithmConfig, AllReduceConfig, LsgdConfig};
     use crate::optim::OptimizerConfig;
-    use crate::runner::{run_threads, RunConfig, RunReport};
+    use crate::runner::{run_threads, EvalModel, RunConfig, RunReport};
 
     const DIM: usize = 6;
 
@@ -543,45 +672,99 @@ mod tests {
             owns_optimizer,
             steps_per_epoch: None,
             state: Vec::new(),
+            mirrored: false,
         }
     }
 
+    /// How an outside loop keeps its model.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Model {
+        /// In the shared buffers.
+        Shared,
+        /// In memory of its own, which the shared buffers mirror (a GPU's, in real loops).
+        Mirrored,
+    }
+
+    /// What an outside loop was asked: gradients, and copies of parameters and gradients each
+    /// way (mirrored models).
+    #[derive(Debug, Default, PartialEq)]
+    struct Asked {
+        gradients: u64,
+        params_to_host: u64,
+        params_from_host: u64,
+        grads_to_host: u64,
+        grads_from_host: u64,
+    }
+
     /// An outside loop on its own thread: attaches, answers until the run is over, and steps
-    /// plain SGD itself when it owns the optimizer.
-    fn outside_loop(handle: LoopHandle, owns_optimizer: bool) -> Result<u64> {
+    /// plain SGD itself when it owns the optimizer. A mirrored model lives in `x` and `g`
+    /// between the requests, and the shared buffers see it only through the copies asked for.
+    fn outside_loop(handle: LoopHandle, owns_optimizer: bool, model: Model) -> Result<Asked> {
         let rank = handle.rank();
-        let buffers = handle.attach(attach(vec![0.5 + rank as f32; DIM], owns_optimizer))?;
-        let (mut x, mut g) = (vec![0.0; DIM], vec![0.0; DIM]);
-        let mut requests = 0;
+        let initial = vec![0.5 + rank as f32; DIM];
+        let mirrored = model == Model::Mirrored;
+        let buffers = handle.attach(Attach {
+            mirrored,
+            ..attach(initial.clone(), owns_optimizer)
+        })?;
+        let (mut x, mut g) = (initial, vec![0.0; DIM]);
+        let mut asked = Asked::default();
         loop {
             let request = match handle.next()? {
-                Next::Finished => return Ok(requests),
+                Next::Finished => return Ok(asked),
                 Next::Request(r) => r,
             };
-            requests += 1;
+            if !mirrored {
+                buffers.params.read(&mut x);
+                buffers.grad.read(&mut g);
+            }
             let reply = match request {
                 Request::Gradient { index } => {
-                    buffers.params.read(&mut x);
+                    asked.gradients += 1;
                     let loss = loss_and_grad(rank, index, &x, &mut g);
-                    buffers.grad.write(&g);
                     Reply::Loss(loss)
                 }
                 Request::OptimizerStep { lr } => {
-                    buffers.params.read(&mut x);
-                    buffers.grad.read(&mut g);
                     for (p, d) in x.iter_mut().zip(&g) {
                         *p -= lr * d;
                     }
-                    buffers.params.write(&x);
                     Reply::Done
                 }
                 Request::ClearOptimizer => Reply::Done,
                 Request::Evaluate { own } => {
-                    let source = if own { &buffers.params } else { &buffers.eval };
-                    source.read(&mut x);
-                    Reply::Evaluation(evaluation(&x))
+                    let mut other = vec![0.0; DIM];
+                    buffers.eval.read(&mut other);
+                    Reply::Evaluation(evaluation(if own { &x } else { &other }))
+                }
+                Request::ToHost(which) => {
+                    assert!(mirrored, "a copy asked of a model in the shared buffers");
+                    if which.params {
+                        asked.params_to_host += 1;
+                        buffers.params.write(&x);
+                    }
+                    if which.grad {
+                        asked.grads_to_host += 1;
+                        buffers.grad.write(&g);
+                    }
+                    Reply::Done
+                }
+                Request::FromHost(which) => {
+                    assert!(mirrored, "a copy asked of a model in the shared buffers");
+                    if which.params {
+                        asked.params_from_host += 1;
+                        buffers.params.read(&mut x);
+                    }
+                    if which.grad {
+                        asked.grads_from_host += 1;
+                        buffers.grad.read(&mut g);
+                    }
+                    Reply::Done
                 }
             };
+            if !mirrored {
+                buffers.params.write(&x);
+                buffers.grad.write(&g);
+            }
             handle.reply(reply)?;
         }
     }
@@ -603,21 +786,31 @@ mod tests {
     }
 
     fn run_outside(config: &RunConfig, owns_optimizer: bool) -> Result<RunReport> {
+        run_loops(config, owns_optimizer, Model::Shared).map(|(report, _)| report)
+    }
+
+    /// The run, and what each worker's loop was asked.
+    fn run_loops(
+        config: &RunConfig,
+        owns_optimizer: bool,
+        model: Model,
+    ) -> Result<(RunReport, Vec<Asked>)> {
         let loops = ExternalLoops::new(0..config.workers);
         std::thread::scope(|s| {
             let threads: Vec<_> = loops
                 .ranks()
                 .map(|r| {
                     let handle = loops.handle(r).unwrap();
-                    s.spawn(move || outside_loop(handle, owns_optimizer))
+                    s.spawn(move || outside_loop(handle, owns_optimizer, model))
                 })
                 .collect();
             let report = run_threads(config, &loops, &mut |_| {});
             loops.close();
+            let mut asked = Vec::new();
             for t in threads {
-                t.join().unwrap()?;
+                asked.push(t.join().unwrap()?);
             }
-            report
+            Ok((report?, asked))
         })
     }
 
@@ -649,14 +842,91 @@ mod tests {
                 let outside = run_outside(&config, owns).unwrap();
                 assert_eq!(params(&outside), params(&inside), "owns_optimizer = {owns}");
                 assert_eq!(outside.workers[1].losses, inside.workers[1].losses);
-                let evals = |r: &RunReport| -> Vec<_> {
-                    r.final_evals
-                        .iter()
-                        .map(|e| (e.step, e.eval.clone()))
-                        .collect()
-                };
                 assert_eq!(evals(&outside), evals(&inside));
             }
+        }
+    }
+
+    /// The final evaluations without their wall-clock seconds.
+    fn evals(report: &RunReport) -> Vec<(u64, Evaluation)> {
+        report
+            .final_evals
+            .iter()
+            .map(|e| (e.step, e.eval.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_mirrored_model_gives_the_same_run_as_a_learner_in_rust() {
+        for algorithm in [
+            AlgorithmConfig::new(LsgdConfig::default()),
+            AlgorithmConfig::new(AllReduceConfig::default()),
+            AlgorithmConfig::new(crate::algorithms::EasgdConfig::default()),
+            AlgorithmConfig::new(crate::algorithms::LocalSgdConfig::default()),
+            AlgorithmConfig::new(crate::algorithms::SgpConfig::default()),
+            AlgorithmConfig::new(crate::algorithms::DpsgdConfig::default()),
+        ] {
+            for eval_model in [EvalModel::Average, EvalModel::Workers] {
+                let name = format!("{algorithm:?}, {eval_model:?}");
+                let config = RunConfig {
+                    eval_model,
+                    ..config(algorithm.clone())
+                };
+                let inside = run_in_rust(&config);
+                for owns in [false, true] {
+                    let (outside, _) = run_loops(&config, owns, Model::Mirrored).unwrap();
+                    assert_eq!(params(&outside), params(&inside), "{name}, owns {owns}");
+                    assert_eq!(
+                        outside.workers[2].losses, inside.workers[2].losses,
+                        "{name}"
+                    );
+                    assert_eq!(evals(&outside), evals(&inside), "{name}");
+                }
+            }
+        }
+    }
+
+    /// A mirrored model is copied where the algorithm communicates, not every step. 40 steps,
+    /// log points every 10 steps with the consensus distance (which reads the model),
+    /// evaluations of each worker's own model at steps 20 and 40 (their drains make the host
+    /// buffer the newest), no parameters in the records (6 > RECORD_PARAMS_MAX).
+    #[test]
+    fn a_mirrored_model_is_copied_only_where_the_algorithm_communicates() {
+        let asked = |algorithm| {
+            let config = RunConfig {
+                eval_model: EvalModel::Workers,
+                consensus: true,
+                ..config(algorithm)
+            };
+            let (_, asked) = run_loops(&config, true, Model::Mirrored).unwrap();
+            asked
+        };
+        // LSGD, τ = 4: the 10 rounds (steps 3, 7, …, 39) copy the model out and back in; the
+        // consensus distance at steps 10 and 30 reads it (out); one more load of the broadcast
+        // initial model. The log points at 20 and 40 follow rounds: the host holds the newest
+        // model there.
+        let lsgd = Asked {
+            gradients: 40,
+            params_to_host: 10 + 2,
+            params_from_host: 11,
+            grads_to_host: 0,
+            grads_from_host: 0,
+        };
+        for worker in asked(AlgorithmConfig::new(LsgdConfig::default())) {
+            assert_eq!(worker, lsgd);
+        }
+        // All-reduce SGD: the gradient out and back every step; the model only for the four log
+        // points (out; the drains before the evaluations at 20 and 40 write, so it goes back
+        // in for them) and the initial model (in).
+        let all_reduce = Asked {
+            gradients: 40,
+            params_to_host: 4,
+            params_from_host: 3,
+            grads_to_host: 40,
+            grads_from_host: 40,
+        };
+        for worker in asked(AlgorithmConfig::new(AllReduceConfig::default())) {
+            assert_eq!(worker, all_reduce);
         }
     }
 
@@ -725,7 +995,7 @@ mod tests {
                     if r == odd {
                         odd_loop(handle);
                     } else {
-                        let _ = outside_loop(handle, false);
+                        let _ = outside_loop(handle, false, Model::Shared);
                     }
                 });
             }

@@ -34,6 +34,65 @@ pub struct Evaluation {
     pub grad_norm: Option<f64>,
 }
 
+/// Which of a worker's host buffers (parameters, gradient, averaged model state) something
+/// reads or writes: what a
+/// learner whose model lives off the host (a GPU) has to copy, see [`Learner::host_access`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostBuffers {
+    pub params: bool,
+    pub grad: bool,
+    /// The model state averaged before evaluations ([`Learner::read_shared_state`]).
+    pub state: bool,
+}
+
+impl HostBuffers {
+    pub const NONE: Self = HostBuffers {
+        params: false,
+        grad: false,
+        state: false,
+    };
+    pub const PARAMS: Self = HostBuffers {
+        params: true,
+        ..Self::NONE
+    };
+    pub const GRAD: Self = HostBuffers {
+        grad: true,
+        ..Self::NONE
+    };
+    /// The parameters and the gradient.
+    pub const BOTH: Self = HostBuffers {
+        params: true,
+        grad: true,
+        state: false,
+    };
+    pub const STATE: Self = HostBuffers {
+        state: true,
+        ..Self::NONE
+    };
+
+    pub fn any(self) -> bool {
+        self.params || self.grad || self.state
+    }
+
+    /// Both sets together.
+    pub fn union(self, other: Self) -> Self {
+        HostBuffers {
+            params: self.params || other.params,
+            grad: self.grad || other.grad,
+            state: self.state || other.state,
+        }
+    }
+}
+
+/// How the runner is about to use host buffers: see [`Learner::host_access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// It only reads them (a checkpoint, a record, the consensus distance).
+    Read,
+    /// It reads and may change them (an algorithm's hook, a reset, a resume).
+    Write,
+}
+
 /// One worker's local training.
 ///
 /// Contract: the learner owns its data stream (seeded from [`LearnerContext`]), so calling
@@ -77,6 +136,18 @@ pub trait Learner: Send {
     /// and the optimizer step get exactly these buffers. `None` (the default): the runner's own.
     fn shared_buffers(&self) -> Option<(Arc<SharedBuffer>, Arc<SharedBuffer>)> {
         None
+    }
+
+    /// For a learner whose model lives somewhere else than the host buffers (a loop's model on
+    /// a GPU, see [`crate::external`]): the runner is about to use the host buffers `which`, so
+    /// the learner brings them up to date (copies its newer values in) and, after an
+    /// [`Access::Write`], copies them back before its model is used again. Everything the
+    /// runner and the algorithms do with the buffers is announced through this, so such a
+    /// learner copies only where an algorithm communicates (see
+    /// [`crate::algorithms::Algorithm::touches`]). The default does nothing: the host
+    /// buffers are the model.
+    fn host_access(&mut self, _which: HostBuffers, _access: Access) -> Result<()> {
+        Ok(())
     }
 
     /// Takes the local optimizer step itself (a loop outside peloton with an optimizer of its

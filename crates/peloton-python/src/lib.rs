@@ -24,7 +24,7 @@ use peloton_core::algorithms::AlgorithmConfig;
 use peloton_core::external::{Attach, Buffers, ExternalLoops, LoopHandle, Next, Reply, Request};
 use peloton_core::flat::SharedBuffer;
 use peloton_core::layout::ParamLayout;
-use peloton_core::learner::Evaluation;
+use peloton_core::learner::{Evaluation, HostBuffers};
 
 pyo3::create_exception!(
     peloton,
@@ -161,8 +161,9 @@ impl Worker {
 
     /// Gives the runner the model: its tensors' names and shapes in the flat order, its initial
     /// parameters (any float32-convertible buffer of the layout's length), whether the loop
-    /// steps its own optimizer, and its steps per epoch when known.
-    #[pyo3(signature = (names, shapes, initial, owns_optimizer, steps_per_epoch=None, state=None))]
+    /// steps its own optimizer, its steps per epoch when known, the model state's initial
+    /// values, and whether the model keeps memory of its own (a GPU's) that the buffers mirror.
+    #[pyo3(signature = (names, shapes, initial, owns_optimizer, steps_per_epoch=None, state=None, mirrored=false))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn attach(
         &self,
@@ -173,6 +174,7 @@ impl Worker {
         owns_optimizer: bool,
         steps_per_epoch: Option<u64>,
         state: Option<&Bound<'_, PyAny>>,
+        mirrored: bool,
     ) -> PyResult<()> {
         if names.len() != shapes.len() {
             return Err(Error::new_err(format!(
@@ -212,6 +214,7 @@ impl Worker {
                 owns_optimizer,
                 steps_per_epoch,
                 state,
+                mirrored,
             })
             .map_err(error)?;
         let _ = self.buffers.set(buffers);
@@ -243,8 +246,9 @@ impl Worker {
     }
 
     /// Waits (without the GIL) for the runner's next request: `("gradient", index)`,
-    /// `("optimizer_step", lr)`, `("clear_optimizer", None)`, `("evaluate", own)` or
-    /// `("finished", None)`.
+    /// `("optimizer_step", lr)`, `("clear_optimizer", None)`, `("evaluate", own)`,
+    /// `("to_host", (params, grad, state))`, `("from_host", (params, grad, state))` (a mirrored
+    /// model's copies, each flag saying whether that buffer is copied) or `("finished", None)`.
     fn next(&self, py: Python<'_>) -> PyResult<(&'static str, Py<PyAny>)> {
         let handle = self.handle.clone();
         let next = py.detach(move || handle.next()).map_err(error)?;
@@ -265,6 +269,8 @@ impl Worker {
                     .into_any()
                     .unbind(),
             ),
+            Next::Request(Request::ToHost(which)) => ("to_host", copies(py, which)?),
+            Next::Request(Request::FromHost(which)) => ("from_host", copies(py, which)?),
         })
     }
 
@@ -646,4 +652,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_class::<ProblemLearner>()?;
     Ok(())
+}
+
+/// A mirrored model's copy request as `(params, grad, state)` flags.
+fn copies(py: Python<'_>, which: HostBuffers) -> PyResult<Py<PyAny>> {
+    Ok((which.params, which.grad, which.state)
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
 }

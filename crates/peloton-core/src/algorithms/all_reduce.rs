@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, AlgorithmSpec, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::transport::ReduceOp;
 use crate::Result;
@@ -40,5 +40,8 @@ impl Algorithm for AllReduceSgd {
     }
     fn before_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         ctx.comm.all_reduce(ctx.grad, ReduceOp::Mean)
+    }
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::gradient_hook(true)
     }
 }

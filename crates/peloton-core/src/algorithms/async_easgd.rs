@@ -27,11 +27,12 @@ use super::asynchronous::{Staleness, DONE};
 use super::easgd::EasgdConfig;
 use super::{
     Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, Every, Observation, RunShape,
-    StepContext,
+    StepContext, Touches,
 };
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
+use crate::learner::HostBuffers;
 use crate::transport::{Communicator, CounterOp};
 use crate::Result;
 
@@ -190,6 +191,20 @@ impl Algorithm for AsyncEasgd {
             self.pending = false;
         }
         Ok(())
+    }
+    /// The elastic difference is taken before the step and applied after it.
+    fn touches(&self, step: u64) -> Touches {
+        let due = Every::steps(self.tau).due(step);
+        let params = if due {
+            HostBuffers::PARAMS
+        } else {
+            HostBuffers::NONE
+        };
+        Touches {
+            before_step: params,
+            after_step: params,
+            ..Touches::NONE
+        }
     }
     // Between two steps `pending` is false; the server's center is the transport's state.
     fn save_state(&self, state: &mut StateDict) -> Result<()> {

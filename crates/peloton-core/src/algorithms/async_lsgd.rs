@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lsgd::{Lsgd, LsgdConfig};
 use super::{
-    Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, RunShape, StepContext, Wrapper,
+    Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, RunShape, StepContext, Touches, Wrapper,
 };
 use crate::transport::Communicator;
 use crate::Result;
@@ -95,6 +95,11 @@ impl Wrapper for AsyncLsgd {
         // Only the proximal pulls: rounds come from the work counter, not from this count.
         self.inner.proximal_pulls(ctx.params);
         Ok(())
+    }
+
+    /// The proximal pulls; the rounds are the runner's own calls.
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::after_step_params(self.inner.pulls_every_step())
     }
 }
 

@@ -24,8 +24,9 @@ use peloton_topology::{Protocol, Schedule, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use super::gossip::Gossip;
-use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
+use crate::learner::HostBuffers;
 use crate::Result;
 
 /// When the neighbours' parameters are mixed in.
@@ -179,6 +180,17 @@ impl Algorithm for Dpsgd {
             self.gossip.mix(ctx.comm, &node, ctx.params)?;
         }
         Ok(())
+    }
+
+    fn touches(&self, _step: u64) -> Touches {
+        match self.variant {
+            Variant::CombineWhileComputing => Touches {
+                before_compute: HostBuffers::PARAMS,
+                before_step: HostBuffers::PARAMS,
+                ..Touches::NONE
+            },
+            Variant::AdaptThenCombine => Touches::after_step_params(true),
+        }
     }
 
     fn observe(&mut self) -> Observation<'_> {

@@ -20,10 +20,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, AlgorithmSpec, Every, Observation, RunShape, StepContext, Synchronous};
+use super::{
+    Algorithm, AlgorithmSpec, Every, Observation, RunShape, StepContext, Synchronous, Touches,
+};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
+use crate::learner::HostBuffers;
 use crate::transport::{Communicator, ReduceOp};
 use crate::Result;
 
@@ -176,6 +179,20 @@ impl Algorithm for Easgd {
             self.pending = false;
         }
         Ok(())
+    }
+    /// The elastic difference is taken before the step and applied after it.
+    fn touches(&self, step: u64) -> Touches {
+        let due = Every::steps(self.tau).due(step);
+        let params = if due {
+            HostBuffers::PARAMS
+        } else {
+            HostBuffers::NONE
+        };
+        Touches {
+            before_step: params,
+            after_step: params,
+            ..Touches::NONE
+        }
     }
 
     fn observe(&mut self) -> Observation<'_> {

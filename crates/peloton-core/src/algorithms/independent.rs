@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, AlgorithmSpec, RunShape, Synchronous};
+use super::{Algorithm, AlgorithmSpec, RunShape, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::Result;
 
@@ -32,5 +32,8 @@ impl Algorithm for Independent {
     }
     fn load_state(&mut self, _state: &StateDict) -> Result<()> {
         Ok(())
+    }
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::NONE
     }
 }

@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, AlgorithmSpec, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -122,5 +122,8 @@ impl Algorithm for LayeredSgd {
             kernels::scale(ctx.grad, 1.0 / self.workers as f32);
         }
         subgroup.broadcast(ctx.grad, 0)
+    }
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::gradient_hook(true)
     }
 }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, AlgorithmSpec, Every, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, Every, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::transport::{Communicator, ReduceOp};
@@ -132,5 +132,14 @@ impl Algorithm for LocalSgd {
             ctx.comm.all_reduce(ctx.params, ReduceOp::Mean)?;
         }
         Ok(())
+    }
+
+    fn touches(&self, step: u64) -> Touches {
+        let averaging = Every {
+            period: self.config.period,
+            offset: self.config.warmup_steps,
+        };
+        let reduces = step < self.config.warmup_steps || self.config.group_size.is_some();
+        Touches::gradient_hook(reduces).union(Touches::after_step_params(averaging.due(step)))
     }
 }

@@ -29,7 +29,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::leader::{elect, pull_toward_leader};
-use super::{Algorithm, AlgorithmSpec, Every, Observation, RunShape, StepContext, Synchronous};
+use super::{
+    Algorithm, AlgorithmSpec, Every, Observation, RunShape, StepContext, Synchronous, Touches,
+};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -295,6 +297,11 @@ impl Lsgd {
     }
 
     /// The proximal variant's pulls toward the last leader vectors, after every local step.
+    /// Whether [`Lsgd::proximal_pulls`] moves the parameters (at every step).
+    pub(crate) fn pulls_every_step(&self) -> bool {
+        self.prox > 0.0 || self.prox_global > 0.0
+    }
+
     pub(crate) fn proximal_pulls(&self, params: &mut [f32]) {
         if self.prox > 0.0 {
             kernels::mix(params, &self.anchor, self.prox / self.tau as f32);
@@ -405,6 +412,10 @@ impl Algorithm for Lsgd {
         }
         let global = Every::steps(self.tau_global).due(ctx.step);
         self.leader_round(ctx.comm, ctx.params, ctx.metric, global)
+    }
+
+    fn touches(&self, step: u64) -> Touches {
+        Touches::after_step_params(self.pulls_every_step() || Every::steps(self.tau).due(step))
     }
 
     fn observe(&mut self) -> Observation<'_> {

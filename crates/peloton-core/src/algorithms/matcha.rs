@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dpsgd::build_checked;
 use super::gossip::Gossip;
-use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::Result;
 
@@ -115,6 +115,10 @@ impl Algorithm for Matcha {
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         let node = self.schedule.node(ctx.step, ctx.comm.rank());
         self.gossip.mix(ctx.comm, &node, ctx.params)
+    }
+
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::after_step_params(true)
     }
 
     fn observe(&mut self) -> Observation<'_> {

@@ -16,6 +16,9 @@
 //! algorithm.drain(x)                         // before every evaluation and at the end
 //! ```
 //!
+//! [`Algorithm::touches`] says which buffers each of these hooks uses at a step, so that a model
+//! living on a GPU is copied to the host only where an algorithm communicates.
+//!
 //! The decentralized family (D-PSGD, SGP, MATCHA, AL-DSGD) takes its communication pattern
 //! from a peloton-topology schedule and mixes through the shared [`gossip`] block.
 //!
@@ -44,6 +47,7 @@ pub mod sgp;
 pub mod slowmo;
 
 use crate::checkpoint::StateDict;
+use crate::learner::HostBuffers;
 use crate::transport::Communicator;
 use crate::{Error, Result};
 
@@ -123,6 +127,68 @@ impl Every {
     }
 }
 
+/// Which host buffers each step hook of an algorithm touches (reads or writes) at one step.
+///
+/// A loop whose model lives on a GPU keeps it there and copies it to the host buffers only
+/// where a hook touches them (see [`crate::learner::Learner::host_access`]): an algorithm that
+/// talks every τ steps costs two model copies every τ steps, not every step. Saying too much
+/// only costs copies; saying too little gives a hook stale values, so the default is
+/// everything, always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touches {
+    pub before_compute: HostBuffers,
+    pub before_step: HostBuffers,
+    pub after_step: HostBuffers,
+}
+
+impl Touches {
+    /// Every buffer at every hook: right for any algorithm.
+    pub const ALL: Self = Touches {
+        before_compute: HostBuffers::BOTH,
+        before_step: HostBuffers::BOTH,
+        after_step: HostBuffers::BOTH,
+    };
+    /// Nothing at all (a step without communication).
+    pub const NONE: Self = Touches {
+        before_compute: HostBuffers::NONE,
+        before_step: HostBuffers::NONE,
+        after_step: HostBuffers::NONE,
+    };
+
+    /// Only the gradient, in `before_step` (gradient averaging).
+    pub fn gradient_hook(when: bool) -> Self {
+        Touches {
+            before_step: if when {
+                HostBuffers::GRAD
+            } else {
+                HostBuffers::NONE
+            },
+            ..Touches::NONE
+        }
+    }
+
+    /// Only the parameters, in `after_step` (pulls, model averaging, gossip after the step).
+    pub fn after_step_params(when: bool) -> Self {
+        Touches {
+            after_step: if when {
+                HostBuffers::PARAMS
+            } else {
+                HostBuffers::NONE
+            },
+            ..Touches::NONE
+        }
+    }
+
+    /// Both sets, hook by hook.
+    pub fn union(self, other: Self) -> Self {
+        Touches {
+            before_compute: self.before_compute.union(other.before_compute),
+            before_step: self.before_step.union(other.before_step),
+            after_step: self.after_step.union(other.after_step),
+        }
+    }
+}
+
 /// One worker's state of a distributed algorithm. Every hook is collective where the
 /// algorithm communicates: all workers call it at the same step.
 pub trait Algorithm: Send {
@@ -152,6 +218,12 @@ pub trait Algorithm: Send {
     /// What the metrics record of this algorithm: leader, center, per-link traffic.
     fn observe(&mut self) -> Observation<'_> {
         Observation::default()
+    }
+    /// Which host buffers the hooks of local step `step` (counted from 0) touch; see
+    /// [`Touches`]. The default, everything, is always right; an algorithm that communicates
+    /// only now and then says when, so a model on a GPU is copied only then.
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::ALL
     }
 
     // ---- Checkpoints (see [`crate::checkpoint`]) -------------------------------------------
@@ -198,6 +270,11 @@ pub trait Wrapper: Send {
     fn drain(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
         self.inner().drain(comm, params)
     }
+    /// Everything, always: a wrapper's own hooks may touch what the inner algorithm's do not.
+    /// A wrapper that knows better says so (SlowMo: the inner algorithm's, plus its slow step).
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::ALL
+    }
     fn observe(&mut self) -> Observation<'_> {
         self.inner().observe()
     }
@@ -227,6 +304,9 @@ impl<W: Wrapper> Algorithm for W {
     }
     fn observe(&mut self) -> Observation<'_> {
         Wrapper::observe(self)
+    }
+    fn touches(&self, step: u64) -> Touches {
+        Wrapper::touches(self, step)
     }
     fn save_state(&self, state: &mut StateDict) -> Result<()> {
         Wrapper::save_state(self, state)

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use super::local_sgd::{LocalSgd, LocalSgdConfig};
 use super::sgp::{Sgp, SgpConfig};
-use super::{Algorithm, AlgorithmSpec, Every, RunShape, StepContext, Synchronous, Wrapper};
+use super::{
+    Algorithm, AlgorithmSpec, Every, RunShape, StepContext, Synchronous, Touches, Wrapper,
+};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::transport::{Communicator, ReduceOp};
@@ -293,6 +295,14 @@ impl Wrapper for SlowMo {
             self.slow_step(ctx.comm, ctx.params, ctx.lr)?;
         }
         Ok(())
+    }
+
+    fn touches(&self, step: u64) -> Touches {
+        let slow_step = Every::steps(self.config.frequency).due(step);
+        self.base
+            .get_ref()
+            .touches(step)
+            .union(Touches::after_step_params(slow_step))
     }
 
     // `gathered` is rewritten by every slow step; `slice` is recomputed by `setup`.

@@ -43,7 +43,7 @@ use crate::algorithms::asynchronous::{Ticket, TicketPlan, DONE};
 use crate::algorithms::leader::elect;
 use crate::algorithms::AsyncAlgorithm;
 use crate::checkpoint::{Identity, StateDict};
-use crate::learner::{LearnerContext, LearnerFactory};
+use crate::learner::{Access, HostBuffers, LearnerContext, LearnerFactory};
 use crate::transport::{Communicator, CounterOp};
 use crate::{Error, Result};
 
@@ -147,6 +147,9 @@ impl<'a> AsyncRun<'a> {
             return Ok(());
         };
         let (r, local) = (&saved.runner, &mut self.local);
+        local
+            .learner
+            .host_access(HostBuffers::PARAMS, Access::Write)?;
         r.f32s_into("params", &mut local.params)?;
         local.losses = r.f64s("losses")?.to_vec();
         local.window.load_state(r.dict("window")?)?;
@@ -162,6 +165,12 @@ impl<'a> AsyncRun<'a> {
             self.algorithm.as_mut(),
             None,
         )
+    }
+
+    /// Brings the parameters to the host buffer (from a learner's model on a GPU), before the
+    /// runner or a round reads them, or changes them (`Access::Write`).
+    fn host_params(&mut self, access: Access) -> Result<()> {
+        self.local.learner.host_access(HostBuffers::PARAMS, access)
     }
 
     /// Draws tickets until the run's budget is spent or a fault stops this worker: local
@@ -192,6 +201,7 @@ impl<'a> AsyncRun<'a> {
                 Ticket::Stop => return Ok(()),
                 Ticket::Round { index } => {
                     let metric = self.local.window.mean();
+                    self.host_params(Access::Write)?;
                     self.algorithm
                         .round(self.comm, &mut self.local.params, index, metric)?;
                     continue;
@@ -216,6 +226,10 @@ impl<'a> AsyncRun<'a> {
         }
         let label = cuts.label();
         cuts.advance();
+        // A passive worker serves its peers' averaging at the cut, and the checkpoint reads.
+        self.local
+            .learner
+            .host_access(HostBuffers::PARAMS, Access::Write)?;
         let transport = if self.algorithm.serves_at_cut(self.rank) {
             let mut serve =
                 |c: &mut dyn Communicator| self.algorithm.serve_at_cut(c, &mut self.local.params);
@@ -289,9 +303,18 @@ impl<'a> AsyncRun<'a> {
         }
         if step.is_multiple_of(self.config.log_every) {
             let seconds = self.clock.now(self.comm);
+            self.record_params()?;
             self.emit_record(seconds);
         }
         Ok(true)
+    }
+
+    /// Brings the parameters to the host before a record, which carries small models'.
+    fn record_params(&mut self) -> Result<()> {
+        if self.local.params.len() <= RECORD_PARAMS_MAX {
+            self.host_params(Access::Read)?;
+        }
+        Ok(())
     }
 
     /// Emits this worker's record now (no collective) and starts a new interval.
@@ -309,10 +332,13 @@ impl<'a> AsyncRun<'a> {
         // answers its peers until everybody is done; EASGD reads the final center).
         self.comm.counter(DONE, CounterOp::Add(1))?;
         if self.stopped_at.is_none() {
+            self.host_params(Access::Write)?;
             self.algorithm.finish(self.comm, &mut self.local.params)?;
         }
         let seconds = self.clock.now(self.comm);
         let step = self.progress.step;
+        // The outcome carries the parameters.
+        self.host_params(Access::Read)?;
         if step > self.progress.logged_at || step == 0 {
             self.emit_record(seconds);
         }
@@ -323,6 +349,9 @@ impl<'a> AsyncRun<'a> {
             self.final_evals.push(record);
         }
         if self.local.state_len > 0 {
+            self.local
+                .learner
+                .host_access(HostBuffers::STATE, Access::Read)?;
             self.local
                 .learner
                 .read_shared_state(&mut self.local.shared_state);
@@ -552,6 +581,7 @@ pub fn final_evaluations(
         seed: config.seed,
     })?;
     if !first.shared_state.is_empty() {
+        learner.host_access(HostBuffers::STATE, Access::Write)?;
         learner.write_shared_state(&average(survivors.iter().map(|o| &o.shared_state[..])));
     }
     let steps = outcomes.iter().map(|o| o.steps).sum::<u64>() / outcomes.len().max(1) as u64;

@@ -4,6 +4,7 @@
 use super::traffic::DiagnosticTraffic;
 use super::Event;
 use crate::algorithms::leader::elect;
+use crate::learner::Access;
 use crate::transport::{Communicator, CommunicatorExt};
 use crate::{Error, Result};
 
@@ -25,13 +26,15 @@ impl DivergenceGuard {
     }
 
     /// Collective. Returns whether this worker diverged (and now holds the leader's
-    /// parameters).
+    /// parameters). `finite` says whether this step's loss and gradient are finite, `metric` is
+    /// the leader metric; `to_host` brings the parameters to `params` from a model that lives
+    /// elsewhere (a GPU), called only by the leader and the diverged workers.
     pub(super) fn check(
         &mut self,
         comm: &mut dyn Communicator,
         params: &mut [f32],
-        finite: bool,
-        metric: f64,
+        to_host: &mut dyn FnMut(Access) -> Result<()>,
+        (finite, metric): (bool, f64),
         step: u64,
         loss: f64,
     ) -> Result<bool> {
@@ -49,6 +52,11 @@ impl DivergenceGuard {
                 loss: if comm.rank() == first { loss } else { f64::NAN },
             });
         };
+        if comm.rank() == leader {
+            to_host(Access::Read)?;
+        } else if !finite {
+            to_host(Access::Write)?;
+        }
         let mut staging = params.to_vec();
         self.diag.run(comm, |c| c.broadcast(&mut staging, leader))?;
         if finite {

@@ -15,7 +15,7 @@ use crate::algorithms::leader::elect;
 use crate::algorithms::Algorithm;
 use crate::checkpoint::Identity;
 use crate::kernels;
-use crate::learner::Evaluation;
+use crate::learner::{Access, Evaluation, HostBuffers};
 use crate::transport::{Communicator, CommunicatorExt, ReduceOp};
 use crate::{Error, Result};
 
@@ -51,6 +51,7 @@ pub(super) fn run_sync_worker(
             run.checkpoint()?;
         }
     }
+    run.host_params(Access::Read)?;
     Ok(run.outcome())
 }
 
@@ -123,6 +124,7 @@ impl<'a> SyncRun<'a> {
         else {
             return Ok(());
         };
+        self.host_params(Access::Write)?;
         let (r, local) = (&saved.runner, &mut self.local);
         self.step = saved.step;
         r.f32s_into("params", &mut local.params)?;
@@ -140,6 +142,12 @@ impl<'a> SyncRun<'a> {
             self.algorithm.as_mut(),
             Some(&mut self.traffic),
         )
+    }
+
+    /// Brings the parameters to the host buffer (from a learner's model on a GPU), before the
+    /// runner reads them, or changes them (`Access::Write`).
+    fn host_params(&mut self, access: Access) -> Result<()> {
+        self.local.learner.host_access(HostBuffers::PARAMS, access)
     }
 
     /// One local step: the algorithm's hooks, the compute, the divergence guard's check and
@@ -190,6 +198,7 @@ impl<'a> SyncRun<'a> {
         }
         if eval_point || stop {
             // Evaluated models and the final parameters hold all their mass (overlap SGP).
+            self.host_params(Access::Write)?;
             self.algorithm.drain(self.comm, &mut self.local.params)?;
         }
         let seconds = self.clock.now(self.comm);
@@ -203,6 +212,10 @@ impl<'a> SyncRun<'a> {
                 self.final_evals = evals;
             }
         }
+        if self.local.params.len() <= RECORD_PARAMS_MAX {
+            // The record carries small models' parameters.
+            self.host_params(Access::Read)?;
+        }
         self.record(lr, metric, consensus, seconds);
         Ok(stop)
     }
@@ -213,6 +226,7 @@ impl<'a> SyncRun<'a> {
         if !(self.config.consensus && self.n > 1) {
             return Ok((false, None));
         }
+        self.host_params(Access::Read)?;
         let local = &mut self.local;
         local.scratch.copy_from_slice(&local.params);
         local.diag.run(self.comm, |c| {
@@ -238,6 +252,9 @@ impl<'a> SyncRun<'a> {
         let (config, rank, step) = (*config, *rank, *step);
         if local.state_len > 0 {
             // Every evaluated model sees statistics gathered over the whole cluster's data.
+            local
+                .learner
+                .host_access(HostBuffers::STATE, Access::Write)?;
             local.learner.read_shared_state(&mut local.shared_state);
             local.diag.run(*comm, |c| {
                 c.all_reduce(&mut local.shared_state, ReduceOp::Mean)
@@ -251,6 +268,9 @@ impl<'a> SyncRun<'a> {
         match config.eval_model {
             EvalModel::Average => {
                 if !averaged {
+                    local
+                        .learner
+                        .host_access(HostBuffers::PARAMS, Access::Read)?;
                     local.scratch.copy_from_slice(&local.params);
                     local
                         .diag
@@ -315,6 +335,7 @@ impl<'a> SyncRun<'a> {
 
     /// Writes this worker's file of the checkpoint at the current step.
     fn checkpoint(&mut self) -> Result<()> {
+        self.host_params(Access::Read)?;
         let seconds = self.clock.now(self.comm);
         checkpointing::save_checkpoint(
             self.comm,

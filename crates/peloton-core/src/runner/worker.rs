@@ -11,7 +11,7 @@ use super::{Event, RunConfig, WorkerOutcome};
 use crate::algorithms::leader::LossWindow;
 use crate::algorithms::{Algorithm, RunShape, StepContext, Worker};
 use crate::flat::Flat;
-use crate::learner::{Learner, LearnerContext, LearnerFactory};
+use crate::learner::{Access, HostBuffers, Learner, LearnerContext, LearnerFactory};
 use crate::optim::Sgd;
 use crate::transport::compressed::{CompressionLayer, Phase};
 use crate::transport::{CommStats, Communicator, CommunicatorExt};
@@ -258,6 +258,10 @@ pub(super) fn before_compute(
     step: u64,
     lr: f32,
 ) -> Result<()> {
+    let touched = algorithm.touches(step).before_compute;
+    if touched.any() {
+        local.learner.host_access(touched, Access::Write)?;
+    }
     set_phase(local.compression.as_ref(), Phase::Models);
     algorithm.before_compute(&mut StepContext {
         comm,
@@ -292,7 +296,10 @@ pub(super) fn local_step(
     } = local;
     let compression = compression.as_ref();
     let (params, grad): (&mut [f32], &mut [f32]) = (params, grad);
+    let touches = algorithm.touches(step);
     let mut loss = learner.loss_and_grad(params, grad)?;
+    // A learner whose gradient stays on its device reports a non-finite one as a non-finite
+    // loss; the host gradient it left holds finite values.
     let finite = loss.is_finite() && grad.iter().all(|g| g.is_finite());
     match guard {
         None if !finite => {
@@ -309,7 +316,15 @@ pub(super) fn local_step(
             }
             // A diverged worker is reset to the leader's exact model.
             set_phase(compression, Phase::Exact);
-            let reset = guard.check(comm, params, finite, window.mean(), step, loss)?;
+            let mut to_host = |access| learner.host_access(HostBuffers::PARAMS, access);
+            let reset = guard.check(
+                comm,
+                params,
+                &mut to_host,
+                (finite, window.mean()),
+                step,
+                loss,
+            )?;
             set_phase(compression, Phase::Models);
             if reset {
                 // This worker diverged: it now holds the leader's parameters. Its momentum
@@ -338,13 +353,22 @@ pub(super) fn local_step(
         metric: window.mean(),
         lr,
     };
+    if touches.before_step.any() {
+        learner.host_access(touches.before_step, Access::Write)?;
+    }
     set_phase(compression, Phase::Gradients);
     algorithm.before_step(&mut ctx)?;
     set_phase(compression, Phase::Models);
     // A loop outside peloton may step its own optimizer (PyTorch's).
     match learner.optimizer_step(ctx.params, ctx.grad, lr) {
         Some(stepped) => stepped?,
-        None => optimizer.step(ctx.params, ctx.grad, lr),
+        None => {
+            learner.host_access(HostBuffers::BOTH, Access::Write)?;
+            optimizer.step(ctx.params, ctx.grad, lr)
+        }
+    }
+    if touches.after_step.any() {
+        learner.host_access(touches.after_step, Access::Write)?;
     }
     algorithm.after_step(&mut ctx).map(|()| loss)
 }
