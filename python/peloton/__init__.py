@@ -160,6 +160,8 @@ class Worker:
         self._evaluate: Evaluate | None = None
         self._before_reply: list[Callable[[], None]] = []
         self._mirror = None
+        self._save_state: Callable[[], bytes] | None = None
+        self._load_state: Callable[[bytes], None] | None = None
         self._waiting = False  # a gradient request is out: the loop owes worker.step(loss)
         self._next: int | str | None = None  # the runner's next gradient request, once known
         self._yielded_at = 0.0
@@ -173,7 +175,9 @@ class Worker:
                evaluate: Evaluate | None = None,
                steps_per_epoch: int | None = None,
                state: np.ndarray | None = None,
-               mirror: "tuple[Callable[[bool, bool, bool], None], Callable[[bool, bool, bool], None], Callable[[], bool]] | None" = None) -> None:
+               mirror: "tuple[Callable[[bool, bool, bool], None], Callable[[bool, bool, bool], None], Callable[[], bool]] | None" = None,
+               save_state: Callable[[], bytes] | None = None,
+               load_state: Callable[[bytes], None] | None = None) -> None:
         """Gives peloton the model.
 
         * ``layout``: the parameter tensors' ``(name, shape)`` in the flat order (matrices are
@@ -194,6 +198,12 @@ class Worker:
           peloton's, ``from_host(...)`` loads peloton's into the model; peloton asks only where
           it uses them. ``finite_grad()`` says whether the model's gradient is finite (peloton
           sees it only when copied). ``None``: the model's tensors are views of the buffers.
+        * ``save_state() -> bytes`` and ``load_state(bytes)``: the loop's own state for
+          checkpoints (``checkpoint={"every": N}``) and ``peloton.run(..., resume=...)`` —
+          its optimizer's momentum, its data position — whatever it needs besides ``params``
+          (which peloton saves) to go on exactly. A loop without them saves nothing: its
+          batches must follow from the step index :meth:`steps` yields, which a resumed run
+          continues.
         """
         try:
             names = [str(name) for name, _ in layout]
@@ -222,6 +232,8 @@ class Worker:
         self._w.attach(names, shapes, initial, optimizer is not None, steps_per_epoch, state,
                        mirror is not None)
         self._mirror = mirror
+        self._save_state = save_state
+        self._load_state = load_state
         self.params = np.asarray(self._w.params)
         self.state = np.asarray(self._w.state)
         self.grad = np.asarray(self._w.grad)
@@ -283,6 +295,18 @@ class Worker:
                 self._w.reply_done()
             elif kind == "evaluate":
                 self._reply_evaluation(self.params if value else self._eval_params)
+            elif kind == "save_state":
+                state = b"" if self._save_state is None else self._save_state()
+                if not isinstance(state, (bytes, bytearray, memoryview)):
+                    raise Error(f"save_state returned {type(state).__name__}, not bytes")
+                self._w.reply_state(bytes(state))
+            elif kind == "load_state":
+                if self._load_state is not None:
+                    self._load_state(value)
+                elif value:
+                    raise Error("the checkpoint holds the loop's own state, but the model was "
+                                "attached without load_state to restore it")
+                self._w.reply_done()
             elif kind == "to_host":
                 self._mirror[0](*value)
                 self._w.reply_done()
@@ -340,7 +364,8 @@ def _workers_on_this_host(session: _native.Session, ranks: int) -> int:
 def run(train: Callable[[Worker], None],
         config: Mapping[str, Any] | str | os.PathLike | None = None, *,
         out: str | os.PathLike | None = None, quiet: bool = False,
-        torch_threads: int | None = None, **keys: Any) -> Result:
+        torch_threads: int | None = None, resume: str | os.PathLike | None = None,
+        **keys: Any) -> Result:
     """Runs ``train(worker)`` for every worker, each in a thread of its own, under the
     experiment ``config`` (see :func:`config_toml`; e.g. ``algorithm="lsgd", workers=4,
     steps=500``), and returns the finished run's :class:`Result`. The run folder is ``out``
@@ -351,8 +376,23 @@ def run(train: Callable[[Worker], None],
 
     A worker whose ``train`` raises ends the run: :class:`peloton.Error` is raised here with the
     run's one-line message, chained to that exception.
+
+    ``resume=RUN_DIR`` continues an interrupted run (one with ``checkpoint={"every": N}``)
+    from its last checkpoint, with that folder's ``config.toml``, as ``peloton train
+    --resume`` does: every worker's model, optimizer state and step index come back (through
+    ``peloton.torch.wrap``, or ``attach(save_state=, load_state=)``), so the run ends as the
+    uninterrupted one would.
     """
-    session = _native.Session(config_toml(config, **keys), None if out is None else str(out), quiet)
+    if resume is not None:
+        if config is not None or keys or out is not None:
+            raise Error("a resumed run takes its folder's config.toml: give no config, keys or out")
+        try:
+            text = (Path(resume) / "config.toml").read_text()
+        except OSError as e:
+            raise Error(f"cannot read {Path(resume) / 'config.toml'}: resume needs a run folder ({e.strerror})") from None
+        session = _native.Session(text, None, quiet, str(resume))
+    else:
+        session = _native.Session(config_toml(config, **keys), None if out is None else str(out), quiet)
     workers = [Worker(session.worker(rank)) for rank in session.ranks()]
     restore = _share_cores(_workers_on_this_host(session, len(workers)), torch_threads)
     try:

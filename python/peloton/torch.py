@@ -31,9 +31,10 @@ torch is imported by this module only: ``import peloton`` works without it.
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -64,7 +65,8 @@ def seeded(worker: Worker):
 
 def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
          *, evaluate: Callable[[torch.nn.Module], "tuple[float, float | None] | float"] | None = None,
-         steps_per_epoch: int | None = None, mirror: bool | None = None) -> torch.nn.Module:
+         steps_per_epoch: int | None = None, mirror: bool | None = None,
+         loop_state: "tuple[Callable[[], Any], Callable[[Any], None]] | None" = None) -> torch.nn.Module:
     """Attaches ``model`` to ``worker`` and returns it.
 
     * ``optimizer``: stepped by peloton between the algorithm's hooks (``None``: peloton's own
@@ -80,6 +82,11 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
       communicates (LSGD's rounds every τ steps, all-reduce's gradients every step), an
       evaluation or a checkpoint reads, in one ``copy_`` per buffer. ``mirror=True`` on a CPU
       model gives the same run, copies included (the tests check it).
+    * ``loop_state=(get, set)``: the rest of the loop's state for checkpoints — its data
+      position, its generators (``get()`` returns tensors, numbers, strings, lists or dicts;
+      ``set`` takes them back on a resume). The model's buffers and the optimizer's state are
+      saved without it. A loop whose batches follow from the step index ``worker.steps()``
+      yields needs none.
     """
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -181,9 +188,34 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
 
         copies = (to_host, from_host, finite_grad)
 
+    def save_state() -> bytes:
+        saved = {"buffers": {name: b.detach().to("cpu") for name, b in model.named_buffers()},
+                 "optimizer": None if optimizer is None else optimizer.state_dict(),
+                 "loop": None if loop_state is None else loop_state[0]()}
+        out = io.BytesIO()
+        torch.save(saved, out)
+        return out.getvalue()
+
+    def load_state(data: bytes) -> None:
+        try:
+            # Tensors and plain containers only: a checkpoint file cannot run code.
+            saved = torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises several kinds here
+            raise Error(f"peloton.torch: the checkpoint's loop state does not load: {_first_line(e)}") from None
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name not in saved["buffers"]:
+                    raise Error(f"peloton.torch: the checkpoint has no buffer {name}: another model")
+                b.copy_(saved["buffers"][name])  # in place: views stay views
+        if optimizer is not None and saved["optimizer"] is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+        if loop_state is not None:
+            loop_state[1](saved["loop"])
+
     worker.attach(layout, on_host(flat_params), optimizer=step, clear_optimizer=clear,
                   evaluate=evaluate_params, steps_per_epoch=steps_per_epoch,
-                  state=None if flat_state is None else on_host(flat_state), mirror=copies)
+                  state=None if flat_state is None else on_host(flat_state), mirror=copies,
+                  save_state=save_state, load_state=load_state)
     host_params = torch.from_numpy(worker.params)
     host_grad = torch.from_numpy(worker.grad)
     host_state = torch.from_numpy(worker.state)
@@ -212,6 +244,11 @@ def wrap(worker: Worker, model: torch.nn.Module, optimizer: torch.optim.Optimize
             flat_views.grad.zero_()
         optimizer.zero_grad = zero_grad
     return model
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 class _Views:

@@ -87,3 +87,35 @@ def test_a_mirrored_torch_model_on_mpi_ranks_equals_thread_workers(tmp_path):
         [w["params_checksum"] for w in threads.summary["per_worker"]]
     assert [(e["step"], e["loss"], e["accuracy"]) for e in mpi.final_evals] == \
         [(e["step"], e["loss"], e["accuracy"]) for e in threads.final_evals]
+
+
+RESUME_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import peloton
+from test_torch import RESUMABLE, resumable_loop
+fail_at = {fail_at!r}
+if {resume!r}:
+    peloton.run(resumable_loop(), quiet=True, resume={out!r}, torch_threads=1)
+else:
+    peloton.run(resumable_loop(fail_at=fail_at), out={out!r}, quiet=True, transport="mpi",
+                torch_threads=1, **RESUMABLE)
+"""
+
+
+def test_a_killed_mpi_job_resumes_to_the_uninterrupted_threads_run(tmp_path):
+    """Two MPI ranks whose loops die at step 17, resumed by a second mpirun from the checkpoint
+    of step 10, end as two uninterrupted thread-workers."""
+    pytest.importorskip("torch")
+    from test_torch import RESUMABLE, outcome, resumable_loop
+
+    out = str(tmp_path / "mpi")
+    for resume, fail_at, ok in ((False, 17, False), (True, None, True)):
+        script = tmp_path / f"train-{resume}.py"
+        script.write_text(RESUME_SCRIPT.format(tests=str(TESTS), out=out, fail_at=fail_at,
+                                               resume=resume))
+        done = mpirun(script, 2, timeout=300)
+        assert (done.returncode == 0) == ok, done.stderr[-2000:]
+    threads = peloton.run(resumable_loop(), out=tmp_path / "threads", quiet=True,
+                          torch_threads=1, **RESUMABLE)
+    assert outcome(peloton.Result(out)) == outcome(threads)

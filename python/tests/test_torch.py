@@ -145,6 +145,72 @@ def test_wrap_refuses_a_gpu_model_as_views():
     assert "mirror" in caught[0] and "meta" in caught[0], caught
 
 
+def resumable_loop(fail_at=None, mirror=None, device="cpu"):
+    """The small CNN with momentum and BatchNorm; each step's batch follows from the step index
+    (so a resumed run draws the same ones), and the loop raises at step ``fail_at``."""
+    images, labels = IMAGES.to(device), LABELS.to(device)
+
+    def train(worker):
+        with peloton.torch.seeded(worker):
+            model = small_cnn().to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        peloton.torch.wrap(worker, model, opt, evaluate=held_out, mirror=mirror)
+        for step in worker.steps():
+            if step == fail_at:
+                raise RuntimeError("killed")
+            g = torch.Generator().manual_seed(1000 * worker.rank + step)
+            i = torch.randint(512, 1536, (32,), generator=g).to(device)
+            loss = F.cross_entropy(model(images[i]), labels[i])
+            opt.zero_grad()
+            loss.backward()
+            worker.step(loss)
+
+    return train
+
+
+RESUMABLE = dict(workers=2, steps=30, algorithm={"name": "lsgd", "tau": 4},
+                 optimizer={"lr": 0.05}, eval={"every": 10}, checkpoint={"every": 10})
+
+
+def outcome(result):
+    return ([w["params_checksum"] for w in result.summary["per_worker"]],
+            [(e["step"], e["loss"], e["accuracy"]) for e in result.metrics() if "accuracy" in e])
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_killed_run_resumes_to_the_uninterrupted_one(tmp_path, mirror):
+    """A run whose loop dies at step 17 resumes from its checkpoint of step 10 and ends as the
+    uninterrupted run, bit for bit: the parameters (peloton's), the optimizer's momentum and the
+    BatchNorm statistics (the loop's state, saved through wrap), the step index."""
+    whole = peloton.run(resumable_loop(mirror=mirror), quiet=True, out=tmp_path / "whole",
+                        **RESUMABLE)
+    with pytest.raises(peloton.Error, match="killed"):
+        peloton.run(resumable_loop(fail_at=17, mirror=mirror), quiet=True,
+                    out=tmp_path / "killed", **RESUMABLE)
+    resumed = peloton.run(resumable_loop(mirror=mirror), quiet=True, resume=tmp_path / "killed")
+    assert outcome(resumed) == outcome(whole)
+
+
+def test_a_resume_without_the_optimizer_s_state_ends_elsewhere(tmp_path, monkeypatch):
+    """The test above can fail: a loop that loses its momentum on the resume ends elsewhere."""
+    whole = peloton.run(resumable_loop(), quiet=True, out=tmp_path / "whole", **RESUMABLE)
+    with pytest.raises(peloton.Error):
+        peloton.run(resumable_loop(fail_at=17), quiet=True, out=tmp_path / "killed", **RESUMABLE)
+    monkeypatch.setattr(torch.optim.SGD, "load_state_dict", lambda self, state: None)
+    resumed = peloton.run(resumable_loop(), quiet=True, resume=tmp_path / "killed")
+    assert outcome(resumed)[0] != outcome(whole)[0]
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    with pytest.raises(peloton.Error, match="config.toml"):
+        peloton.run(resumable_loop(), quiet=True, resume=tmp_path / "nothing")
+    done = peloton.run(resumable_loop(), quiet=True, out=tmp_path / "done", **RESUMABLE)
+    with pytest.raises(peloton.Error, match="finished already"):
+        peloton.run(resumable_loop(), quiet=True, resume=done.path)
+    with pytest.raises(peloton.Error, match="config"):
+        peloton.run(resumable_loop(), {"workers": 2}, quiet=True, resume=done.path)
+
+
 def test_a_diverged_gradient_on_the_device_is_caught(tmp_path):
     """peloton sees a mirrored model's gradient only when it copies it: a gradient that is not
     finite is reported as a diverged loss, so the run stops naming the worker."""

@@ -18,7 +18,7 @@ use crate::run_folder::{
     checkpoints_dir, default_path, fingerprint, read_manifest, write_atomic, RunFolder,
 };
 // The one way into MPI: `--transport mpi` runs and resumes go to `train_mpi`.
-use crate::train_mpi::{train_mpi, train_mpi_external, MpiResume};
+use crate::train_mpi::{train_mpi, MpiResume};
 
 /// Times `steps` real local steps (after one warm-up) of worker 0's learner, as it runs when
 /// all the run's workers share this host, and returns the median seconds per step.
@@ -51,7 +51,7 @@ fn calibrate(
 /// Runs the experiment; returns the run folder.
 pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<PathBuf> {
     if config.transport == TransportConfig::Mpi {
-        return train_mpi(config, options, None);
+        return train_mpi(config, options, None, None);
     }
     config.validate()?;
     let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
@@ -96,15 +96,11 @@ pub fn train_external(
         "a run driven by an outside training loop needs an [external] task, not [problem] or [model]"
     );
     anyhow::ensure!(
-        config.checkpoint.is_off(),
-        "checkpoint.every: runs driven by an outside training loop cannot be checkpointed yet (the loop's model, optimizer and data position are not saved)"
-    );
-    anyhow::ensure!(
         options.calibrate.is_none(),
         "--calibrate times peloton's own learners; an outside loop gives transport.cluster.compute instead"
     );
     if config.transport == TransportConfig::Mpi {
-        return train_mpi_external(config, factory, options);
+        return train_mpi(config, options, None, Some(factory));
     }
     run_in_new_folder(config, factory, options)
 }
@@ -133,6 +129,25 @@ fn run_in_new_folder(
 /// Continues the interrupted run in `run_dir` from its last committed checkpoint (or from
 /// the start when it was killed before the first one), with the folder's own `config.toml`.
 pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathBuf> {
+    resume_with(run_dir, options, None)
+}
+
+/// [`resume`] for a run driven by training loops outside peloton (`[external]`, the Python
+/// package's `peloton.run(..., resume=...)`): `factory` is their meeting point, and each loop
+/// gets its own state back ([`peloton_core::external::Request::LoadState`]).
+pub fn resume_external(
+    run_dir: &std::path::Path,
+    factory: &dyn peloton_core::learner::LearnerFactory,
+    options: &TrainOptions,
+) -> Result<PathBuf> {
+    resume_with(run_dir, options, Some(factory))
+}
+
+fn resume_with(
+    run_dir: &std::path::Path,
+    options: &TrainOptions,
+    external: Option<&dyn peloton_core::learner::LearnerFactory>,
+) -> Result<PathBuf> {
     let config_path = run_dir.join("config.toml");
     let text = std::fs::read_to_string(&config_path).with_context(|| {
         format!(
@@ -142,6 +157,22 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
     })?;
     let config = crate::config::load(Some(&config_path), &[])?;
     config.validate()?;
+    let outside = matches!(config.task()?, crate::config::Task::External(_));
+    anyhow::ensure!(
+        outside == external.is_some(),
+        "{} was run {}: resume it {}",
+        run_dir.display(),
+        if outside {
+            "by a training loop outside peloton ([external])"
+        } else {
+            "by peloton's own learners"
+        },
+        if outside {
+            "from that loop (peloton.run(train, resume=...) in Python)"
+        } else {
+            "with peloton train --resume"
+        }
+    );
     if let Ok(summary) = std::fs::read_to_string(run_dir.join("summary.json")) {
         let finished = serde_json::from_str::<serde_json::Value>(&summary)
             .ok()
@@ -186,10 +217,22 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
                 metrics_bytes: manifest.as_ref().map_or(0, |m| m.metrics_bytes),
                 fingerprint: fp,
             }),
+            external,
         );
     }
     // The data and the memory check too, before the folder is touched.
-    let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
+    let (own, memory) = match external {
+        Some(_) => (None, None),
+        None => {
+            let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
+            (Some(factory), memory)
+        }
+    };
+    let factory = match (external, &own) {
+        (Some(outside), _) => outside,
+        (None, Some(own)) => own.as_ref(),
+        (None, None) => unreachable!("peloton's own learners were built above"),
+    };
     let folder = RunFolder::reopen(run_dir, manifest.as_ref().map_or(0, |m| m.metrics_bytes))?;
     if !options.quiet {
         match &manifest {
@@ -212,7 +255,7 @@ pub fn resume(run_dir: &std::path::Path, options: &TrainOptions) -> Result<PathB
     };
     run_in_folder(
         &config,
-        factory.as_ref(),
+        factory,
         options,
         folder,
         Some(manifest.map(|m| m.step)),

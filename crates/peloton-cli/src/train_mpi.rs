@@ -27,33 +27,29 @@ pub struct MpiResume {
     pub fingerprint: u64,
 }
 
+/// This process's rank of an MPI job (a run, or the resume of one), writing the run folder on
+/// rank 0 and returning it. `external` is this rank's learner factory when a training loop
+/// outside peloton trains (`[external]`: `mpirun -n 4 python train.py` with
+/// `peloton.run(…, transport="mpi")`); otherwise the config's task builds the learner.
 #[cfg(not(feature = "mpi"))]
 pub fn train_mpi(
     _config: &crate::config::ExperimentConfig,
     _options: &crate::run_common::TrainOptions,
     _resume: Option<MpiResume>,
+    external: Option<&dyn peloton_core::learner::LearnerFactory>,
 ) -> anyhow::Result<std::path::PathBuf> {
-    anyhow::bail!(
-        "this peloton was built without MPI support: rebuild with `cargo build --release -p peloton-cli --features mpi` (needs libopenmpi-dev openmpi-bin libclang-dev) and start it with mpirun"
-    )
-}
-
-/// This process's worker of an MPI job whose learner is a training loop outside peloton
-/// (`[external]`: `mpirun -n 4 python train.py` with `peloton.run(…, transport="mpi")`);
-/// `factory` holds this rank's loop. Returns the run folder (rank 0 writes it).
-#[cfg(not(feature = "mpi"))]
-pub fn train_mpi_external(
-    _config: &crate::config::ExperimentConfig,
-    _factory: &dyn peloton_core::learner::LearnerFactory,
-    _options: &crate::run_common::TrainOptions,
-) -> anyhow::Result<std::path::PathBuf> {
-    anyhow::bail!(
-        "this peloton was built without MPI support: build the Python package with `maturin build --release --features mpi` (needs libopenmpi-dev openmpi-bin libclang-dev) and start it with mpirun"
-    )
+    match external {
+        None => anyhow::bail!(
+            "this peloton was built without MPI support: rebuild with `cargo build --release -p peloton-cli --features mpi` (needs libopenmpi-dev openmpi-bin libclang-dev) and start it with mpirun"
+        ),
+        Some(_) => anyhow::bail!(
+            "this peloton was built without MPI support: build the Python package with `maturin build --release --features mpi` (needs libopenmpi-dev openmpi-bin libclang-dev) and start it with mpirun"
+        ),
+    }
 }
 
 #[cfg(feature = "mpi")]
-pub use imp::{train_mpi, train_mpi_external};
+pub use imp::train_mpi;
 
 #[cfg(feature = "mpi")]
 mod imp {
@@ -92,26 +88,8 @@ mod imp {
         Local(anyhow::Error),
     }
 
-    pub fn train_mpi(
-        config: &ExperimentConfig,
-        options: &TrainOptions,
-        resume: Option<MpiResume>,
-    ) -> Result<PathBuf> {
-        train_mpi_with(config, options, resume, None)
-    }
-
     /// See the declaration without the `mpi` feature.
-    pub fn train_mpi_external(
-        config: &ExperimentConfig,
-        factory: &dyn LearnerFactory,
-        options: &TrainOptions,
-    ) -> Result<PathBuf> {
-        train_mpi_with(config, options, None, Some(factory))
-    }
-
-    /// A rank of an MPI job; `external` is this rank's learner factory when a loop outside
-    /// peloton trains (otherwise the config's task builds it).
-    fn train_mpi_with(
+    pub fn train_mpi(
         config: &ExperimentConfig,
         options: &TrainOptions,
         resume: Option<MpiResume>,

@@ -532,6 +532,9 @@ fn catalog() -> Vec<Row> {
         row("resume a run without checkpoints", &["train", "--resume", "plain"], "without checkpoints")
             .file("plain/config.toml", CKPT_CONFIG.replace("every = 5", "every = 0"))
             .file("plain/metrics.jsonl", ""),
+        row("resume a run of a Python loop from the CLI", &["train", "--resume", "py"], "resume it from that loop")
+            .file("py/config.toml", CKPT_CONFIG.replace("[problem]\nkind = \"quadratic\"", "[external]\nname = \"python\""))
+            .file("py/metrics.jsonl", ""),
         row("resume a finished run", &["train", "--resume", "runs/old"], "finished already"),
         row("resume a folder that is not a run", &["train", "--resume", "nowhere"], "needs a run folder"),
         row("checkpoints of an asynchronous algorithm on threads", &quad(&["--algorithm", "async-easgd", "--set", "checkpoint.every=2"]), "need the simulator"),

@@ -66,6 +66,9 @@ pub enum StateValue {
     Rng(RngState),
     /// A nested component (an algorithm built on another one).
     Dict(StateDict),
+    /// Opaque bytes: a training loop outside peloton's own state (a PyTorch optimizer's state
+    /// dict). Last, so that files written before it still read.
+    Bytes(Vec<u8>),
 }
 
 impl StateValue {
@@ -76,6 +79,7 @@ impl StateValue {
             StateValue::U64(_) => "u64 vector",
             StateValue::Rng(_) => "random generator",
             StateValue::Dict(_) => "nested state",
+            StateValue::Bytes(_) => "byte string",
         }
     }
 }
@@ -137,6 +141,9 @@ impl StateDict {
     pub fn put_dict(&mut self, key: &str, dict: StateDict) {
         self.put(key, StateValue::Dict(dict));
     }
+    pub fn put_bytes(&mut self, key: &str, bytes: Vec<u8>) {
+        self.put(key, StateValue::Bytes(bytes));
+    }
 
     pub fn get(&self, key: &str) -> Result<&StateValue> {
         self.0
@@ -173,6 +180,12 @@ impl StateDict {
         match self.get(key)? {
             StateValue::Dict(d) => Ok(d),
             other => Err(Self::wrong(key, "nested state", other)),
+        }
+    }
+    pub fn bytes(&self, key: &str) -> Result<&[u8]> {
+        match self.get(key)? {
+            StateValue::Bytes(b) => Ok(b),
+            other => Err(Self::wrong(key, "byte string", other)),
         }
     }
     pub fn rng(&self, key: &str) -> Result<Rng> {

@@ -33,6 +33,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use crate::checkpoint::StateDict;
 use crate::flat::SharedBuffer;
 use crate::layout::ParamLayout;
 use crate::learner::{Access, Evaluation, HostBuffers, Learner, LearnerContext, LearnerFactory};
@@ -59,6 +60,13 @@ pub enum Request {
     /// Load these shared buffers into the model: the runner changed them. Asked only of a loop
     /// attached with [`Attach::mirrored`].
     FromHost(HostBuffers),
+    /// A checkpoint: answer with the loop's own state ([`Reply::State`]) — its optimizer's
+    /// (momentum), its model's other buffers, its data position — whatever it needs besides
+    /// the parameters (which the runner saves) to go on exactly from here.
+    SaveState,
+    /// A resume: restore the state the loop saved ([`LoopHandle::state_to_load`]) before the
+    /// next gradient.
+    LoadState,
 }
 
 /// The outside loop's answer to a [`Request`].
@@ -70,6 +78,8 @@ pub enum Reply {
     Done,
     /// To [`Request::Evaluate`].
     Evaluation(Evaluation),
+    /// To [`Request::SaveState`]: the loop's state, in a form of its choosing.
+    State(Vec<u8>),
 }
 
 /// What the loop gets from [`LoopHandle::next`].
@@ -133,6 +143,8 @@ struct SlotState {
     reply: Option<Reply>,
     /// The run is over ([`ExternalLoops::close`]).
     finished: bool,
+    /// The state a resumed loop restores ([`Request::LoadState`]).
+    to_load: Option<Vec<u8>>,
     /// The loop left: `Some(None)` when it returned, `Some(Some(message))` when it failed.
     left: Option<Option<String>>,
 }
@@ -488,6 +500,32 @@ impl Learner for ExternalLearner {
         }
         self.call_done(Request::ClearOptimizer)
     }
+
+    /// The loop's own state, and how many gradients it computed (its next step's index).
+    fn save_state(&mut self, state: &mut StateDict) -> Result<()> {
+        // The loop saves the model state it goes on with: the workers' average where the
+        // runner wrote one (at an evaluation another worker made) that the loop has not loaded.
+        self.load_into_loop(HostBuffers::STATE)?;
+        let request = Request::SaveState;
+        match self.call(request)? {
+            Reply::State(bytes) => state.put_bytes("loop", bytes),
+            other => return Err(self.unexpected(request, other)),
+        }
+        state.put_u64("gradients", self.gradients);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &StateDict) -> Result<()> {
+        self.gradients = state.u64("gradients")?;
+        self.slot.lock().to_load = Some(state.bytes("loop")?.to_vec());
+        self.call_done(Request::LoadState)?;
+        // A mirrored model's buffers (BatchNorm statistics) are the restored ones now.
+        self.loop_changed(HostBuffers {
+            state: !self.buffers.state.is_empty(),
+            ..HostBuffers::NONE
+        });
+        Ok(())
+    }
 }
 
 /// The outside loop's side of one worker.
@@ -558,6 +596,20 @@ impl LoopHandle {
         }
     }
 
+    /// The state to restore, while answering [`Request::LoadState`] (once).
+    pub fn state_to_load(&self) -> Result<Vec<u8>> {
+        let mut state = self.slot.lock();
+        if state.answering != Some(Request::LoadState) {
+            return Err(Error::Config(
+                "there is a state to load only while answering the runner's LoadState".into(),
+            ));
+        }
+        state
+            .to_load
+            .take()
+            .ok_or_else(|| Error::Config("the state to load was taken already".into()))
+    }
+
     /// Answers the request [`LoopHandle::next`] returned.
     pub fn reply(&self, reply: Reply) -> Result<()> {
         let mut state = self.slot.lock();
@@ -571,6 +623,8 @@ impl LoopHandle {
                 | (Request::ClearOptimizer, Reply::Done)
                 | (Request::ToHost(_), Reply::Done)
                 | (Request::FromHost(_), Reply::Done)
+                | (Request::SaveState, Reply::State(_))
+                | (Request::LoadState, Reply::Done)
                 | (Request::Evaluate { .. }, Reply::Evaluation(_))
         );
         if !fits {
@@ -760,6 +814,9 @@ mod tests {
                     }
                     Reply::Done
                 }
+                // Nothing of its own: the request index says where its data is.
+                Request::SaveState => Reply::State(Vec::new()),
+                Request::LoadState => Reply::Done,
             };
             if !mirrored {
                 buffers.params.write(&x);
@@ -928,6 +985,98 @@ mod tests {
         for worker in asked(AlgorithmConfig::new(AllReduceConfig::default())) {
             assert_eq!(worker, all_reduce);
         }
+    }
+
+    /// A loop with state of its own: heavy-ball momentum and its own count of the batches it
+    /// drew (its data position), saved as bytes at checkpoints and restored on a resume unless
+    /// `forgetful`.
+    fn stateful_loop(handle: LoopHandle, forgetful: bool) -> Result<()> {
+        let rank = handle.rank();
+        let buffers = handle.attach(attach(vec![0.5 + rank as f32; DIM], true))?;
+        let (mut x, mut g, mut v) = (vec![0.0; DIM], vec![0.0; DIM], vec![0.0f32; DIM]);
+        let mut batches = 0u64;
+        while let Next::Request(request) = handle.next()? {
+            let reply = match request {
+                Request::Gradient { .. } => {
+                    buffers.params.read(&mut x);
+                    let loss = loss_and_grad(rank, batches, &x, &mut g);
+                    batches += 1;
+                    buffers.grad.write(&g);
+                    Reply::Loss(loss)
+                }
+                Request::OptimizerStep { lr } => {
+                    buffers.params.read(&mut x);
+                    for ((p, d), m) in x.iter_mut().zip(&g).zip(v.iter_mut()) {
+                        *m = 0.9 * *m + d;
+                        *p -= lr * *m;
+                    }
+                    buffers.params.write(&x);
+                    Reply::Done
+                }
+                Request::Evaluate { .. } => {
+                    buffers.params.read(&mut x);
+                    Reply::Evaluation(evaluation(&x))
+                }
+                Request::SaveState => {
+                    let mut bytes = batches.to_le_bytes().to_vec();
+                    bytes.extend(v.iter().flat_map(|m| m.to_le_bytes()));
+                    Reply::State(bytes)
+                }
+                Request::LoadState => {
+                    let bytes = handle.state_to_load()?;
+                    if !forgetful {
+                        batches = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                        for (m, b) in v.iter_mut().zip(bytes[8..].chunks(4)) {
+                            *m = f32::from_le_bytes(b.try_into().unwrap());
+                        }
+                    }
+                    Reply::Done
+                }
+                _ => Reply::Done,
+            };
+            handle.reply(reply)?;
+        }
+        Ok(())
+    }
+
+    fn run_stateful(config: &RunConfig, forgetful: bool) -> RunReport {
+        let loops = ExternalLoops::new(0..config.workers);
+        std::thread::scope(|s| {
+            for r in loops.ranks() {
+                let handle = loops.handle(r).unwrap();
+                s.spawn(move || stateful_loop(handle, forgetful).unwrap());
+            }
+            let report = run_threads(config, &loops, &mut |_| {});
+            loops.close();
+            report.unwrap()
+        })
+    }
+
+    /// A run resumed from its checkpoint of step 20 ends as the uninterrupted one, bit for bit,
+    /// because the loop's momentum and data position come back with the runner's state; a
+    /// loop that does not restore them ends elsewhere.
+    #[test]
+    fn a_loop_s_own_state_comes_back_with_a_resume() {
+        let dir =
+            std::env::temp_dir().join(format!("peloton-external-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = config(AlgorithmConfig::new(LsgdConfig::default()));
+        config.checkpoint = Some(crate::checkpoint::CheckpointConfig {
+            every: 10,
+            dir: dir.clone(),
+            fingerprint: 7,
+            resume: None,
+        });
+        let whole = run_stateful(&config, false);
+        if let Some(c) = config.checkpoint.as_mut() {
+            c.resume = Some(20);
+        }
+        let resumed = run_stateful(&config, false);
+        assert_eq!(params(&resumed), params(&whole));
+        assert_eq!(evals(&resumed), evals(&whole));
+        let forgot = run_stateful(&config, true);
+        assert_ne!(params(&forgot), params(&whole));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

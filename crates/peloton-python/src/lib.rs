@@ -16,10 +16,11 @@ use std::thread::JoinHandle;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyBufferError, PyException};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use pyo3::{ffi, PyTypeInfo};
 
 use peloton_cli::config::{ExperimentConfig, TransportConfig};
-use peloton_cli::train::{train_external, TrainOptions};
+use peloton_cli::train::{resume_external, train_external, TrainOptions};
 use peloton_core::algorithms::AlgorithmConfig;
 use peloton_core::external::{Attach, Buffers, ExternalLoops, LoopHandle, Next, Reply, Request};
 use peloton_core::flat::SharedBuffer;
@@ -248,7 +249,9 @@ impl Worker {
     /// Waits (without the GIL) for the runner's next request: `("gradient", index)`,
     /// `("optimizer_step", lr)`, `("clear_optimizer", None)`, `("evaluate", own)`,
     /// `("to_host", (params, grad, state))`, `("from_host", (params, grad, state))` (a mirrored
-    /// model's copies, each flag saying whether that buffer is copied) or `("finished", None)`.
+    /// model's copies, each flag saying whether that buffer is copied), `("save_state", None)`
+    /// (a checkpoint: answer with `reply_state`), `("load_state", bytes)` (a resume) or
+    /// `("finished", None)`.
     fn next(&self, py: Python<'_>) -> PyResult<(&'static str, Py<PyAny>)> {
         let handle = self.handle.clone();
         let next = py.detach(move || handle.next()).map_err(error)?;
@@ -271,6 +274,11 @@ impl Worker {
             ),
             Next::Request(Request::ToHost(which)) => ("to_host", copies(py, which)?),
             Next::Request(Request::FromHost(which)) => ("from_host", copies(py, which)?),
+            Next::Request(Request::SaveState) => ("save_state", py.None()),
+            Next::Request(Request::LoadState) => {
+                let state = self.handle.state_to_load().map_err(error)?;
+                ("load_state", PyBytes::new(py, &state).into_any().unbind())
+            }
         })
     }
 
@@ -282,6 +290,13 @@ impl Worker {
     /// Answers an optimizer step or a clear.
     fn reply_done(&self) -> PyResult<()> {
         self.handle.reply(Reply::Done).map_err(error)
+    }
+
+    /// Answers a checkpoint's `save_state` with the loop's own state.
+    fn reply_state(&self, state: &[u8]) -> PyResult<()> {
+        self.handle
+            .reply(Reply::State(state.to_vec()))
+            .map_err(error)
     }
 
     /// Answers an evaluation: the test loss and, for a classifier, the accuracy in [0, 1].
@@ -317,6 +332,8 @@ pub struct Session {
     config: ExperimentConfig,
     loops: Arc<ExternalLoops>,
     out: Option<PathBuf>,
+    /// The interrupted run folder this session continues.
+    resume: Option<PathBuf>,
     quiet: bool,
     run: Mutex<RunState>,
 }
@@ -330,10 +347,17 @@ enum RunState {
 #[pymethods]
 impl Session {
     /// A run of the experiment described by `config_toml` (the CLI's config format, with an
-    /// `[external]` task), written to `out` (default: `runs/ALGORITHM-TASK-TIME`).
+    /// `[external]` task), written to `out` (default: `runs/ALGORITHM-TASK-TIME`); or, with
+    /// `resume`, the continuation of the interrupted run in that folder (`config_toml` is then
+    /// its `config.toml`).
     #[new]
-    #[pyo3(signature = (config_toml, out=None, quiet=false))]
-    fn new(config_toml: &str, out: Option<PathBuf>, quiet: bool) -> PyResult<Self> {
+    #[pyo3(signature = (config_toml, out=None, quiet=false, resume=None))]
+    fn new(
+        config_toml: &str,
+        out: Option<PathBuf>,
+        quiet: bool,
+        resume: Option<PathBuf>,
+    ) -> PyResult<Self> {
         let mut config =
             peloton_cli::config::parse("the config", config_toml, &[]).map_err(error)?;
         let ranks = match config.transport {
@@ -359,6 +383,7 @@ impl Session {
             config,
             loops: Arc::new(ExternalLoops::new(ranks)),
             out,
+            resume,
             quiet,
             run: Mutex::new(RunState::NotStarted),
         })
@@ -402,6 +427,7 @@ impl Session {
             return Err(Error::new_err("the session was started already"));
         }
         let (config, loops) = (self.config.clone(), Arc::clone(&self.loops));
+        let resume = self.resume.clone();
         let options = TrainOptions {
             out: self.out.clone(),
             quiet: self.quiet,
@@ -410,7 +436,10 @@ impl Session {
         let thread = std::thread::Builder::new()
             .name("peloton-run".into())
             .spawn(move || {
-                let result = train_external(&config, loops.as_ref(), &options);
+                let result = match &resume {
+                    Some(run_dir) => resume_external(run_dir, loops.as_ref(), &options),
+                    None => train_external(&config, loops.as_ref(), &options),
+                };
                 // However the run ended, no loop waits for it any longer.
                 loops.close();
                 result

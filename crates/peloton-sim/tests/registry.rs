@@ -303,6 +303,9 @@ fn mirrored_loop(
                 }
                 Reply::Done
             }
+            Request::SaveState | Request::LoadState => {
+                return Err(peloton_core::Error::Config("no checkpoints here".into()))
+            }
         };
         handle.reply(reply)?;
     }
