@@ -154,6 +154,21 @@ def test_a_buffer_outlives_its_run():
     assert kept[0].tolist() == [2.0] * 4
 
 
+def test_the_run_s_lines_reach_python_s_stdout(tmp_path, capsys):
+    """A notebook shows what is written to sys.stdout, not to the process's file descriptor: the
+    run's header, its progress and evaluations, and its summary are written there (and a quiet
+    run writes nothing)."""
+    peloton.run(problem_loop(QUADRATIC, 3), out=tmp_path / "loud", workers=2, steps=40,
+                log_every=10, eval={"every": 20}, algorithm="lsgd", optimizer={"lr": 0.05})
+    out = capsys.readouterr().out
+    for needle in ("lsgd on python · 2 workers (threads)", "step     20/40", "eval[average]",
+                   "finished 40 steps", f"run folder: {tmp_path / 'loud'}"):
+        assert needle in out, out
+    peloton.run(problem_loop(QUADRATIC, 3), out=tmp_path / "quiet", quiet=True, workers=2,
+                steps=40, algorithm="lsgd", optimizer={"lr": 0.05})
+    assert capsys.readouterr().out == ""
+
+
 def test_the_algorithms_are_listed_with_their_keys():
     names = {a["name"]: a for a in peloton.algorithms()}
     assert {"lsgd", "easgd", "sgp", "all-reduce", "choco-sgd", "async-easgd"} <= names.keys()

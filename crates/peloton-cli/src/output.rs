@@ -13,8 +13,23 @@ static FAILED: OnceLock<std::io::Error> = OnceLock::new();
 /// Set once the reader closed the pipe: nothing more is written.
 static CLOSED: OnceLock<()> = OnceLock::new();
 
+/// Where the lines go instead of standard output, when set ([`set_sink`]).
+type Sink = Box<dyn Fn(&str) + Send + Sync>;
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Sends every line written with [`outln!`] to `sink` (without its newline) instead of the
+/// process's standard output: the Python package hands them to `sys.stdout`, which a notebook
+/// shows and the file descriptor does not reach. Once per process; returns whether it took.
+pub fn set_sink(sink: impl Fn(&str) + Send + Sync + 'static) -> bool {
+    SINK.set(Box::new(sink)).is_ok()
+}
+
 /// Writes one line to standard output; a failure is kept for [`failure`].
 pub fn write_line(args: std::fmt::Arguments<'_>) {
+    if let Some(sink) = SINK.get() {
+        sink(&args.to_string());
+        return;
+    }
     if FAILED.get().is_some() || CLOSED.get().is_some() {
         return;
     }

@@ -6,6 +6,7 @@
 use crate::outln;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,20 +40,114 @@ pub(crate) fn describe_eval(e: &EvalRecord) -> String {
     s
 }
 
-/// The progress bar of a run (hidden when quiet, or when the output is not a terminal).
-pub(crate) fn progress_bar(quiet: bool, steps: Option<u64>) -> ProgressBar {
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(steps.unwrap_or(0))
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar
+/// A run's progress as its user sees it: a bar on a terminal; where standard error is not one
+/// (a file, a pipe, a notebook) the bar's lines as plain lines, plus a line at every tenth of
+/// the steps (or at every record of worker 0 when the run has a time budget only); nothing
+/// when quiet.
+pub(crate) struct Progress {
+    bar: ProgressBar,
+    quiet: bool,
+    /// Where the bar cannot draw: the last tenth of the run reported.
+    tenths: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn new(quiet: bool, steps: Option<u64>) -> Self {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(steps.unwrap_or(0))
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+            )
+            .expect("valid template"),
+        );
+        Self {
+            bar,
+            quiet,
+            tenths: AtomicU64::new(0),
+        }
+    }
+
+    /// One line above the bar, or on its own where the bar cannot draw.
+    fn line(&self, text: String) {
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            outln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+
+    /// Where the bar cannot draw: a line for worker 0's record at `step` when it starts a new
+    /// tenth of the run.
+    fn report_step(&self, step: u64, loss: f64) {
+        if self.quiet || !self.bar.is_hidden() {
+            return;
+        }
+        let total = self.bar.length().filter(|&l| l > 0);
+        if let Some(total) = total {
+            let tenth = (step * 10 / total).min(10);
+            if self.tenths.fetch_max(tenth, Ordering::Relaxed) >= tenth {
+                return;
+            }
+        }
+        let of = total.map_or(String::new(), |t| format!("/{t}"));
+        let elapsed = self.bar.elapsed().as_secs_f64();
+        self.line(format!(
+            "step {step:>6}{of}  loss {loss:.4}  ({elapsed:.0} s)"
+        ));
+    }
+
+    pub(crate) fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// Shows an event.
+    pub(crate) fn display(&self, header: &Header, event: &Event) {
+        match event {
+            Event::Started {
+                workers,
+                params,
+                steps,
+            } => {
+                if let Some(s) = steps {
+                    self.bar.set_length(*s);
+                }
+                self.line(format!(
+                    "{} on {} · {workers} workers ({}) · {params} parameters · run folder {}",
+                    header.algorithm,
+                    header.task,
+                    header.transport,
+                    header.path.display()
+                ));
+                for note in &header.notes {
+                    self.line(format!("note: {note}"));
+                }
+            }
+            Event::Worker(r) => {
+                self.bar.set_position(r.step);
+                if r.worker == 0 {
+                    self.bar.set_message(format!("loss {:.4}", r.loss));
+                    self.report_step(r.step, r.loss);
+                }
+            }
+            Event::Eval(e) => self.line(describe_eval(e)),
+            Event::Checkpoint { .. } => {}
+            Event::Diverged {
+                step,
+                worker,
+                loss,
+                reset_to,
+            } => self.line(format!(
+                "step {step:>6}  worker {worker} diverged (loss {loss}); reset to worker {reset_to}'s parameters"
+            )),
+        }
+    }
 }
 
 /// What the first line of a run says.
@@ -77,47 +172,6 @@ impl Header {
                 _ => Vec::new(),
             },
         }
-    }
-}
-
-/// Shows an event on the progress bar.
-pub(crate) fn display(bar: &ProgressBar, header: &Header, event: &Event) {
-    match event {
-        Event::Started {
-            workers,
-            params,
-            steps,
-        } => {
-            if let Some(s) = steps {
-                bar.set_length(*s);
-            }
-            bar.println(format!(
-                "{} on {} · {workers} workers ({}) · {params} parameters · run folder {}",
-                header.algorithm,
-                header.task,
-                header.transport,
-                header.path.display()
-            ));
-            for note in &header.notes {
-                bar.println(format!("note: {note}"));
-            }
-        }
-        Event::Worker(r) => {
-            bar.set_position(r.step);
-            if r.worker == 0 {
-                bar.set_message(format!("loss {:.4}", r.loss));
-            }
-        }
-        Event::Eval(e) => bar.println(describe_eval(e)),
-        Event::Checkpoint { .. } => {}
-        Event::Diverged {
-            step,
-            worker,
-            loss,
-            reset_to,
-        } => bar.println(format!(
-            "step {step:>6}  worker {worker} diverged (loss {loss}); reset to worker {reset_to}'s parameters"
-        )),
     }
 }
 

@@ -13,7 +13,7 @@ use peloton_sim::SimReport;
 
 use crate::config::{ExperimentConfig, Prepared, TransportConfig};
 pub use crate::run_common::TrainOptions;
-use crate::run_common::{display, print_summary, progress_bar, Header, Recorder, Replayed};
+use crate::run_common::{print_summary, Header, Progress, Recorder, Replayed};
 use crate::run_folder::{
     checkpoints_dir, default_path, fingerprint, read_manifest, write_atomic, RunFolder,
 };
@@ -300,7 +300,7 @@ fn run_in_folder(
             resume: resume.flatten(),
         });
     }
-    let bar = progress_bar(options.quiet, run.steps);
+    let progress = Progress::new(options.quiet, run.steps);
     let mut recorder = Recorder::new(folder).with_checkpoints(config_fingerprint);
     if resume.is_some() {
         recorder.replay(&path.join("metrics.jsonl"))?;
@@ -308,7 +308,7 @@ fn run_in_folder(
     let header = Header::new(config, &path);
     let mut on_event = |event: &Event| {
         recorder.record(event);
-        display(&bar, &header, event);
+        progress.display(&header, event);
     };
     let mut sim = None;
     let result = match &config.transport {
@@ -325,7 +325,7 @@ fn run_in_folder(
             )
         }
     };
-    bar.finish_and_clear();
+    progress.finish();
     if let Some((report, trace)) = &sim {
         write_atomic(
             &path.join("sim.json"),

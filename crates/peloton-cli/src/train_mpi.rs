@@ -67,7 +67,7 @@ mod imp {
     use crate::config::ExperimentConfig;
     use crate::outln;
     // The ranks compare their resolved configs through the run folder's config fingerprint.
-    use crate::run_common::{display, print_summary, progress_bar, Header, Recorder, TrainOptions};
+    use crate::run_common::{print_summary, Header, Progress, Recorder, TrainOptions};
     use crate::run_folder::{
         checkpoints_dir, commit_manifest, default_path, fingerprint, RunFolder,
     };
@@ -396,7 +396,7 @@ mod imp {
             Some((r, s, std::time::Duration::try_from_secs_f64(secs).ok()?))
         });
         let slept = std::sync::atomic::AtomicBool::new(false);
-        let bar = progress_bar(quiet, run.steps);
+        let progress = Progress::new(quiet, run.steps);
         let header = folder.as_ref().map(|(_, path)| Header::new(&config, path));
         let live = |event: &Event| {
             if let (Some((r, s)), Event::Worker(w)) = (panic_at, event) {
@@ -429,7 +429,7 @@ mod imp {
                 .unwrap_or_else(|e| e.into_inner())
                 .record(event);
             if let Some(header) = &header {
-                display(&bar, header, event);
+                progress.display(header, event);
             }
         };
         let mut recorder = folder.map(|(f, path)| (Recorder::new(f), path));
@@ -438,7 +438,7 @@ mod imp {
                 r.record(event);
             }
         });
-        bar.finish_and_clear();
+        progress.finish();
         let failure = |e: peloton_core::Error| {
             if is_shared_error(&e) {
                 Failure::Shared(e.into())

@@ -709,9 +709,15 @@ impl Communicator for MpiComm {
     }
 
     fn server_push(&mut self, delta: &[f32]) -> Result<()> {
+        self.server_push_sized(delta, 4 * delta.len() as u64)
+    }
+
+    /// The service moves the decoded values (fp32); the counters count `wire_bytes`, what a
+    /// compressed push carries, as on the other transports.
+    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
         let (services, rank) = self.services("a parameter server")?;
         services.push(delta, rank)?;
-        self.stats.add(4 * delta.len() as u64, 0);
+        self.stats.add(wire_bytes, 0);
         Ok(())
     }
 

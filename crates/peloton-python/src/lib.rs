@@ -672,6 +672,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Whether `transport.kind = "mpi"` works (the wheel was built with `--features mpi`).
     m.add("HAS_MPI", cfg!(feature = "mpi"))?;
+    // The CLI's lines (the run's header, evaluations, summary) go to `sys.stdout`, whatever it
+    // is when they are written: a notebook's cell, a redirected stream.
+    peloton_cli::output::set_sink(write_to_python_stdout);
     m.add_class::<Session>()?;
     m.add_class::<Worker>()?;
     m.add_class::<Buffer>()?;
@@ -689,4 +692,22 @@ fn copies(py: Python<'_>, which: HostBuffers) -> PyResult<Py<PyAny>> {
         .into_pyobject(py)?
         .into_any()
         .unbind())
+}
+
+/// Writes one line to Python's `sys.stdout` (taking the GIL, which the run's waits release);
+/// where that fails (the interpreter is finishing), to the process's standard output.
+fn write_to_python_stdout(line: &str) {
+    let written = Python::attach(|py| -> PyResult<()> {
+        let stdout = py.import("sys")?.getattr("stdout")?;
+        if stdout.is_none() {
+            return Err(Error::new_err("no sys.stdout"));
+        }
+        stdout.call_method1("write", (format!("{line}\n"),))?;
+        stdout.call_method0("flush")?;
+        Ok(())
+    });
+    if written.is_err() {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
 }

@@ -1249,18 +1249,23 @@ impl Communicator for SimComm {
         let st = self.state()?;
         let mut st = self.shared.wait_turn(st, me)?;
         let version = st.server.pull(buf, me)?;
-        let cost = self.server_cost(st.server.ranges(), true);
-        self.advance(&mut st, "pull", cost, 0, 4 * buf.len() as u64);
+        let wire_bytes = 4 * buf.len() as u64;
+        let cost = self.server_cost(st.server.ranges(), wire_bytes, true);
+        self.advance(&mut st, "pull", cost, 0, wire_bytes);
         Ok(version)
     }
 
     fn server_push(&mut self, delta: &[f32]) -> Result<()> {
+        self.server_push_sized(delta, 4 * delta.len() as u64)
+    }
+
+    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
         let me = self.me();
         let st = self.state()?;
         let mut st = self.shared.wait_turn(st, me)?;
         st.server.push(delta, me)?;
-        let cost = self.server_cost(st.server.ranges(), false);
-        self.advance(&mut st, "push", cost, 4 * delta.len() as u64, 0);
+        let cost = self.server_cost(st.server.ranges(), wire_bytes, false);
+        self.advance(&mut st, "push", cost, wire_bytes, 0);
         Ok(())
     }
 
@@ -1341,7 +1346,15 @@ impl SimComm {
     /// Virtual seconds of a parameter-server operation over `ranges`: every shard's bytes
     /// cross the link to its server's node (one after the other through the worker's NIC),
     /// plus the latency of the farthest shard, twice for a pull (request, then reply).
-    fn server_cost(&self, ranges: &[std::ops::Range<usize>], round_trip: bool) -> f64 {
+    /// The virtual seconds of one exchange with the parameter server's shards (hosted round
+    /// robin on the nodes): the largest latency (twice for a round trip) plus every shard's
+    /// share of `wire_bytes` over its link.
+    fn server_cost(
+        &self,
+        ranges: &[std::ops::Range<usize>],
+        wire_bytes: u64,
+        round_trip: bool,
+    ) -> f64 {
         if self.diagnostic {
             return 0.0;
         }
@@ -1349,13 +1362,16 @@ impl SimComm {
         let n = self.shared.n;
         let nodes = cluster.node_count(n);
         let me = self.me();
+        let values: usize = ranges.iter().map(|r| r.len()).sum();
+        // A compressed message is spread over the shards as its values are.
+        let bytes_per_value = wire_bytes as f64 / values.max(1) as f64;
         let mut latency: f64 = 0.0;
         let mut transfer = 0.0;
         for (s, r) in ranges.iter().enumerate() {
             let host = (s % nodes) * cluster.workers_per_node;
             let link = cluster.link(me, host.min(n - 1));
             latency = latency.max(link.alpha());
-            transfer += 4.0 * r.len() as f64 * link.beta();
+            transfer += bytes_per_value * r.len() as f64 * link.beta();
         }
         transfer + if round_trip { 2.0 } else { 1.0 } * latency
     }

@@ -18,6 +18,12 @@
 //! * **Broadcasts** encode once at the root (whose buffer stays exact); **sends** encode,
 //!   **receives** decode; an **all-gather** whose pieces make up a model encodes each piece
 //!   and decodes them all (everyone holds the same bits).
+//! * **Parameter-server pushes** (asynchronous EASGD's elastic differences) are models: each
+//!   is encoded through its own error-feedback stream and the server adds what it decodes to,
+//!   on every transport the same; the transport counts the encoded bytes and the simulator
+//!   charges them ([`Communicator::server_push_sized`]; MPI's server service still moves the
+//!   decoded fp32 values). Pulls travel exact: the center is the model a worker moves toward
+//!   and the one evaluated at the end.
 //! * **Error feedback** keeps a residual per stream (role, operation, peer or chunk, tag, and
 //!   which communicator), checkpointed with the worker ([`CompressionLayer::save_state`]).
 //!
@@ -60,7 +66,7 @@ pub enum Phase {
 /// What the layer compressed on one worker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CompressionStats {
-    /// Operations compressed (all-reduces, broadcasts, messages).
+    /// Operations compressed (all-reduces, broadcasts, messages, parameter-server pushes).
     pub operations: u64,
     /// Bytes this worker sent in them.
     pub bytes_sent: u64,
@@ -103,6 +109,19 @@ struct Layer {
     /// Splits made so far (a split's streams are told apart by its number).
     splits: u32,
     bytes: Vec<u8>,
+    /// The compressed all-reduce's buffers, kept between calls (a training run all-reduces
+    /// the same sizes every step).
+    scratch: Scratch,
+}
+
+/// Buffers of one compressed all-reduce: encoded words, the reduced chunk, one member's
+/// share of it, and the gathered encoded chunks.
+#[derive(Default)]
+struct Scratch {
+    words: Vec<f32>,
+    sum: Vec<f32>,
+    share: Vec<f32>,
+    gathered: Vec<f32>,
 }
 
 fn lock(layer: &Mutex<Layer>) -> MutexGuard<'_, Layer> {
@@ -137,6 +156,7 @@ impl CompressionLayer {
             stats: CompressionStats::default(),
             splits: 0,
             bytes: Vec::new(),
+            scratch: Scratch::default(),
         }))))
     }
 
@@ -262,6 +282,15 @@ impl Layer {
             (false, _) => Role::Models,
         };
         self.config.applies_to(role).then_some(role)
+    }
+
+    /// The role of a parameter-server push of `len` values, when the layer compresses it:
+    /// models (an elastic difference), whatever phase the runner is in.
+    fn server_role(&self, len: usize) -> Option<Role> {
+        if self.diagnostic || self.phase == Phase::Exact || self.model_len == 0 {
+            return None;
+        }
+        (len >= self.model_len && self.config.applies_to(Role::Models)).then_some(Role::Models)
     }
 
     /// The refusal of a message PowerSGD cannot compress.
@@ -416,28 +445,36 @@ impl Compressed<'_> {
             self.inner().all_reduce(tail, op)?;
         }
         let chunks = super::shard_ranges(model_len, p);
+        // The buffers of the previous call, back after this one (a failed call drops them).
+        let mut scratch = std::mem::take(&mut self.layer().scratch);
+        let Scratch {
+            words,
+            sum,
+            share,
+            gathered,
+        } = &mut scratch;
         // Scatter: my share of every other member's chunk.
-        let mut words = Vec::new();
         for (j, chunk) in chunks.iter().enumerate().filter(|&(j, _)| j != me) {
             let stream = self.stream(role, "all-reduce-scatter", j, 0);
             self.layer()
-                .encode(stream, &values[chunk.clone()], &[], &mut words);
-            self.inner().send(j, TAG_COMPRESSED, &words)?;
+                .encode(stream, &values[chunk.clone()], &[], words);
+            self.inner().send(j, TAG_COMPRESSED, words)?;
         }
         // Reduce my chunk: every member's share, in rank order.
         let mine = chunks[me].clone();
-        let mut sum = vec![0.0f32; mine.len()];
-        let mut share = vec![0.0f32; mine.len()];
+        sum.clear();
+        sum.resize(mine.len(), 0.0);
+        share.resize(mine.len(), 0.0);
         let share_words = self.layer().encoded_words(mine.len());
         for r in 0..p {
             if r == me {
                 share.copy_from_slice(&values[mine.clone()]);
             } else {
                 words.resize(share_words, 0.0);
-                self.inner().recv(r, TAG_COMPRESSED, &mut words)?;
-                self.layer().decode(&words, &mut share, &mut [])?;
+                self.inner().recv(r, TAG_COMPRESSED, words)?;
+                self.layer().decode(words, share, &mut [])?;
             }
-            sum.iter_mut().zip(&share).for_each(|(s, x)| *s += *x);
+            sum.iter_mut().zip(share.iter()).for_each(|(s, x)| *s += *x);
         }
         if op == ReduceOp::Mean {
             let scale = p as f32;
@@ -450,16 +487,17 @@ impl Compressed<'_> {
             .max()
             .unwrap_or(0);
         let stream = self.stream(role, "all-reduce-gather", me, 0);
-        self.layer().encode(stream, &sum, &[], &mut words);
+        self.layer().encode(stream, sum, &[], words);
         words.resize(longest, 0.0);
-        let mut gathered = vec![0.0f32; longest * p];
-        self.inner().all_gather(&words, &mut gathered)?;
+        gathered.resize(longest * p, 0.0);
+        self.inner().all_gather(words, gathered)?;
         let mut layer = self.layer();
         for (r, chunk) in chunks.iter().enumerate() {
             let n = layer.encoded_words(chunk.len());
             let message = &gathered[r * longest..r * longest + n];
             layer.decode(message, &mut values[chunk.clone()], &mut [])?;
         }
+        layer.scratch = scratch;
         Ok(())
     }
 
@@ -745,11 +783,36 @@ impl Communicator for Compressed<'_> {
     fn server_init(&mut self, init: &[f32], shards: usize) -> Result<()> {
         self.inner().server_init(init, shards)
     }
+    /// Pulls travel exact: the center a worker pulls is the model it moves toward and the
+    /// one evaluated at the end, and a sparsified model is no model.
     fn server_pull(&mut self, buf: &mut [f32]) -> Result<u64> {
         self.inner().server_pull(buf)
     }
+
+    /// The push is compressed (through its error-feedback stream) and the server adds what
+    /// the message decodes to.
     fn server_push(&mut self, delta: &[f32]) -> Result<()> {
-        self.inner().server_push(delta)
+        let role = self.layer().server_role(delta.len());
+        let Some(role) = role else {
+            return self.inner().server_push(delta);
+        };
+        if self.is_powersgd() {
+            return Err(self.layer().powersgd_refuses("parameter-server push", role));
+        }
+        let stream = self.stream(role, "server-push", 0, 0);
+        let mut words = Vec::new();
+        let mut sent = delta.to_vec();
+        {
+            let mut layer = self.layer();
+            let model_len = layer.model_len;
+            layer.encode(stream, &delta[..model_len], &delta[model_len..], &mut words);
+            let (values, tail) = sent.split_at_mut(model_len);
+            layer.decode(&words, values, tail)?;
+        }
+        let wire = 4 * words.len() as u64;
+        self.counted(4 * delta.len() as u64, |c| {
+            c.inner().server_push_sized(&sent, wire)
+        })
     }
 
     fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {
@@ -851,6 +914,53 @@ mod tests {
         assert_eq!(stats.fp32_bytes_sent, (2 * 3 * 4 * (LEN + 1) / 4) as u64);
         assert_eq!(stats.bytes_sent, comm.bytes_sent);
         assert!((stats.ratio() - 2.0).abs() < 0.05, "{}", stats.ratio());
+    }
+
+    /// Parameter-server pushes under top-k with error feedback: each push carries 1 value in
+    /// 8 (about a quarter of the bytes with its indices), the server holds what the pushes
+    /// decoded to, and with the last residual added the server holds exactly the sum of what
+    /// was meant to be pushed (the error-feedback identity, to float rounding). Pulls are exact.
+    #[test]
+    fn parameter_server_pushes_are_compressed_with_error_feedback() {
+        let out = threads::run_workers(2, |comm| {
+            let layer = layer("kind = \"topk\"\nfraction = 0.125");
+            let mut c = layer.wrap(comm);
+            c.server_init(&vec![0.0; LEN], 2)?;
+            c.barrier()?;
+            let me = c.rank();
+            let mut meant = vec![0.0f32; LEN];
+            for round in 0..5 {
+                let delta = values(10 * me + round, LEN);
+                meant.iter_mut().zip(&delta).for_each(|(m, d)| *m += d);
+                c.server_push(&delta)?;
+            }
+            let residual = layer.save_state();
+            c.barrier()?;
+            let mut center = vec![0.0; LEN];
+            let before = c.stats();
+            c.server_pull(&mut center)?;
+            let pulled = c.stats().since(&before).bytes_received;
+            Ok((meant, residual, center, pulled, layer.stats()))
+        });
+        let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+        let mut expected = vec![0.0f32; LEN];
+        for (meant, residual, _, _, _) in &out {
+            // The one stream with a residual: this worker's pushes.
+            let streams = residual.dict("streams").unwrap();
+            let key = streams.keys().find(|k| k.contains("server-push")).unwrap();
+            let left = streams.f32s(key).unwrap();
+            for i in 0..LEN {
+                expected[i] += meant[i] - left[i];
+            }
+        }
+        let (_, _, center, pulled, stats) = &out[0];
+        for (c, e) in center.iter().zip(&expected) {
+            assert!((c - e).abs() <= 1e-4 * (1.0 + e.abs()), "{c} {e}");
+        }
+        assert_eq!(*pulled, 4 * LEN as u64, "pulls are exact");
+        assert_eq!(stats.operations, 5);
+        assert_eq!(stats.fp32_bytes_sent, 5 * 4 * LEN as u64);
+        assert!(stats.ratio() > 3.0, "{}", stats.ratio());
     }
 
     #[test]

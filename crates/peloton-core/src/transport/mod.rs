@@ -192,6 +192,15 @@ pub trait Communicator: Send {
         Err(unsupported("a parameter server"))
     }
 
+    /// [`Communicator::server_push`] of a message of `wire_bytes` bytes instead of 4 per value
+    /// (a compressed one, of which `delta` is the decoded form, which the compression layer
+    /// hands over): the traffic counters and the simulator's links count those bytes. The
+    /// default ignores the size.
+    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
+        let _ = wire_bytes;
+        self.server_push(delta)
+    }
+
     /// Non-blocking any-source probe: the (group rank of the sender, length) of the oldest
     /// message with `tag` that has arrived for this worker, without receiving it.
     fn probe_any(&mut self, _tag: Tag) -> Result<Option<(usize, usize)>> {

@@ -754,6 +754,10 @@ impl Communicator for ThreadComm {
     }
 
     fn server_push(&mut self, delta: &[f32]) -> Result<()> {
+        self.server_push_sized(delta, 4 * delta.len() as u64)
+    }
+
+    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
         let server = self.server(delta.len())?;
         for (range, shard) in server.ranges.iter().zip(&server.shards) {
             let mut values = lock(shard);
@@ -763,7 +767,7 @@ impl Communicator for ThreadComm {
                 .for_each(|(v, d)| *v += *d);
         }
         server.version.fetch_add(1, Ordering::SeqCst);
-        self.stats.add(4 * delta.len() as u64, 0);
+        self.stats.add(wire_bytes, 0);
         Ok(())
     }
 
