@@ -195,7 +195,7 @@ BAD_CONFIGS = [
     ({"transport": {"kind": "sim", "cluster": {"nodes": 0}}}, "nodes"),
     ({"external": {"name": "a/b"}}, "external.name"),
     ({"external": {"name": "x"}, "problem": QUADRATIC}, "[external]"),
-    ({"checkpoint": {"every": 5}}, "checkpoint"),
+    ({"checkpoint": {"every": 5}, "algorithm": "async-easgd"}, "need the simulator"),
     ({"seed": 1.5}, "seed = 1.5"),
     ({"algorithm": {"name": "lsgd", "pull": "strong"}}, "pull"),
 ]
