@@ -408,7 +408,7 @@ impl Learner for ExternalLearner {
         self.ensure_shared("parameter", params.as_ptr(), &self.buffers.params)?;
         self.ensure_shared("gradient", grad.as_ptr(), &self.buffers.grad)?;
         // The gradient too, where the runner left one the loop's backward would add to.
-        self.load_into_loop(HostBuffers::BOTH.union(HostBuffers::STATE))?;
+        self.load_into_loop(HostBuffers::PARAMS_AND_GRAD.union(HostBuffers::STATE))?;
         let request = Request::Gradient {
             index: self.gradients,
         };
@@ -470,7 +470,7 @@ impl Learner for ExternalLearner {
         self.attach.owns_optimizer.then(|| {
             self.ensure_shared("parameter", params.as_ptr(), &self.buffers.params)?;
             self.ensure_shared("gradient", grad.as_ptr(), &self.buffers.grad)?;
-            self.load_into_loop(HostBuffers::BOTH)?;
+            self.load_into_loop(HostBuffers::PARAMS_AND_GRAD)?;
             self.call_done(Request::OptimizerStep { lr })?;
             self.loop_changed(HostBuffers::PARAMS);
             Ok(())

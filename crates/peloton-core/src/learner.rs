@@ -60,7 +60,7 @@ impl HostBuffers {
         ..Self::NONE
     };
     /// The parameters and the gradient.
-    pub const BOTH: Self = HostBuffers {
+    pub const PARAMS_AND_GRAD: Self = HostBuffers {
         params: true,
         grad: true,
         state: false,

@@ -144,9 +144,9 @@ pub struct Touches {
 impl Touches {
     /// Every buffer at every hook: right for any algorithm.
     pub const ALL: Self = Touches {
-        before_compute: HostBuffers::BOTH,
-        before_step: HostBuffers::BOTH,
-        after_step: HostBuffers::BOTH,
+        before_compute: HostBuffers::PARAMS_AND_GRAD,
+        before_step: HostBuffers::PARAMS_AND_GRAD,
+        after_step: HostBuffers::PARAMS_AND_GRAD,
     };
     /// Nothing at all (a step without communication).
     pub const NONE: Self = Touches {

@@ -363,7 +363,7 @@ pub(super) fn local_step(
     match learner.optimizer_step(ctx.params, ctx.grad, lr) {
         Some(stepped) => stepped?,
         None => {
-            learner.host_access(HostBuffers::BOTH, Access::Write)?;
+            learner.host_access(HostBuffers::PARAMS_AND_GRAD, Access::Write)?;
             optimizer.step(ctx.params, ctx.grad, lr)
         }
     }
