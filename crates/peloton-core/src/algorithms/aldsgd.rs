@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dpsgd::build_checked;
 use super::gossip::{Gossip, TAG_GOSSIP};
-use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
@@ -183,6 +183,11 @@ impl Algorithm for AlDsgd {
     fn load_state(&mut self, state: &StateDict) -> Result<()> {
         self.gossip.links.load_state(state.dict("links")?)
     }
+    /// The parameters, after the step, every step.
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::after_step_params(true)
+    }
+
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {
         let node = self.schedule.node(ctx.step, ctx.comm.rank());
         if node.recv.is_empty() {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dpsgd::{build_checked, default_schedule};
 use super::gossip::LinkStats;
-use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::transport::{Communicator, Tag};
 use crate::{ensure_config, kernels, Result};
@@ -326,6 +326,11 @@ impl Algorithm for Choco {
             self.union = Some(Union::new(&self.schedule, comm.rank(), self.public.len()));
         }
         Ok(())
+    }
+
+    /// The parameters, after the step, every step.
+    fn touches(&self, _step: u64) -> Touches {
+        Touches::after_step_params(true)
     }
 
     fn after_step(&mut self, ctx: &mut StepContext<'_>) -> Result<()> {

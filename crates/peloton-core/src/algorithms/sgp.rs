@@ -41,10 +41,11 @@ use serde::{Deserialize, Serialize};
 
 use super::dpsgd::build_checked;
 use super::gossip::LinkStats;
-use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous};
+use super::{Algorithm, AlgorithmSpec, Observation, RunShape, StepContext, Synchronous, Touches};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
+use crate::learner::HostBuffers;
 use crate::transport::{Communicator, RecvRequest, ReduceOp, SendRequest, Tag};
 use crate::{Error, Result};
 
@@ -369,6 +370,18 @@ impl Algorithm for Sgp {
         self.complete_sends(ctx.comm)?;
         self.debias(ctx.params);
         Ok(())
+    }
+
+    /// The parameters: re-biased before the step (unless lazy), pushed and folded after it.
+    fn touches(&self, _step: u64) -> Touches {
+        Touches {
+            before_step: if self.lazy {
+                HostBuffers::NONE
+            } else {
+                HostBuffers::PARAMS
+            },
+            ..Touches::after_step_params(true)
+        }
     }
 
     fn drain(&mut self, comm: &mut dyn Communicator, params: &mut [f32]) -> Result<()> {
