@@ -32,14 +32,20 @@ def held_out(model):
     return (F.cross_entropy(out, labels).item(), (out.argmax(1) == labels).float().mean().item())
 
 
+def wrapped_cnn(worker, mirror, device):
+    """The worker's small CNN on ``device`` and its SGD with momentum, wrapped."""
+    with peloton.torch.seeded(worker):
+        model = small_cnn().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    peloton.torch.wrap(worker, model, opt, evaluate=held_out, mirror=mirror)
+    return model, opt
+
+
 def cnn_loop(zero_grad="optimizer", record=None, mirror=None, copies=None, device="cpu"):
     images, labels = IMAGES.to(device), LABELS.to(device)
 
     def train(worker):
-        with peloton.torch.seeded(worker):
-            model = small_cnn().to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        peloton.torch.wrap(worker, model, opt, evaluate=held_out, mirror=mirror)
+        model, opt = wrapped_cnn(worker, mirror, device)
         if copies is not None:
             count_copies(worker, copies)
         batches = torch.Generator().manual_seed(100 + worker.rank)
@@ -151,10 +157,7 @@ def resumable_loop(fail_at=None, mirror=None, device="cpu"):
     images, labels = IMAGES.to(device), LABELS.to(device)
 
     def train(worker):
-        with peloton.torch.seeded(worker):
-            model = small_cnn().to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        peloton.torch.wrap(worker, model, opt, evaluate=held_out, mirror=mirror)
+        model, opt = wrapped_cnn(worker, mirror, device)
         for step in worker.steps():
             if step == fail_at:
                 raise RuntimeError("killed")

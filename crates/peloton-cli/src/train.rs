@@ -221,17 +221,13 @@ fn resume_with(
         );
     }
     // The data and the memory check too, before the folder is touched.
-    let (own, memory) = match external {
-        Some(_) => (None, None),
+    let own: Prepared;
+    let (factory, memory) = match external {
+        Some(outside) => (outside, None),
         None => {
-            let Prepared { factory, memory } = config.factory(config.workers_in_process())?;
-            (Some(factory), memory)
+            own = config.factory(config.workers_in_process())?;
+            (own.factory.as_ref(), own.memory.as_ref())
         }
-    };
-    let factory = match (external, &own) {
-        (Some(outside), _) => outside,
-        (None, Some(own)) => own.as_ref(),
-        (None, None) => unreachable!("peloton's own learners were built above"),
     };
     let folder = RunFolder::reopen(run_dir, manifest.as_ref().map_or(0, |m| m.metrics_bytes))?;
     if !options.quiet {
@@ -247,7 +243,7 @@ fn resume_with(
             ),
         }
     }
-    print_memory(options, memory.as_ref());
+    print_memory(options, memory);
     let folder = Folder {
         path: run_dir,
         folder,

@@ -341,20 +341,31 @@ impl ExternalLearner {
         }
     }
 
-    /// Before a request that uses `needs` of the loop's model: loads the host buffers the
-    /// runner changed since (a mirrored model).
-    fn load_into_loop(&mut self, needs: HostBuffers) -> Result<()> {
+    /// Copies those of `which` whose newest values are on side `newest` to the other side
+    /// (`ToHost` from the loop, `FromHost` from the host buffers); both then hold them. Nothing
+    /// for a model in the shared buffers.
+    fn bring_across(&mut self, which: HostBuffers, newest: Newest) -> Result<()> {
         let Some(mirror) = self.mirror else {
             return Ok(());
         };
-        let stale = mirror.on(needs, Newest::Host);
-        if stale.any() {
-            self.call_done(Request::FromHost(stale))?;
-            if let Some(m) = self.mirror.as_mut() {
-                m.set(stale, Newest::Both);
-            }
+        let stale = mirror.on(which, newest);
+        let request = match newest {
+            _ if !stale.any() => return Ok(()),
+            Newest::Loop => Request::ToHost(stale),
+            Newest::Host => Request::FromHost(stale),
+            Newest::Both => return Ok(()),
+        };
+        self.call_done(request)?;
+        if let Some(m) = self.mirror.as_mut() {
+            m.set(stale, Newest::Both);
         }
         Ok(())
+    }
+
+    /// Before a request that uses `needs` of the loop's model: loads the host buffers the
+    /// runner changed since (a mirrored model).
+    fn load_into_loop(&mut self, needs: HostBuffers) -> Result<()> {
+        self.bring_across(needs, Newest::Host)
     }
 
     /// After a request that changed `changed` of the loop's model (a mirrored model).
@@ -478,16 +489,10 @@ impl Learner for ExternalLearner {
     }
 
     fn host_access(&mut self, which: HostBuffers, access: Access) -> Result<()> {
-        let Some(mirror) = self.mirror else {
-            return Ok(());
-        };
-        let newer = mirror.on(which, Newest::Loop);
-        if newer.any() {
-            self.call_done(Request::ToHost(newer))?;
-        }
-        if let Some(m) = self.mirror.as_mut() {
-            m.set(newer, Newest::Both);
-            if access == Access::Write {
+        self.bring_across(which, Newest::Loop)?;
+        if access == Access::Write {
+            // The runner may change them: the loop's copies are stale from here.
+            if let Some(m) = self.mirror.as_mut() {
                 m.set(which, Newest::Host);
             }
         }

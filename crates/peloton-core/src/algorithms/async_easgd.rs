@@ -32,7 +32,6 @@ use super::{
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
-use crate::learner::HostBuffers;
 use crate::transport::{Communicator, CounterOp};
 use crate::Result;
 
@@ -194,17 +193,7 @@ impl Algorithm for AsyncEasgd {
     }
     /// The elastic difference is taken before the step and applied after it.
     fn touches(&self, step: u64) -> Touches {
-        let due = Every::steps(self.tau).due(step);
-        let params = if due {
-            HostBuffers::PARAMS
-        } else {
-            HostBuffers::NONE
-        };
-        Touches {
-            before_step: params,
-            after_step: params,
-            ..Touches::NONE
-        }
+        Touches::params_around_step(Every::steps(self.tau).due(step))
     }
     // Between two steps `pending` is false; the server's center is the transport's state.
     fn save_state(&self, state: &mut StateDict) -> Result<()> {

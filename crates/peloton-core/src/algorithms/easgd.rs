@@ -26,7 +26,6 @@ use super::{
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
-use crate::learner::HostBuffers;
 use crate::transport::{Communicator, ReduceOp};
 use crate::Result;
 
@@ -182,17 +181,7 @@ impl Algorithm for Easgd {
     }
     /// The elastic difference is taken before the step and applied after it.
     fn touches(&self, step: u64) -> Touches {
-        let due = Every::steps(self.tau).due(step);
-        let params = if due {
-            HostBuffers::PARAMS
-        } else {
-            HostBuffers::NONE
-        };
-        Touches {
-            before_step: params,
-            after_step: params,
-            ..Touches::NONE
-        }
+        Touches::params_around_step(Every::steps(self.tau).due(step))
     }
 
     fn observe(&mut self) -> Observation<'_> {

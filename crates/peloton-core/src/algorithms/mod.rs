@@ -179,6 +179,21 @@ impl Touches {
         }
     }
 
+    /// Only the parameters, in `before_step` and `after_step` (a difference taken before the
+    /// step and applied after it: EASGD's elastic force).
+    pub fn params_around_step(when: bool) -> Self {
+        let params = if when {
+            HostBuffers::PARAMS
+        } else {
+            HostBuffers::NONE
+        };
+        Touches {
+            before_step: params,
+            after_step: params,
+            ..Touches::NONE
+        }
+    }
+
     /// Both sets, hook by hook.
     pub fn union(self, other: Self) -> Self {
         Touches {
