@@ -473,6 +473,29 @@ fn asynchronous_algorithms_run_and_converge_on_mpi() {
                 "center",
             ],
         ),
+        // Its pushes compressed: they travel to rank 0's service as int8 words, which the
+        // service decodes before adding. With error feedback: without it, a worker near the
+        // optimum pushes nearly the same small difference every time, and its rounding error,
+        // the same every time too, adds up in the center (0.32 instead of 0.001 once).
+        (
+            "async-easgd-int8",
+            &[
+                "--algorithm",
+                "async-easgd",
+                "--lr",
+                "0.1",
+                "--set",
+                "algorithm.tau=2",
+                "--set",
+                "compression.kind=int8",
+                "--set",
+                "compression.block=16",
+                "--set",
+                "compression.error_feedback=true",
+                "--eval-model",
+                "center",
+            ],
+        ),
         (
             "async-eamsgd",
             &[
@@ -596,6 +619,14 @@ fn asynchronous_algorithms_run_and_converge_on_mpi() {
                 // NaN (a diverged run) fails too.
                 if best.is_nan() || best >= *bound {
                     failures.push(format!("{case}: ends at {best}, bound {bound}"));
+                }
+                if name.ends_with("int8") {
+                    // Per push: the quadratic's 10 values as 10 bytes plus 8 for their one
+                    // block, 5 words against 10 (÷2); the softmax's 28: 11 words (÷2.5).
+                    let ratio = s["compression"]["ratio"].as_f64().unwrap_or(0.0);
+                    if ratio < 1.6 {
+                        failures.push(format!("{case}: compression ratio {ratio}"));
+                    }
                 }
                 if name.starts_with("async-ea") {
                     // Every worker read the same final center (taken after every push).

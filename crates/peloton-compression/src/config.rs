@@ -11,6 +11,7 @@
 //! apply_to = ["gradients"] # gradients | models | gossip (default: all three)
 //! ```
 
+use crate::DecodeError;
 use serde::{Deserialize, Serialize};
 
 /// The messages a compressor may apply to, by what they carry.
@@ -88,6 +89,59 @@ const MAX_BLOCK: usize = 1 << 20;
 const DEFAULT_RANK: usize = 2;
 /// Past a few dozen the factors cost about what the matrices do.
 const MAX_RANK: usize = 64;
+
+impl Kind {
+    /// The kind as two numbers — a code and its parameter (int8's block, the sparsifiers'
+    /// fraction as f64 bits, PowerSGD's rank) — for a transport that carries a compressed
+    /// message to a decoder in another process (MPI's parameter server). [`Kind::from_wire`]
+    /// reads it back.
+    pub fn to_wire(&self) -> (u32, u64) {
+        match *self {
+            Kind::None => (0, 0),
+            Kind::Fp16 => (1, 0),
+            Kind::Bf16 => (2, 0),
+            Kind::Int8 { block } => (3, block as u64),
+            Kind::TopK { fraction } => (4, fraction.to_bits()),
+            Kind::RandomK { fraction } => (5, fraction.to_bits()),
+            Kind::PowerSgd { rank } => (6, rank as u64),
+        }
+    }
+
+    /// The kind [`Kind::to_wire`] wrote, checked as a config's values are: a message from
+    /// another process is not trusted to build a compressor with a zero block or a fraction
+    /// of 2.
+    pub fn from_wire(code: u32, param: u64) -> Result<Kind, DecodeError> {
+        let bad = || DecodeError(format!("compressor code {code} with parameter {param:#x}"));
+        let fraction = || {
+            let f = f64::from_bits(param);
+            (f > 0.0 && f <= 1.0).then_some(f).ok_or_else(bad)
+        };
+        let count = |max: usize| {
+            usize::try_from(param)
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(bad)
+        };
+        Ok(match code {
+            0 => Kind::None,
+            1 => Kind::Fp16,
+            2 => Kind::Bf16,
+            3 => Kind::Int8 {
+                block: count(MAX_BLOCK)?,
+            },
+            4 => Kind::TopK {
+                fraction: fraction()?,
+            },
+            5 => Kind::RandomK {
+                fraction: fraction()?,
+            },
+            6 => Kind::PowerSgd {
+                rank: count(MAX_RANK)?,
+            },
+            _ => return Err(bad()),
+        })
+    }
+}
 
 impl CompressionConfig {
     /// Checks every key; each error names it, in one line.
@@ -344,6 +398,34 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");
             assert!(!err.trim_end().contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_kind_survives_its_wire_form_and_a_bad_one_is_refused() {
+        for kind in [
+            Kind::None,
+            Kind::Fp16,
+            Kind::Bf16,
+            Kind::Int8 { block: 256 },
+            Kind::TopK { fraction: 0.01 },
+            Kind::RandomK { fraction: 1.0 },
+            Kind::PowerSgd { rank: 2 },
+        ] {
+            let (code, param) = kind.to_wire();
+            assert_eq!(Kind::from_wire(code, param), Ok(kind));
+        }
+        for (code, param) in [
+            (3, 0),
+            (3, (MAX_BLOCK + 1) as u64),
+            (4, 2.0f64.to_bits()),
+            (5, 0.0f64.to_bits()),
+            (4, f64::NAN.to_bits()),
+            (6, 0),
+            (7, 0),
+        ] {
+            let err = Kind::from_wire(code, param).unwrap_err().to_string();
+            assert!(err.contains(&format!("compressor code {code}")), "{err}");
         }
     }
 }

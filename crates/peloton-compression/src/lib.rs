@@ -77,6 +77,30 @@ pub fn from_words(words: &[f32], len: usize, bytes: &mut Vec<u8>) {
     bytes.truncate(len);
 }
 
+/// Decodes a message of words — `values.len()` values encoded by `compressor`, then `tail`
+/// exact, as the communication layer sends them — with `bytes` as scratch.
+pub fn decode_words(
+    compressor: &dyn Compressor,
+    words: &[f32],
+    values: &mut [f32],
+    tail: &mut [f32],
+    bytes: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    let len = compressor.encoded_len(values.len());
+    let encoded = len.div_ceil(4);
+    if words.len() != encoded + tail.len() {
+        return Err(DecodeError(format!(
+            "{} words, expected {}",
+            words.len(),
+            encoded + tail.len()
+        )));
+    }
+    from_words(&words[..encoded], len, bytes);
+    compressor.decode(bytes, values)?;
+    tail.copy_from_slice(&words[encoded..]);
+    Ok(())
+}
+
 /// The compressor a config describes: `None` for `kind = "none"`, and for PowerSGD, which is
 /// not a byte compressor (the communication layer runs its two all-reduces). `seed` is the
 /// run seed: random-k draws its indices from it.

@@ -13,8 +13,8 @@ use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
 use peloton_core::transport::{
-    check_rank, check_request_len, CommStats, Communicator, CounterOp, RecvRequest, ReduceOp,
-    SendRequest, Tag,
+    check_rank, check_request_len, CommStats, Communicator, CounterOp, EncodedPush, RecvRequest,
+    ReduceOp, SendRequest, Tag,
 };
 use peloton_core::{Error, Result};
 
@@ -709,15 +709,18 @@ impl Communicator for MpiComm {
     }
 
     fn server_push(&mut self, delta: &[f32]) -> Result<()> {
-        self.server_push_sized(delta, 4 * delta.len() as u64)
-    }
-
-    /// The service moves the decoded values (fp32); the counters count `wire_bytes`, what a
-    /// compressed push carries, as on the other transports.
-    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
         let (services, rank) = self.services("a parameter server")?;
         services.push(delta, rank)?;
-        self.stats.add(wire_bytes, 0);
+        self.stats.add(4 * delta.len() as u64, 0);
+        Ok(())
+    }
+
+    /// The encoded message travels to rank 0's service as it is, and the service decodes it
+    /// (`services.rs`, "Compressed pushes").
+    fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
+        let (services, rank) = self.services("a parameter server")?;
+        services.push_encoded(push, rank)?;
+        self.stats.add(push.wire_bytes(), 0);
         Ok(())
     }
 

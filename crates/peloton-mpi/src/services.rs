@@ -40,6 +40,12 @@
 //! between hosts of one architecture): request `[op, arg, value_hi, value_lo, payload…]`,
 //! reply `[status, 0, value_hi, value_lo, payload…]`; an error reply carries its message as one
 //! byte per slot.
+//!
+//! **Compressed pushes** (`PUSH_ENCODED`, the compression layer's): the request carries the
+//! encoded message as the layer made it, so the link moves the compressed bytes, and rank 0's
+//! service decodes it before adding: `[op, kind code, len, …, param (2), seed (2),
+//! model_len (2), words…]`. Every compressor's decoder needs only its kind and the run seed
+//! ([`EncodedPush`]), and the service checks both as it would a config.
 
 use std::mem::ManuallyDrop;
 use std::os::raw::c_int;
@@ -52,7 +58,8 @@ use mpi::raw::{AsRaw, FromRaw};
 use mpi::request::{Request, Scope};
 use mpi::topology::{Process, SimpleCommunicator};
 use mpi::traits::*;
-use peloton_core::transport::{check_counter, CounterOp, ParameterServer, COUNTERS};
+use peloton_compression::Kind;
+use peloton_core::transport::{check_counter, CounterOp, EncodedPush, ParameterServer, COUNTERS};
 use peloton_core::{Error, Result};
 
 /// Tag of requests on the service communicator.
@@ -70,6 +77,9 @@ const INIT: u32 = 4;
 const PULL: u32 = 5;
 const PUSH: u32 = 6;
 const BYE: u32 = 7;
+const PUSH_ENCODED: u32 = 8;
+/// Slots after the header of a `PUSH_ENCODED` request before its words.
+const ENCODED_PREFIX: usize = 6;
 
 // Reply status.
 const OK: u32 = 0;
@@ -87,8 +97,16 @@ fn word(v: u32) -> f32 {
 }
 
 fn header(slots: &[f32]) -> (u32, u32, u64) {
-    let value = ((slots[2].to_bits() as u64) << 32) | slots[3].to_bits() as u64;
-    (slots[0].to_bits(), slots[1].to_bits(), value)
+    (slots[0].to_bits(), slots[1].to_bits(), wide(&slots[2..4]))
+}
+
+/// A `u64` stored in two slots, high word first.
+fn wide(slots: &[f32]) -> u64 {
+    ((slots[0].to_bits() as u64) << 32) | slots[1].to_bits() as u64
+}
+
+fn put_wide(out: &mut Vec<f32>, value: u64) {
+    out.extend([word((value >> 32) as u32), word(value as u32)]);
 }
 
 fn put_header(out: &mut Vec<f32>, a: u32, b: u32, value: u64) {
@@ -112,11 +130,23 @@ fn error_text(payload: &[f32]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// A `PUSH_ENCODED` request's payload: the compressor's parameter, the seed, the model's
+/// length, then the words.
+fn encoded_payload(push: &EncodedPush<'_>, out: &mut Vec<f32>) {
+    out.clear();
+    put_wide(out, push.kind.to_wire().1);
+    put_wide(out, push.seed);
+    put_wide(out, push.model_len as u64);
+    out.extend_from_slice(push.words);
+}
+
 /// What rank 0 holds for the whole world.
 #[derive(Default)]
 pub(crate) struct State {
     counters: [u64; COUNTERS],
     server: ParameterServer,
+    /// A compressed push's decoded values.
+    decoded: Vec<f32>,
 }
 
 impl State {
@@ -139,6 +169,45 @@ impl State {
 
     pub(crate) fn push(&mut self, delta: &[f32], rank: usize) -> Result<()> {
         self.server.push(delta, rank)
+    }
+
+    /// A `PUSH_ENCODED` request's payload (module documentation), decoded and added.
+    fn push_encoded(&mut self, code: u32, len: u64, payload: &[f32], rank: usize) -> Result<()> {
+        let bad = |what: &str| {
+            Error::Transport(format!("rank {rank} sent a compressed server push {what}"))
+        };
+        if payload.len() < ENCODED_PREFIX {
+            return Err(bad("shorter than its prefix"));
+        }
+        let kind = Kind::from_wire(code, wide(&payload[0..2]))
+            .map_err(|e| bad(&format!("of an unknown compressor: {e}")))?;
+        let len = usize::try_from(len).map_err(|_| bad("of too many values"))?;
+        let model_len =
+            usize::try_from(wide(&payload[4..6])).map_err(|_| bad("of too many values"))?;
+        let push = EncodedPush {
+            kind,
+            seed: wide(&payload[2..4]),
+            len,
+            model_len,
+            words: &payload[ENCODED_PREFIX..],
+        };
+        // Checked before the buffer is sized: a corrupt length must not allocate for it.
+        match self.server.size() {
+            Some(have) if have == len => {}
+            Some(have) => return Err(bad(&format!("of {len} values to a server of {have}"))),
+            None => {
+                return Err(Error::Transport(
+                    "the parameter server is used before server_init".into(),
+                ))
+            }
+        }
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.resize(len, 0.0);
+        let pushed = push
+            .decode(&mut decoded)
+            .and_then(|()| self.server.push(&decoded, rank));
+        self.decoded = decoded;
+        pushed
     }
 
     /// Applies request `req` from `rank` and writes the reply into `reply`.
@@ -177,6 +246,7 @@ impl State {
                 self.pull(&mut reply[HEADER..], rank)
             }
             PUSH => self.push(payload, rank).map(|()| 0),
+            PUSH_ENCODED => self.push_encoded(arg, value, payload, rank).map(|()| 0),
             other => Err(Error::Transport(format!(
                 "rank {rank} sent an unknown service request {other}"
             ))),
@@ -390,6 +460,14 @@ impl Services {
     pub(crate) fn push(&mut self, delta: &[f32], rank: usize) -> Result<()> {
         self.call(PUSH, 0, 0, delta, None, rank).map(|_| ())
     }
+
+    pub(crate) fn push_encoded(&mut self, push: &EncodedPush<'_>, rank: usize) -> Result<()> {
+        let mut payload = Vec::with_capacity(ENCODED_PREFIX + push.words.len());
+        encoded_payload(push, &mut payload);
+        let (code, _) = push.kind.to_wire();
+        self.call(PUSH_ENCODED, code, push.len as u64, &payload, None, rank)
+            .map(|_| ())
+    }
 }
 
 impl Drop for Services {
@@ -483,5 +561,99 @@ mod tests {
         assert_eq!(header(&reply).0, FAILED);
         s.handle(&request(INIT, 3, 0, &[1.0, 2.0, 3.0]), 1, &mut reply);
         assert_eq!(header(&reply).0, FAILED, "a different shard count");
+    }
+
+    /// A compressed push travels as its encoded words (a quarter of the values' for int8) and
+    /// leaves the server at init + what the message decodes to, exactly as the threads
+    /// transport's in-process decoding does; a corrupt request is refused in one line.
+    #[test]
+    fn a_compressed_push_is_decoded_by_the_service() {
+        use peloton_compression::{to_words, Compressor, Int8, TopK};
+        let len = 1001;
+        let model_len = 1000; // then one value exact, as a tail travels
+        let init: Vec<f32> = (0..len).map(|i| i as f32 * 0.25).collect();
+        let delta: Vec<f32> = (0..len)
+            .map(|i| ((i * 37) % 101) as f32 / 7.0 - 6.0)
+            .collect();
+        let encode = |c: &mut dyn Compressor| {
+            let mut bytes = Vec::new();
+            c.encode(&delta[..model_len], &mut bytes);
+            let mut words = Vec::new();
+            to_words(&bytes, &mut words);
+            words.push(delta[model_len]);
+            words
+        };
+        for (kind, words) in [
+            (Kind::Int8 { block: 64 }, encode(&mut Int8::new(64))),
+            (Kind::TopK { fraction: 0.05 }, encode(&mut TopK::new(0.05))),
+        ] {
+            let push = EncodedPush {
+                kind,
+                seed: 7,
+                len,
+                model_len,
+                words: &words,
+            };
+            assert!(
+                push.words.len() < len / 3,
+                "{kind:?}: {} words",
+                words.len()
+            );
+            let mut decoded = vec![0.0; len];
+            push.decode(&mut decoded).unwrap();
+            let expected: Vec<f32> = init.iter().zip(&decoded).map(|(a, d)| a + d).collect();
+
+            let mut s = State::default();
+            let mut reply = Vec::new();
+            s.handle(&request(INIT, 1, 0, &init), 0, &mut reply);
+            let mut payload = Vec::new();
+            encoded_payload(&push, &mut payload);
+            let code = kind.to_wire().0;
+            s.handle(
+                &request(PUSH_ENCODED, code, len as u64, &payload),
+                1,
+                &mut reply,
+            );
+            assert_eq!(header(&reply).0, OK, "{}", error_text(&reply[HEADER..]));
+            s.handle(&request(PULL, 0, len as u64, &[]), 1, &mut reply);
+            assert_eq!(header(&reply), (OK, 0, 1));
+            let got: Vec<u32> = reply[HEADER..].iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = expected.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{kind:?}");
+            assert_eq!(
+                reply[HEADER + model_len],
+                init[model_len] + delta[model_len]
+            );
+
+            for (req, needle) in [
+                (
+                    request(PUSH_ENCODED, 99, len as u64, &payload),
+                    "unknown compressor: compressed message: compressor code 99",
+                ),
+                (
+                    request(
+                        PUSH_ENCODED,
+                        code,
+                        len as u64,
+                        &payload[..payload.len() - 2],
+                    ),
+                    "words, expected",
+                ),
+                (
+                    request(PUSH_ENCODED, code, 5, &payload),
+                    "of 5 values to a server of 1001",
+                ),
+                (
+                    request(PUSH_ENCODED, code, len as u64, &payload[..3]),
+                    "shorter than its prefix",
+                ),
+            ] {
+                s.handle(&req, 2, &mut reply);
+                assert_eq!(header(&reply).0, FAILED, "{needle}");
+                let text = error_text(&reply[HEADER..]);
+                assert!(text.contains(needle), "{text}");
+                assert!(!text.contains('\n'), "{text}");
+            }
+        }
     }
 }

@@ -38,7 +38,7 @@ use std::time::Instant;
 use peloton_core::checkpoint::StateDict;
 use peloton_core::transport::{
     check_counter, check_rank, check_request_len, CommStats, Communicator, CounterOp, CutService,
-    ParameterServer, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
+    EncodedPush, ParameterServer, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
 };
 use peloton_core::{Error, Result};
 use serde::Serialize;
@@ -1256,17 +1256,15 @@ impl Communicator for SimComm {
     }
 
     fn server_push(&mut self, delta: &[f32]) -> Result<()> {
-        self.server_push_sized(delta, 4 * delta.len() as u64)
+        self.push_charged(delta, 4 * delta.len() as u64)
     }
 
-    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
-        let me = self.me();
-        let st = self.state()?;
-        let mut st = self.shared.wait_turn(st, me)?;
-        st.server.push(delta, me)?;
-        let cost = self.server_cost(st.server.ranges(), wire_bytes, false);
-        self.advance(&mut st, "push", cost, wire_bytes, 0);
-        Ok(())
+    /// Decoded here (the simulated server is in this process); the links carry and charge the
+    /// encoded bytes.
+    fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
+        let mut delta = vec![0.0; push.len];
+        push.decode(&mut delta)?;
+        self.push_charged(&delta, push.wire_bytes())
     }
 
     fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {
@@ -1343,12 +1341,21 @@ impl Communicator for SimComm {
 }
 
 impl SimComm {
-    /// Virtual seconds of a parameter-server operation over `ranges`: every shard's bytes
-    /// cross the link to its server's node (one after the other through the worker's NIC),
-    /// plus the latency of the farthest shard, twice for a pull (request, then reply).
-    /// The virtual seconds of one exchange with the parameter server's shards (hosted round
-    /// robin on the nodes): the largest latency (twice for a round trip) plus every shard's
-    /// share of `wire_bytes` over its link.
+    /// Adds `delta` to the server, in turn, charging `wire_bytes` sent.
+    fn push_charged(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
+        let me = self.me();
+        let st = self.state()?;
+        let mut st = self.shared.wait_turn(st, me)?;
+        st.server.push(delta, me)?;
+        let cost = self.server_cost(st.server.ranges(), wire_bytes, false);
+        self.advance(&mut st, "push", cost, wire_bytes, 0);
+        Ok(())
+    }
+
+    /// Virtual seconds of one exchange with the parameter server's shards (hosted round robin
+    /// on the nodes): every shard's share of `wire_bytes` crosses the link to its server's node
+    /// (one after the other through the worker's NIC), plus the latency of the farthest shard,
+    /// twice for a pull (request, then reply).
     fn server_cost(
         &self,
         ranges: &[std::ops::Range<usize>],

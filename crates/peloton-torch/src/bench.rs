@@ -210,12 +210,18 @@ impl TorchLearner {
     /// tensor, the gradient left where autograd puts it.
     fn bare_step(&mut self, batch: &Batch) -> Result<()> {
         let x = self.images(batch)?;
-        let targets = Tensor::from_slice(&batch.labels).to_device(self.device());
+        let device = self.device();
         let (net, store, rng) = self.parts();
-        let logits = net.forward(store, &x, &mut Mode::Train { rng });
-        let loss = logits.log_softmax(-1, Kind::Float).nll_loss(&targets);
-        let _ = Tensor::run_backward(&[&loss], &[&store.params], false, false);
-        let _ = loss.double_value(&[]);
-        Ok(())
+        let mut step = || -> crate::net::Torch<()> {
+            let targets = Tensor::f_from_slice(&batch.labels)?.f_to_device(device)?;
+            let logits = net.forward(store, &x, &mut Mode::Train { rng })?;
+            let loss = logits
+                .f_log_softmax(-1, Kind::Float)?
+                .f_nll_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100)?;
+            Tensor::f_run_backward(&[&loss], &[&store.params], false, false)?;
+            loss.f_double_value(&[])?;
+            Ok(())
+        };
+        step().map_err(|e| crate::learner::torch_error(0, "a bare LibTorch step", e))
     }
 }

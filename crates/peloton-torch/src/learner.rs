@@ -194,11 +194,19 @@ fn set_threads(threads: usize) {
     });
 }
 
-/// A LibTorch error (a C++ exception) as the worker's error.
-fn torch_error(rank: usize, what: &str, e: tch::TchError) -> Error {
+/// A LibTorch error (a C++ exception) as the worker's error, in one line: LibTorch's first
+/// line says what went wrong ("CUDA out of memory. Tried to allocate …"), the lines after it
+/// are the C++ backtrace.
+pub(crate) fn torch_error(rank: usize, what: &str, e: tch::TchError) -> Error {
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     Error::Learner {
         worker: rank,
-        message: format!("LibTorch, {what}: {e}"),
+        message: format!("LibTorch, {what}: {first}"),
     }
 }
 
@@ -365,13 +373,16 @@ impl TorchLearner {
     ) -> Result<(f64, Tensor)> {
         let rank = self.rank;
         let fail = |what| move |e| torch_error(rank, what, e);
-        let logits = self.net.forward(
-            &self.store,
-            x,
-            &mut Mode::Train {
-                rng: &mut self.dropout_rng,
-            },
-        );
+        let logits = self
+            .net
+            .forward(
+                &self.store,
+                x,
+                &mut Mode::Train {
+                    rng: &mut self.dropout_rng,
+                },
+            )
+            .map_err(fail("the forward pass"))?;
         // The loss in fp32 whatever the compute format (autocast's rule for softmax and
         // losses).
         let loss = logits
@@ -419,12 +430,15 @@ impl TorchLearner {
             );
             let x = self.images(&batch)?;
             let mut stats = Vec::new();
+            // Only the statistics are wanted, not the logits.
             let _logits = tch::no_grad(|| {
                 self.net
                     .forward(&self.store, &x, &mut Mode::BatchStatistics(&mut stats))
-            });
+            })
+            .map_err(|e| torch_error(self.rank, "recomputing BatchNorm statistics", e))?;
             let host = |t: &Tensor| -> Result<Vec<f32>> {
-                Vec::<f32>::try_from(t.to_device(Device::Cpu))
+                t.f_to_device(Device::Cpu)
+                    .and_then(Vec::<f32>::try_from)
                     .map_err(|e| torch_error(self.rank, "reading BatchNorm statistics", e))
             };
             per_batch.push(
@@ -538,9 +552,8 @@ impl TorchLearner {
                 &mut batch,
             );
             let x = self.images(&batch)?;
-            let logits = tch::no_grad(|| self.net.forward(&self.store, &x, &mut Mode::Eval));
-            let logits = logits
-                .f_to_kind(Kind::Float)
+            let logits = tch::no_grad(|| self.net.forward(&self.store, &x, &mut Mode::Eval))
+                .and_then(|l| l.f_to_kind(Kind::Float))
                 .and_then(|l| l.f_to_device(Device::Cpu))
                 .and_then(|l| l.f_flatten(0, -1))
                 .and_then(Vec::<f32>::try_from)

@@ -17,7 +17,7 @@ use peloton_core::layout::{ParamLayout, Segment};
 use peloton_core::seed::Rng;
 use peloton_core::{Error, Result};
 use rand::Rng as _;
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 /// BatchNorm's constants, burn's and PyTorch's defaults alike.
 const BN_MOMENTUM: f64 = 0.1;
@@ -62,28 +62,34 @@ pub(crate) struct Views<'a> {
     reduced: Option<(Kind, Vec<Tensor>)>,
 }
 
+/// What LibTorch operations return: a C++ exception (CUDA out of memory, a shape LibTorch
+/// refuses) comes back as an error, never as a panic.
+pub(crate) type Torch<T = Tensor> = std::result::Result<T, TchError>;
+
 impl Store {
     /// The views of one forward pass.
-    pub fn views(&self) -> Views<'_> {
-        Views {
+    pub fn views(&self) -> Torch<Views<'_>> {
+        let reduced = match self.reduced {
+            Some(kind) => Some((
+                kind,
+                self.params
+                    .f_to_kind(kind)?
+                    .f_split_with_sizes(self.sizes.as_slice(), 0)?,
+            )),
+            None => None,
+        };
+        Ok(Views {
             store: self,
-            params: self.params.split_with_sizes(self.sizes.as_slice(), 0),
-            reduced: self.reduced.map(|kind| {
-                (
-                    kind,
-                    self.params
-                        .to_kind(kind)
-                        .split_with_sizes(self.sizes.as_slice(), 0),
-                )
-            }),
-        }
+            params: self.params.f_split_with_sizes(self.sizes.as_slice(), 0)?,
+            reduced,
+        })
     }
 }
 
 impl Views<'_> {
     /// A parameter in fp32 (BatchNorm's affine parameters).
-    fn param(&self, s: &Slot) -> Tensor {
-        self.params[s.index].view(s.shape.as_slice())
+    fn param(&self, s: &Slot) -> Torch {
+        self.params[s.index].f_view(s.shape.as_slice())
     }
 
     /// A weight or bias of a convolution or linear layer, in the compute format; with
@@ -91,33 +97,31 @@ impl Views<'_> {
     /// `model.to(memory_format=torch.channels_last)` leaves it. LibTorch takes the
     /// channels-last kernels when the input or the weight is channels-last, and a
     /// one-channel input (MNIST) cannot say it: its two layouts have the same strides.
-    fn weight(&self, s: &Slot) -> Tensor {
+    fn weight(&self, s: &Slot) -> Torch {
         let w = match &self.reduced {
-            Some((_, parts)) => parts[s.index].view(s.shape.as_slice()),
-            None => self.param(s),
+            Some((_, parts)) => parts[s.index].f_view(s.shape.as_slice())?,
+            None => self.param(s)?,
         };
         if self.store.channels_last && s.shape.len() == 4 {
-            // A permuted copy of a few kilobytes: failing here is LibTorch out of memory,
-            // which every other operation of the forward pass reports the same way.
-            channels_last(&w).expect("a channels-last copy of a convolution weight")
+            channels_last(&w)
         } else {
-            w
+            Ok(w)
         }
     }
 
     /// A running statistic: a view of the buffer tensor, which BatchNorm updates in place.
-    fn buffer(&self, s: &Slot) -> Tensor {
+    fn buffer(&self, s: &Slot) -> Torch {
         self.store
             .buffers
-            .narrow(0, s.offset, s.numel)
-            .view(s.shape.as_slice())
+            .f_narrow(0, s.offset, s.numel)?
+            .f_view(s.shape.as_slice())
     }
 
     /// An activation in the compute format (not copied when it is in it already).
-    fn compute(&self, t: &Tensor) -> Tensor {
+    fn compute(&self, t: &Tensor) -> Torch {
         match &self.reduced {
-            Some((kind, _)) if t.kind() != *kind => t.to_kind(*kind),
-            _ => t.shallow_clone(),
+            Some((kind, _)) if t.kind() != *kind => t.f_to_kind(*kind),
+            _ => Ok(t.shallow_clone()),
         }
     }
 }
@@ -125,7 +129,7 @@ impl Views<'_> {
 /// `t` (`N×C×H×W`) with channels-last strides: permuted to `N×H×W×C`, made contiguous,
 /// permuted back. tch has no memory-format argument; LibTorch recognises these strides as
 /// channels-last (`suggest_memory_format`).
-pub(crate) fn channels_last(t: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+pub(crate) fn channels_last(t: &Tensor) -> Torch {
     t.f_permute([0, 2, 3, 1])?
         .f_contiguous()?
         .f_permute([0, 3, 1, 2])
@@ -240,10 +244,11 @@ impl Conv {
         })
     }
 
-    fn forward(&self, s: &Views, x: &Tensor) -> Tensor {
-        s.compute(x).conv2d(
-            &s.weight(&self.weight),
-            self.bias.as_ref().map(|b| s.weight(b)),
+    fn forward(&self, s: &Views, x: &Tensor) -> Torch {
+        let bias = self.bias.as_ref().map(|b| s.weight(b)).transpose()?;
+        s.compute(x)?.f_conv2d(
+            &s.weight(&self.weight)?,
+            bias,
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
@@ -267,9 +272,9 @@ impl Linear {
     }
 
     /// `bias + x · weight` in one fused call.
-    fn forward(&self, s: &Views, x: &Tensor) -> Tensor {
-        s.weight(&self.bias)
-            .addmm(&s.compute(x), &s.weight(&self.weight))
+    fn forward(&self, s: &Views, x: &Tensor) -> Torch {
+        s.weight(&self.bias)?
+            .f_addmm(&s.compute(x)?, &s.weight(&self.weight)?)
     }
 }
 
@@ -293,10 +298,10 @@ impl BatchNorm {
     /// With mixed precision `x` comes in the reduced format and BatchNorm runs mixed, as
     /// under autocast: the kernel reads and writes the activations in that format, and its
     /// statistics, affine parameters and running statistics are fp32.
-    fn forward(&self, s: &Views, x: &Tensor, mode: &mut Mode) -> Tensor {
-        let (gamma, beta) = (s.param(&self.gamma), s.param(&self.beta));
+    fn forward(&self, s: &Views, x: &Tensor, mode: &mut Mode) -> Torch {
+        let (gamma, beta) = (s.param(&self.gamma)?, s.param(&self.beta)?);
         let norm = |mean: &Tensor, var: &Tensor, training: bool, momentum: f64| {
-            x.batch_norm(
+            x.f_batch_norm(
                 Some(&gamma),
                 Some(&beta),
                 Some(mean),
@@ -311,23 +316,23 @@ impl BatchNorm {
             // The running statistics are views of the buffer tensor: LibTorch's kernel
             // updates them in place, so the flat buffer holds them afterwards.
             Mode::Train { .. } => norm(
-                &s.buffer(&self.mean),
-                &s.buffer(&self.var),
+                &s.buffer(&self.mean)?,
+                &s.buffer(&self.var)?,
                 true,
                 BN_MOMENTUM,
             ),
-            Mode::Eval => norm(&s.buffer(&self.mean), &s.buffer(&self.var), false, 0.0),
+            Mode::Eval => norm(&s.buffer(&self.mean)?, &s.buffer(&self.var)?, false, 0.0),
             Mode::BatchStatistics(stats) => {
                 // Momentum 1 leaves exactly the batch's statistics in fresh tensors.
                 let channels = self.mean.numel;
                 let options = (Kind::Float, x.device());
                 let (mean, var) = (
-                    Tensor::zeros([channels], options),
-                    Tensor::ones([channels], options),
+                    Tensor::f_zeros([channels], options)?,
+                    Tensor::f_ones([channels], options)?,
                 );
-                let out = norm(&mean, &var, true, 1.0);
+                let out = norm(&mean, &var, true, 1.0)?;
                 stats.push((mean, var));
-                out
+                Ok(out)
             }
         }
     }
@@ -335,27 +340,27 @@ impl BatchNorm {
 
 /// Inverted dropout with peloton's random stream: element by element in row-major order,
 /// zero with probability `p`, else scaled by 1/(1 − p) — the burn learner's masks.
-fn dropout(x: Tensor, p: f64, mode: &mut Mode) -> Tensor {
+fn dropout(x: Tensor, p: f64, mode: &mut Mode) -> Torch {
     let Mode::Train { rng } = mode else {
-        return x;
+        return Ok(x);
     };
     let keep = (1.0 / (1.0 - p)) as f32;
     let mask: Vec<f32> = (0..x.numel())
         .map(|_| if rng.random_bool(p) { 0.0 } else { keep })
         .collect();
-    let mask = Tensor::from_slice(&mask)
-        .view(x.size().as_slice())
-        .to_device(x.device())
-        .to_kind(x.kind());
-    x * mask
+    let mask = Tensor::f_from_slice(&mask)?
+        .f_view(x.size().as_slice())?
+        .f_to_device(x.device())?
+        .f_to_kind(x.kind())?;
+    x.f_mul(&mask)
 }
 
-fn max_pool(x: &Tensor) -> Tensor {
-    x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+fn max_pool(x: &Tensor) -> Torch {
+    x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
 }
 
-fn flatten(x: &Tensor) -> Tensor {
-    x.flatten(1, -1)
+fn flatten(x: &Tensor) -> Torch {
+    x.f_flatten(1, -1)
 }
 
 /// A CIFAR ResNet basic block (option-A shortcut: subsampled identity padded with zero
@@ -370,19 +375,22 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    fn forward(&self, s: &Views, x: &Tensor, mode: &mut Mode) -> Tensor {
-        let out = self.bn1.forward(s, &self.conv1.forward(s, x), mode).relu();
-        let out = self.bn2.forward(s, &self.conv2.forward(s, &out), mode);
+    fn forward(&self, s: &Views, x: &Tensor, mode: &mut Mode) -> Torch {
+        let out = self
+            .bn1
+            .forward(s, &self.conv1.forward(s, x)?, mode)?
+            .f_relu()?;
+        let out = self.bn2.forward(s, &self.conv2.forward(s, &out)?, mode)?;
         let shortcut = if self.stride == 1 && self.pad_channels == 0 {
             x.shallow_clone()
         } else {
             let sub = x
-                .slice(2, 0, None, self.stride)
-                .slice(3, 0, None, self.stride);
+                .f_slice(2, 0, None, self.stride)?
+                .f_slice(3, 0, None, self.stride)?;
             let p = self.pad_channels;
-            sub.constant_pad_nd([0, 0, 0, 0, p, p])
+            sub.f_constant_pad_nd([0, 0, 0, 0, p, p])?
         };
-        (out + shortcut).relu()
+        out.f_add(&shortcut)?.f_relu()
     }
 }
 
@@ -534,33 +542,33 @@ impl Model {
     }
 
     /// The logits of `x` (`N×C×H×W`), in the compute format (fp32 or the reduced one).
-    pub fn forward(&self, store: &Store, x: &Tensor, mode: &mut Mode) -> Tensor {
-        let s = &store.views();
+    pub fn forward(&self, store: &Store, x: &Tensor, mode: &mut Mode) -> Torch {
+        let s = &store.views()?;
         match self {
             Model::Mlp(layers) => {
-                let mut h = flatten(x);
+                let mut h = flatten(x)?;
                 for (i, layer) in layers.iter().enumerate() {
-                    h = layer.forward(s, &h);
+                    h = layer.forward(s, &h)?;
                     if i + 1 < layers.len() {
-                        h = h.relu();
+                        h = h.f_relu()?;
                     }
                 }
-                h
+                Ok(h)
             }
             Model::LeNet { conv1, conv2, fc } => {
-                let x = max_pool(&conv1.forward(s, x).relu());
-                let x = max_pool(&conv2.forward(s, &x).relu());
-                let x = fc[0].forward(s, &flatten(&x)).relu();
-                let x = fc[1].forward(s, &x).relu();
+                let x = max_pool(&conv1.forward(s, x)?.f_relu()?)?;
+                let x = max_pool(&conv2.forward(s, &x)?.f_relu()?)?;
+                let x = fc[0].forward(s, &flatten(&x)?)?.f_relu()?;
+                let x = fc[1].forward(s, &x)?.f_relu()?;
                 fc[2].forward(s, &x)
             }
             Model::Cnn7 { conv, fc1, fc2 } => {
-                let x = max_pool(&conv[0].forward(s, x).relu());
-                let x = max_pool(&conv[1].forward(s, &x).relu());
-                let x = conv[2].forward(s, &x).relu();
+                let x = max_pool(&conv[0].forward(s, x)?.f_relu()?)?;
+                let x = max_pool(&conv[1].forward(s, &x)?.f_relu()?)?;
+                let x = conv[2].forward(s, &x)?.f_relu()?;
                 // As the reference and the burn model: no activation after fc1.
-                let x = fc1.forward(s, &flatten(&x));
-                fc2.forward(s, &dropout(x, 0.5, mode))
+                let x = fc1.forward(s, &flatten(&x)?)?;
+                fc2.forward(s, &dropout(x, 0.5, mode)?)
             }
             Model::ResNet {
                 conv1,
@@ -568,11 +576,11 @@ impl Model {
                 blocks,
                 linear,
             } => {
-                let mut x = bn1.forward(s, &conv1.forward(s, x), mode).relu();
+                let mut x = bn1.forward(s, &conv1.forward(s, x)?, mode)?.f_relu()?;
                 for block in blocks {
-                    x = block.forward(s, &x, mode);
+                    x = block.forward(s, &x, mode)?;
                 }
-                let pooled = x.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+                let pooled = x.f_mean_dim([2i64, 3].as_slice(), false, Kind::Float)?;
                 linear.forward(s, &pooled)
             }
             Model::Vgg { features, fc } => {
@@ -580,15 +588,15 @@ impl Model {
                 let mut x = x.shallow_clone();
                 for &out in &VGG_D {
                     x = if out == 0 {
-                        max_pool(&x)
+                        max_pool(&x)?
                     } else {
                         let (conv, bn) = layers.next().expect("one layer per convolution");
-                        bn.forward(s, &conv.forward(s, &x), mode).relu()
+                        bn.forward(s, &conv.forward(s, &x)?, mode)?.f_relu()?
                     };
                 }
-                let x = flatten(&x);
-                let x = fc[0].forward(s, &dropout(x, 0.5, mode)).relu();
-                let x = fc[1].forward(s, &dropout(x, 0.5, mode)).relu();
+                let x = flatten(&x)?;
+                let x = fc[0].forward(s, &dropout(x, 0.5, mode)?)?.f_relu()?;
+                let x = fc[1].forward(s, &dropout(x, 0.5, mode)?)?.f_relu()?;
                 fc[2].forward(s, &x)
             }
         }

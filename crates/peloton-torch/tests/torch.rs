@@ -272,3 +272,32 @@ fn torch_cuda_without_a_gpu_is_one_clear_error() {
     let e = TorchTask::new(task).err().expect("no GPU here").to_string();
     assert!(e.contains("sees no CUDA GPU") && !e.contains('\n'), "{e}");
 }
+
+/// A LibTorch exception in the forward pass (here a batch whose images do not fit the model:
+/// LeNet's first linear layer gets the wrong width; on a GPU, CUDA out of memory) is the
+/// worker's one-line error naming the pass, not a panic with a C++ backtrace.
+#[test]
+fn a_libtorch_exception_is_a_one_line_error() {
+    let d = data(1, 28, 4);
+    let mut l = torch(ModelName::Lenet, &d, BatchNormPolicy::Local);
+    let mut params = vec![0.0; l.layout().len()];
+    l.init_params(&mut params);
+    let mut grad = vec![0.0; params.len()];
+    // 40 × 40 images: the convolutions accept them, the first linear layer does not.
+    let batch = Batch {
+        images: vec![0.5; 4 * 40 * 40],
+        labels: vec![0, 1, 2, 3],
+        shape: [1, 40, 40],
+    };
+    let e = l
+        .loss_and_grad_on(&params, &batch, &mut grad)
+        .expect_err("a batch of the wrong size")
+        .to_string();
+    assert!(e.contains("LibTorch, the forward pass:"), "{e}");
+    assert!(!e.contains('\n') && !e.contains("frame #"), "{e}");
+    // The learner goes on: a batch of the right size works afterwards.
+    let mut batch = Batch::default();
+    l.next_batch(&mut batch);
+    let loss = l.loss_and_grad_on(&params, &batch, &mut grad).unwrap();
+    assert!(loss.is_finite());
+}

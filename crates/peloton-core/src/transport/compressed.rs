@@ -20,9 +20,9 @@
 //!   and decodes them all (everyone holds the same bits).
 //! * **Parameter-server pushes** (asynchronous EASGD's elastic differences) are models: each
 //!   is encoded through its own error-feedback stream and the server adds what it decodes to,
-//!   on every transport the same; the transport counts the encoded bytes and the simulator
-//!   charges them ([`Communicator::server_push_sized`]; MPI's server service still moves the
-//!   decoded fp32 values). Pulls travel exact: the center is the model a worker moves toward
+//!   on every transport the same: the transports carry the encoded message to the server,
+//!   which decodes it ([`Communicator::server_push_encoded`]; MPI's server on rank 0 gets the
+//!   compressed bytes), the counters count them and the simulator charges them. Pulls travel exact: the center is the model a worker moves toward
 //!   and the one evaluated at the end.
 //! * **Error feedback** keeps a residual per stream (role, operation, peer or chunk, tag, and
 //!   which communicator), checkpointed with the worker ([`CompressionLayer::save_state`]).
@@ -39,7 +39,8 @@ use peloton_compression::{
 };
 
 use super::{
-    CommStats, Communicator, CounterOp, CutService, RecvRequest, ReduceOp, SendRequest, Tag,
+    CommStats, Communicator, CounterOp, CutService, EncodedPush, RecvRequest, ReduceOp,
+    SendRequest, Tag,
 };
 use crate::checkpoint::StateDict;
 use crate::layout::ParamLayout;
@@ -355,22 +356,10 @@ impl Layer {
 
     /// Decodes a message of [`Layer::message_words`] words into `values` and `tail`.
     fn decode(&mut self, words: &[f32], values: &mut [f32], tail: &mut [f32]) -> Result<()> {
-        let len = self.compressor().encoded_len(values.len());
-        let encoded = words_for(len);
-        if words.len() != encoded + tail.len() {
-            return Err(Error::Transport(format!(
-                "compressed message of {} words, expected {}",
-                words.len(),
-                encoded + tail.len()
-            )));
-        }
         let mut bytes = std::mem::take(&mut self.bytes);
-        compression::from_words(&words[..encoded], len, &mut bytes);
-        let decoded = self.compressor().decode(&bytes, values);
+        let decoded = compression::decode_words(self.compressor(), words, values, tail, &mut bytes);
         self.bytes = bytes;
-        decoded.map_err(|e| Error::Transport(e.to_string()))?;
-        tail.copy_from_slice(&words[encoded..]);
-        Ok(())
+        decoded.map_err(|e| Error::Transport(e.to_string()))
     }
 
     fn count(&mut self, actual: CommStats, fp32_sent: u64) {
@@ -801,18 +790,27 @@ impl Communicator for Compressed<'_> {
         }
         let stream = self.stream(role, "server-push", 0, 0);
         let mut words = Vec::new();
-        let mut sent = delta.to_vec();
-        {
+        let (kind, seed, model_len) = {
             let mut layer = self.layer();
             let model_len = layer.model_len;
             layer.encode(stream, &delta[..model_len], &delta[model_len..], &mut words);
-            let (values, tail) = sent.split_at_mut(model_len);
-            layer.decode(&words, values, tail)?;
-        }
-        let wire = 4 * words.len() as u64;
+            (layer.kind, layer.seed, model_len)
+        };
+        let push = EncodedPush {
+            kind,
+            seed,
+            len: delta.len(),
+            model_len,
+            words: &words,
+        };
         self.counted(4 * delta.len() as u64, |c| {
-            c.inner().server_push_sized(&sent, wire)
+            c.inner().server_push_encoded(&push)
         })
+    }
+
+    /// Already compressed: passes through.
+    fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
+        self.inner().server_push_encoded(push)
     }
 
     fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {

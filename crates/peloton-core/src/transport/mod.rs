@@ -27,6 +27,8 @@
 pub mod compressed;
 pub mod threads;
 
+use peloton_compression::Kind;
+
 use crate::checkpoint::StateDict;
 use crate::{Error, Result};
 
@@ -34,6 +36,54 @@ use crate::{Error, Result};
 /// MPI standard's least `MPI_TAG_UB` is 32767, which the compression layer keeps for itself:
 /// [`compressed::TAG_COMPRESSED`]); larger ones only where the MPI library allows them.
 pub type Tag = u32;
+
+/// A compressed parameter-server push ([`Communicator::server_push_encoded`]): the encoded
+/// message and what decodes it, wherever the server lives. Decoding needs only the kind and
+/// the run seed (every compressor's decoder is stateless), so a transport can carry these to
+/// a server in another process in a few words.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedPush<'a> {
+    /// The compressor of the first `model_len` values.
+    pub kind: Kind,
+    /// The run seed (random-k's positions come from it).
+    pub seed: u64,
+    /// The values the message stands for: the encoded first `model_len`, then the rest exact.
+    pub len: usize,
+    pub model_len: usize,
+    /// The message, as the layer sends it ([`peloton_compression::to_words`]).
+    pub words: &'a [f32],
+}
+
+impl EncodedPush<'_> {
+    /// The `len` values the message stands for, into `out`.
+    pub fn decode(&self, out: &mut [f32]) -> Result<()> {
+        let bad = |what: String| Error::Transport(format!("a compressed server push: {what}"));
+        if out.len() != self.len || self.model_len > self.len {
+            return Err(bad(format!(
+                "{} values with a model of {}, into {}",
+                self.len,
+                self.model_len,
+                out.len()
+            )));
+        }
+        let compressor = peloton_compression::build(&self.kind, self.seed)
+            .ok_or_else(|| bad(format!("{:?} is not a byte compressor", self.kind)))?;
+        let (values, tail) = out.split_at_mut(self.model_len);
+        peloton_compression::decode_words(
+            compressor.as_ref(),
+            self.words,
+            values,
+            tail,
+            &mut Vec::new(),
+        )
+        .map_err(|e| bad(e.to_string()))
+    }
+
+    /// The bytes the message carries.
+    pub fn wire_bytes(&self) -> u64 {
+        4 * self.words.len() as u64
+    }
+}
 
 /// The reduction applied by [`Communicator::all_reduce`] and [`Communicator::reduce`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,13 +242,14 @@ pub trait Communicator: Send {
         Err(unsupported("a parameter server"))
     }
 
-    /// [`Communicator::server_push`] of a message of `wire_bytes` bytes instead of 4 per value
-    /// (a compressed one, of which `delta` is the decoded form, which the compression layer
-    /// hands over): the traffic counters and the simulator's links count those bytes. The
-    /// default ignores the size.
-    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
-        let _ = wire_bytes;
-        self.server_push(delta)
+    /// [`Communicator::server_push`] of a compressed message (the compression layer's), which
+    /// the transport carries as it is and the server decodes ([`EncodedPush::decode`]) before
+    /// adding it. The traffic counters and the simulator's links count the encoded bytes. The
+    /// default decodes here and pushes the decoded values.
+    fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
+        let mut delta = vec![0.0; push.len];
+        push.decode(&mut delta)?;
+        self.server_push(&delta)
     }
 
     /// Non-blocking any-source probe: the (group rank of the sender, length) of the oldest
@@ -337,6 +388,11 @@ impl ParameterServer {
             )));
         }
         Ok(())
+    }
+
+    /// The vector's length, once created.
+    pub fn size(&self) -> Option<usize> {
+        self.server.as_ref().map(|s| s.values.len())
     }
 
     fn vector(&mut self, len: usize, rank: usize) -> Result<&mut ServerVector> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     check_counter, check_rank, check_request_len, shard_ranges, CommStats, Communicator, CounterOp,
-    Fault, FaultKind, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
+    EncodedPush, Fault, FaultKind, RecvRequest, ReduceOp, SendRequest, Tag, COUNTERS,
 };
 use crate::{Error, Result};
 
@@ -754,21 +754,15 @@ impl Communicator for ThreadComm {
     }
 
     fn server_push(&mut self, delta: &[f32]) -> Result<()> {
-        self.server_push_sized(delta, 4 * delta.len() as u64)
+        self.push_counted(delta, 4 * delta.len() as u64)
     }
 
-    fn server_push_sized(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
-        let server = self.server(delta.len())?;
-        for (range, shard) in server.ranges.iter().zip(&server.shards) {
-            let mut values = lock(shard);
-            values
-                .iter_mut()
-                .zip(&delta[range.clone()])
-                .for_each(|(v, d)| *v += *d);
-        }
-        server.version.fetch_add(1, Ordering::SeqCst);
-        self.stats.add(wire_bytes, 0);
-        Ok(())
+    /// The server is in this process: the pushing worker decodes, and the counters count the
+    /// encoded bytes.
+    fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
+        let mut delta = vec![0.0; push.len];
+        push.decode(&mut delta)?;
+        self.push_counted(&delta, push.wire_bytes())
     }
 
     fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {
@@ -792,6 +786,21 @@ impl Communicator for ThreadComm {
 }
 
 impl ThreadComm {
+    /// Adds `delta` to the server, shard by shard, counting `wire_bytes` sent.
+    fn push_counted(&mut self, delta: &[f32], wire_bytes: u64) -> Result<()> {
+        let server = self.server(delta.len())?;
+        for (range, shard) in server.ranges.iter().zip(&server.shards) {
+            let mut values = lock(shard);
+            values
+                .iter_mut()
+                .zip(&delta[range.clone()])
+                .for_each(|(v, d)| *v += *d);
+        }
+        server.version.fetch_add(1, Ordering::SeqCst);
+        self.stats.add(wire_bytes, 0);
+        Ok(())
+    }
+
     fn server(&self, len: usize) -> Result<&Server> {
         let server = self.world.server.get().ok_or_else(|| {
             Error::Transport("the parameter server is used before server_init".into())
