@@ -29,10 +29,13 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::asynchronous::{self, Staleness, DONE};
-use super::{Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, RunShape, StepContext};
+use super::{
+    Algorithm, AlgorithmSpec, AsyncAlgorithm, Asynchronous, RunShape, StepContext, Touches,
+};
 use crate::checkpoint::StateDict;
 use crate::ensure_config;
 use crate::kernels;
+use crate::learner::HostBuffers;
 use crate::transport::{Communicator, CounterOp, Tag};
 use crate::{Error, Result};
 
@@ -185,6 +188,15 @@ impl Algorithm for AdPsgd {
             self.exchange(ctx.comm, ctx.params)
         } else {
             self.serve(ctx.comm, ctx.params)
+        }
+    }
+    /// Both sides average the parameters in `before_step` only, every step. The passive
+    /// side also serves at a checkpoint cut and in `finish`, where the runner brings the
+    /// parameters to the host itself.
+    fn touches(&self, _step: u64) -> Touches {
+        Touches {
+            before_step: HostBuffers::PARAMS,
+            ..Touches::NONE
         }
     }
     // Between two steps no exchange is in progress: an active worker has its reply, and a
