@@ -76,10 +76,18 @@ def main():
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints")
     p.add_argument("--resume", default=None, help="continue this interrupted run folder")
     p.add_argument("--model-device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--train-files",
+        type=int,
+        default=5,
+        choices=range(1, 6),
+        help="train on data_batch_1 … N only (10,000 images each), where not all five are at hand",
+    )
     args = p.parse_args()
     device = torch.device(args.model_device)
 
-    train_x, train_y = read_batches(args.data, [find(args.data, f"data_batch_{i}") for i in range(1, 6)])
+    files = range(1, args.train_files + 1)
+    train_x, train_y = read_batches(args.data, [find(args.data, f"data_batch_{i}") for i in files])
     test_x, test_y = read_batches(args.data, [find(args.data, "test_batch")])
 
     def train(worker):
