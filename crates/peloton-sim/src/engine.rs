@@ -1262,9 +1262,7 @@ impl Communicator for SimComm {
     /// Decoded here (the simulated server is in this process); the links carry and charge the
     /// encoded bytes.
     fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
-        let mut delta = vec![0.0; push.len];
-        push.decode(&mut delta)?;
-        self.push_charged(&delta, push.wire_bytes())
+        self.push_charged(&push.decoded()?, push.wire_bytes())
     }
 
     fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {

@@ -79,6 +79,13 @@ impl EncodedPush<'_> {
         .map_err(|e| bad(e.to_string()))
     }
 
+    /// The `len` values the message stands for, in a new vector.
+    pub fn decoded(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.len];
+        self.decode(&mut out)?;
+        Ok(out)
+    }
+
     /// The bytes the message carries.
     pub fn wire_bytes(&self) -> u64 {
         4 * self.words.len() as u64
@@ -247,9 +254,7 @@ pub trait Communicator: Send {
     /// adding it. The traffic counters and the simulator's links count the encoded bytes. The
     /// default decodes here and pushes the decoded values.
     fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
-        let mut delta = vec![0.0; push.len];
-        push.decode(&mut delta)?;
-        self.server_push(&delta)
+        self.server_push(&push.decoded()?)
     }
 
     /// Non-blocking any-source probe: the (group rank of the sender, length) of the oldest

@@ -760,9 +760,7 @@ impl Communicator for ThreadComm {
     /// The server is in this process: the pushing worker decodes, and the counters count the
     /// encoded bytes.
     fn server_push_encoded(&mut self, push: &EncodedPush<'_>) -> Result<()> {
-        let mut delta = vec![0.0; push.len];
-        push.decode(&mut delta)?;
-        self.push_counted(&delta, push.wire_bytes())
+        self.push_counted(&push.decoded()?, push.wire_bytes())
     }
 
     fn probe_any(&mut self, tag: Tag) -> Result<Option<(usize, usize)>> {
