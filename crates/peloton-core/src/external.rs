@@ -350,10 +350,9 @@ impl ExternalLearner {
         };
         let stale = mirror.on(which, newest);
         let request = match newest {
-            _ if !stale.any() => return Ok(()),
-            Newest::Loop => Request::ToHost(stale),
-            Newest::Host => Request::FromHost(stale),
-            Newest::Both => return Ok(()),
+            Newest::Loop if stale.any() => Request::ToHost(stale),
+            Newest::Host if stale.any() => Request::FromHost(stale),
+            _ => return Ok(()),
         };
         self.call_done(request)?;
         if let Some(m) = self.mirror.as_mut() {

@@ -42,6 +42,13 @@ fn torch(name: ModelName, d: &DataConfig, policy: BatchNormPolicy) -> TorchLearn
     TorchLearner::new(&TorchTask::new(task).unwrap(), CTX).unwrap()
 }
 
+/// The learner's initial parameters.
+fn initial_params(learner: &mut dyn Learner) -> Vec<f32> {
+    let mut params = vec![0.0; learner.layout().len()];
+    learner.init_params(&mut params);
+    params
+}
+
 /// max |a − b| over max(|a|, 1): the largest difference relative to the vector's scale.
 fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
     let scale = a.iter().map(|x| x.abs()).fold(1.0f32, f32::max);
@@ -88,8 +95,7 @@ fn every_model_has_the_burn_layout_and_the_reference_parameter_count() {
 /// ≈ 10⁴ terms of a convolution's gradient that stays below 1e-4 of the gradient's scale.
 fn assert_same_as_flex(name: ModelName, d: &DataConfig, policy: BatchNormPolicy) {
     let (mut f, mut t) = (flex(name, d, policy), torch(name, d, policy));
-    let mut params = vec![0.0; f.layout().len()];
-    f.init_params(&mut params);
+    let params = initial_params(&mut f);
     let mut from_torch = vec![0.0; params.len()];
     t.init_params(&mut from_torch);
     assert_eq!(params, from_torch, "{name:?}: the same initialization");
@@ -134,8 +140,7 @@ fn resnet20_recomputes_the_statistics_as_flex_with_pytorchs_variance() {
         flex(ModelName::Resnet20, &d, BatchNormPolicy::Recompute),
         torch(ModelName::Resnet20, &d, BatchNormPolicy::Recompute),
     );
-    let mut params = vec![0.0; f.layout().len()];
-    f.init_params(&mut params);
+    let params = initial_params(&mut f);
     f.evaluate(&params).unwrap();
     t.evaluate(&params).unwrap();
     let (bf, bt) = (f.buffers(), t.buffers().unwrap());
@@ -177,8 +182,7 @@ fn batch_norm_statistics_move_as_pytorch_moves_them() {
     // var = 0.9 + 0.1 · unbiased batch variance. The first BatchNorm sees conv1's output.
     let d = data(3, 8, 8);
     let mut t = torch(ModelName::Resnet20, &d, BatchNormPolicy::Local);
-    let mut params = vec![0.0; t.layout().len()];
-    t.init_params(&mut params);
+    let params = initial_params(&mut t);
     let before = t.buffers().unwrap();
     let mut grad = vec![0.0; params.len()];
     t.loss_and_grad(&params, &mut grad).unwrap();
@@ -216,8 +220,7 @@ fn batch_norm_statistics_move_as_pytorch_moves_them() {
 fn a_checkpoint_of_either_learner_resumes_on_the_other() {
     let d = data(3, 8, 8);
     let mut t = torch(ModelName::Resnet20, &d, BatchNormPolicy::Local);
-    let mut params = vec![0.0; t.layout().len()];
-    t.init_params(&mut params);
+    let params = initial_params(&mut t);
     let mut grad = vec![0.0; params.len()];
     for _ in 0..3 {
         t.loss_and_grad(&params, &mut grad).unwrap();
@@ -280,8 +283,7 @@ fn torch_cuda_without_a_gpu_is_one_clear_error() {
 fn a_libtorch_exception_is_a_one_line_error() {
     let d = data(1, 28, 4);
     let mut l = torch(ModelName::Lenet, &d, BatchNormPolicy::Local);
-    let mut params = vec![0.0; l.layout().len()];
-    l.init_params(&mut params);
+    let params = initial_params(&mut l);
     let mut grad = vec![0.0; params.len()];
     // 40 × 40 images: the convolutions accept them, the first linear layer does not.
     let batch = Batch {

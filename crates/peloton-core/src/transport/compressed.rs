@@ -22,8 +22,8 @@
 //!   is encoded through its own error-feedback stream and the server adds what it decodes to,
 //!   on every transport the same: the transports carry the encoded message to the server,
 //!   which decodes it ([`Communicator::server_push_encoded`]; MPI's server on rank 0 gets the
-//!   compressed bytes), the counters count them and the simulator charges them. Pulls travel exact: the center is the model a worker moves toward
-//!   and the one evaluated at the end.
+//!   compressed bytes), the counters count them and the simulator charges them. Pulls travel
+//!   exact: the center is the model a worker moves toward and the one evaluated at the end.
 //! * **Error feedback** keeps a residual per stream (role, operation, peer or chunk, tag, and
 //!   which communicator), checkpointed with the worker ([`CompressionLayer::save_state`]).
 //!
