@@ -9,9 +9,7 @@ use peloton_core::algorithms::{
     LsgdConfig, StepContext,
 };
 use peloton_core::optim::OptimizerConfig;
-use peloton_core::runner::{
-    run_threads, run_threads_with_faults, EvalModel, Event, RunConfig, RunReport,
-};
+use peloton_core::runner::{run_threads_with_faults, EvalModel, Event, RunConfig, RunReport};
 use peloton_core::transport::threads::run_workers;
 use peloton_core::transport::{Communicator, CounterOp};
 use peloton_problems::{ProblemConfig, QuadraticConfig, SoftmaxConfig};
@@ -163,10 +161,10 @@ fn final_loss(report: &RunReport) -> f64 {
 }
 
 /// On the quadratic (f − f* ≈ 5 at the start) every asynchronous algorithm brings its
-/// evaluation model (EASGD's center, the others' average) below f − f* = 2e-2 in the simulator
-/// for N ∈ {2, 4, 8}; on softmax regression (test loss ln 4 ≈ 1.39 at the start) below 0.75,
-/// where all-reduce SGD with the same budget ends near 0.6. Threads runs (see below) are
-/// checked more loosely: 0.1 and 0.9.
+/// evaluation model (EASGD's center, the others' average) below f − f* = 2e-2 for N ∈ {2, 4, 8},
+/// in the simulator and on threads; on softmax regression (test loss ln 4 ≈ 1.39 at the start)
+/// below 0.75 in the simulator, where all-reduce SGD with the same budget ends near 0.6, and
+/// below 0.9 on threads, whose workers split the budget as the OS schedules them.
 #[test]
 fn every_asynchronous_algorithm_converges_on_threads_and_in_the_simulator() {
     let _machine = alone();
@@ -174,7 +172,7 @@ fn every_asynchronous_algorithm_converges_on_threads_and_in_the_simulator() {
         for (algorithm, optimizer) in asynchronous_for(n) {
             let name = format!("N = {n}, {}", algorithm.name());
             for (problem, steps, simulated_bound, threads_bound) in
-                [(quadratic(), 300, 2e-2, 0.1), (softmax(), 200, 0.75, 0.9)]
+                [(quadratic(), 300, 2e-2, 2e-2), (softmax(), 200, 0.75, 0.9)]
             {
                 let config = run_config(n, steps, algorithm.clone(), optimizer.clone());
                 let (simulated, _) = sim(&config, &cluster(0.01), &problem);
@@ -184,36 +182,44 @@ fn every_asynchronous_algorithm_converges_on_threads_and_in_the_simulator() {
                     "{name} in the simulator: {problem:?} ends at {loss}"
                 );
                 // Threads runs take 5× more steps so that thread start-up skew is small next
-                // to the run. How the work splits follows the OS scheduler: on 2 oversubscribed
-                // cores an AD-PSGD active worker, which waits for each reply, can take 50× fewer
-                // steps than a passive one, and a late exchange with it drags a good model
-                // halfway back. So threads runs are judged on EASGD's center and on the best
-                // worker's own model, the simulator above on the evaluation model.
+                // to the run, and run as machines of equal speed (see `equal_speed`).
                 let mut config = config;
                 config.steps = Some(5 * steps);
-                if !config.algorithm.has_center() {
-                    config.eval_model = EvalModel::Workers;
-                }
-                let threads = run_threads(&config, &problem, &mut |_| {})
-                    .unwrap_or_else(|e| panic!("{name} on threads: {e}"));
-                let total: u64 = threads.workers.iter().map(|w| w.steps).sum();
+                let threads =
+                    run_threads_with_faults(&config, &equal_speed(n), &problem, &mut |_| {})
+                        .unwrap_or_else(|e| panic!("{name} on threads: {e}"));
+                let steps_per_worker: Vec<u64> = threads.workers.iter().map(|w| w.steps).collect();
                 assert_eq!(
-                    total,
+                    steps_per_worker.iter().sum::<u64>(),
                     n as u64 * 5 * steps,
                     "{name}: the budget is N × steps"
                 );
-                let best = threads
-                    .final_evals
-                    .iter()
-                    .map(|e| e.eval.loss)
-                    .fold(f64::INFINITY, f64::min);
+                let loss = final_loss(&threads);
                 assert!(
-                    best < threads_bound,
-                    "{name} on threads: {problem:?} ends at {best}"
+                    loss < threads_bound,
+                    "{name} on threads: {problem:?} ends at {loss} (steps per worker {steps_per_worker:?})"
                 );
             }
         }
     }
+}
+
+/// Every worker sleeps as long again as each of its steps took (a `slow` fault of factor 2 on
+/// all of them). A quadratic step takes about a microsecond, so without this one thread takes
+/// thousands of steps in one time slice of an oversubscribed core while the others wait: seen
+/// on 2 cores, AD-PSGD steps [87, 4, 5903, 6], and workers of asynchronous EASGD still at
+/// their initial model pushing it into a converged center at the end (center 0.16, every
+/// worker that ran below 1e-3). A sleeping thread gives up its core, so the OS interleaves
+/// the workers step by step; the 8 × 1,500-step runs take about 0.5 s.
+fn equal_speed(n: usize) -> Vec<Fault> {
+    (0..n)
+        .map(|worker| Fault {
+            worker,
+            at: 0.0,
+            kind: FaultKind::Slow,
+            factor: 2.0,
+        })
+        .collect()
 }
 
 /// The first simulated time at which worker 0's own model reaches `target` test loss.
