@@ -17,7 +17,6 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::equal_speed;
-
 use peloton_core::algorithms::registry::registered;
 use peloton_core::algorithms::{AlgorithmConfig, Registration};
 use peloton_core::external::{Attach, ExternalLoops, LoopHandle, Next, Reply, Request};
